@@ -1,0 +1,1 @@
+"""hrf-bench harness: CLI, registry, data, training, measurement, results, reports, tuning."""

@@ -1,0 +1,3 @@
+"""Backbone plug-ins: one file per architecture, each registering a builder with its presets."""
+
+from backbones import convtransformer  # noqa: F401

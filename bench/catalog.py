@@ -1,0 +1,41 @@
+"""``bench list``: the three registries with descriptions, parameters and backbone presets."""
+
+from __future__ import annotations
+
+from bench.features import FeatureConfig
+from bench.measure import count_macs, count_params
+from bench.models import build_backbone
+from bench.registry import BACKBONES, DATASETS, METHODS, Entry
+
+LIST_SECONDS = 5.0
+
+
+def _entry_lines(entry: Entry) -> list[str]:
+    lines = [f"  {entry.name}: {entry.description}"]
+    lines += [f"      {info.describe()}" + (f"  - {info.help}" if info.help else "") for info in entry.params]
+    return lines
+
+
+def _preset_lines(entry: Entry, features: FeatureConfig) -> list[str]:
+    frames = features.frames(LIST_SECONDS)
+    lines = []
+    for preset, config in entry.extra["presets"].items():
+        model = build_backbone(entry.name, preset, features.dim, 4)
+        sizes = ", ".join(f"{k}={v}" for k, v in config.items())
+        lines.append(f"      preset {preset}: {count_params(model) / 1e6:.3f}M params, "
+                     f"{count_macs(model, features.dim, frames) / 1e6:.1f}M MACs @{LIST_SECONDS:g}s ({sizes})")
+    return lines
+
+
+def describe_registries() -> str:
+    features = FeatureConfig()
+    lines = ["methods:"]
+    for entry in METHODS.entries():
+        lines += _entry_lines(entry)
+    lines.append(f"backbones (MACs for {LIST_SECONDS:g} s of audio, {features.dim}-d {features.kind}, 4 classes):")
+    for entry in BACKBONES.entries():
+        lines += _entry_lines(entry) + _preset_lines(entry, features)
+    lines.append("datasets:")
+    for entry in DATASETS.entries():
+        lines += _entry_lines(entry)
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""The ``bench`` command line. Names become objects here; the core takes objects."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from bench.registry import BenchError, load_builtin_plugins
+
+log = logging.getLogger("bench")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("HRF_BENCH_CACHE", Path.home() / ".cache" / "hrf-bench"))
+
+
+def parse_list(text: str | None, what: str) -> list[str] | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise BenchError(f"--{what} is empty: give a comma-separated list")
+    return items
+
+
+def parse_ints(text: str | None, what: str) -> list[int] | None:
+    """``1,2`` or ``1-5`` -> list of ints; anything else is a one-line error."""
+    if text is None:
+        return None
+    values = []
+    for item in parse_list(text, what):
+        try:
+            if "-" in item[1:]:
+                low, high = item.split("-", 1)
+                values.extend(range(int(low), int(high) + 1))
+            else:
+                values.append(int(item))
+        except ValueError:
+            raise BenchError(f"bad --{what} value {text!r}: use integers like 1,2 or 1-5") from None
+    return values
+
+
+def parse_assignments(items: tuple[str, ...], what: str) -> dict[str, dict[str, str]]:
+    """``("hrf.expansion_ratio=4",)`` -> ``{"hrf": {"expansion_ratio": "4"}}``."""
+    result: dict[str, dict[str, str]] = {}
+    for item in items:
+        target, sep, value = item.partition("=")
+        owner, dot, name = target.partition(".")
+        if not sep or not dot or not owner or not name:
+            raise BenchError(f"bad --{what} {item!r}: use NAME.PARAM=VALUE, e.g. hrf.expansion_ratio=4")
+        result.setdefault(owner, {})[name] = value
+    return result
+
+
+def parse_data_roots(items: tuple[str, ...], datasets: list[str]) -> dict[str, str]:
+    roots = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            if len(datasets) != 1:
+                raise BenchError("--data-root PATH needs exactly one dataset; use --data-root NAME=PATH")
+            name, path = datasets[0], item
+        roots[name] = path
+    return roots
+
+
+class BenchGroup(click.Group):
+    """Turns BenchError into a one-line message and exit status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BenchError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=BenchGroup)
+@click.option("--verbose", "-v", is_flag=True, help="log debug messages")
+def main(verbose: bool) -> None:
+    """hrf-bench: which way of making a speech-emotion Transformer small keeps the most accuracy?"""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
+    load_builtin_plugins()
+
+
+@main.command("list")
+def list_command() -> None:
+    """Print the registered methods, backbones (with presets) and datasets."""
+    from bench.catalog import describe_registries
+    click.echo(describe_registries())
+
+
+@main.command("run")
+@click.option("--config", type=click.Path(path_type=Path), help="grid file (TOML or YAML); flags override it")
+@click.option("--methods", help="comma-separated methods; a+b composes (default: all registered)")
+@click.option("--backbones", help="comma-separated backbones (default: convtransformer)")
+@click.option("--presets", help="deploy presets (default: lightweight+large for baseline, lightweight otherwise)")
+@click.option("--datasets", help="comma-separated datasets (default: embedded)")
+@click.option("--folds", help="fold numbers, e.g. 1,2 or 1-5 (default: 1,2)")
+@click.option("--seeds", help="seeds, e.g. 0,1,2 (default: 0)")
+@click.option("--epochs", type=int, help="training epochs")
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--teacher-preset", help="preset of the large model that kd/prune/lowrank start from")
+@click.option("--param", "-p", "params", multiple=True, help="method parameter, METHOD.PARAM=VALUE")
+@click.option("--dataset-param", "dataset_params", multiple=True, help="dataset parameter, DATASET.PARAM=VALUE")
+@click.option("--data-root", "data_roots", multiple=True, help="corpus folder: PATH, or NAME=PATH (repeatable)")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="features, corpora and trained models [env HRF_BENCH_CACHE, default ~/.cache/hrf-bench]")
+@click.option("--force", is_flag=True, help="re-run runs already recorded")
+@click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+def run_command(config, methods, backbones, presets, datasets, folds, seeds, epochs, batch_size, lr, teacher_preset,
+                params, dataset_params, data_roots, results_dir, cache_dir, force, quiet) -> None:
+    """Run a benchmark grid; runs already recorded are skipped."""
+    from bench.grid import load_config, make_grid, run_grid
+    from bench.summary import print_summary
+    from bench.results import RecordStore
+
+    values = load_config(config) if config else {}
+    flags = {"methods": parse_list(methods, "methods"), "backbones": parse_list(backbones, "backbones"),
+             "presets": parse_list(presets, "presets"), "datasets": parse_list(datasets, "datasets"),
+             "folds": parse_ints(folds, "folds"), "seeds": parse_ints(seeds, "seeds"),
+             "teacher_preset": teacher_preset}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    train = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+    values["train"] = dict(values.get("train", {})) | {k: v for k, v in train.items() if v is not None}
+    for key, given in (("method_params", parse_assignments(params, "param")),
+                       ("dataset_params", parse_assignments(dataset_params, "dataset-param"))):
+        merged = dict(values.get(key, {}))
+        for owner, assignments in given.items():
+            merged[owner] = dict(merged.get(owner, {})) | assignments
+        values[key] = merged
+    values["data_roots"] = dict(values.get("data_roots", {})) | parse_data_roots(
+        data_roots, values.get("datasets", ["embedded"]))
+    grid = make_grid(values)
+    store = RecordStore(results_dir)
+    records = run_grid(grid, store, cache_dir or default_cache_dir(), force=force, progress=not quiet)
+    print_summary(records)
+    click.echo(f"records: {store.records_dir}  table: {store.root / 'runs.csv'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""The environment that produced a figure, recorded with every run (rows from different machines
+must never be silently mixed)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+_PACKAGES = ("torch", "torchaudio", "numpy", "onnxruntime", "optuna", "torch-pruning", "hrf-bench")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.cache
+def git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (out.stdout.strip() + ("-dirty" if dirty else "")) if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def environment() -> dict:
+    """Flat ``env_*`` fields: host, CPU, cores, threads, Python and library versions, git commit."""
+    fields = {
+        "env_host": socket.gethostname(),
+        "env_cpu": cpu_model(),
+        "env_cores": os.cpu_count(),
+        "env_torch_threads": torch.get_num_threads(),
+        "env_python": platform.python_version(),
+        "env_platform": platform.platform(),
+        "env_cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "",
+        "env_git_commit": git_commit(),
+    }
+    fields.update({f"env_{p.replace('-', '_')}": _version(p) for p in _PACKAGES})
+    return fields

@@ -1,0 +1,155 @@
+"""Audio reading and front-end features, computed once per (corpus content, feature settings) and
+cached on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio
+from tqdm import tqdm
+
+from bench.corpus import Corpus, Utterance
+from bench.registry import BenchError
+
+TARGET_RATE = 16000
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Front-end settings; part of every cache key and run record."""
+
+    kind: str = "logmel"  # logmel | spectrogram | mfcc
+    n_mels: int = 80
+    win_ms: float = 25.0
+    hop_ms: float = 10.0
+    n_mfcc: int = 40
+
+    def __post_init__(self):
+        if self.kind not in ("logmel", "spectrogram", "mfcc"):
+            raise BenchError(f"unknown feature kind {self.kind!r}: use logmel, spectrogram or mfcc")
+        if self.n_mels <= 0 or self.win_ms <= 0 or self.hop_ms <= 0:
+            raise BenchError(f"feature sizes must be positive, got {self}")
+
+    @property
+    def dim(self) -> int:
+        if self.kind == "spectrogram":
+            return self.n_fft // 2 + 1
+        return self.n_mfcc if self.kind == "mfcc" else self.n_mels
+
+    @property
+    def n_fft(self) -> int:
+        return int(round(TARGET_RATE * self.win_ms / 1000))
+
+    @property
+    def hop(self) -> int:
+        return int(round(TARGET_RATE * self.hop_ms / 1000))
+
+    def frames(self, seconds: float) -> int:
+        """Frames produced for ``seconds`` of audio (centered STFT)."""
+        return int(seconds * TARGET_RATE) // self.hop + 1
+
+
+def read_audio(utterance: Utterance) -> torch.Tensor:
+    """Mono float32 waveform ``(samples,)`` at 16 kHz; raises BenchError naming the file on failure."""
+    try:
+        info = soundfile.info(str(utterance.path))
+        start = int((utterance.start or 0.0) * info.samplerate)
+        stop = int(utterance.end * info.samplerate) if utterance.end is not None else None
+        data, rate = soundfile.read(str(utterance.path), start=start, stop=stop, dtype="float32", always_2d=True)
+    except Exception as error:  # soundfile raises several types for broken files
+        raise BenchError(f"cannot read audio {utterance.path}: {error}") from None
+    if data.size == 0:
+        raise BenchError(f"audio file {utterance.path} is empty")
+    wave = torch.from_numpy(data.mean(axis=1))
+    if rate != TARGET_RATE:
+        wave = torchaudio.functional.resample(wave, rate, TARGET_RATE)
+    return wave
+
+
+class _Frontend:
+    def __init__(self, config: FeatureConfig):
+        common = dict(sample_rate=TARGET_RATE)
+        spec = dict(n_fft=config.n_fft, win_length=config.n_fft, hop_length=config.hop)
+        if config.kind == "logmel":
+            self.transform = torchaudio.transforms.MelSpectrogram(n_mels=config.n_mels, **common, **spec)
+        elif config.kind == "spectrogram":
+            self.transform = torchaudio.transforms.Spectrogram(power=2.0, **spec)
+        else:
+            self.transform = torchaudio.transforms.MFCC(
+                n_mfcc=config.n_mfcc, log_mels=True, melkwargs=dict(n_mels=config.n_mels, **spec), **common)
+        self.log = config.kind != "mfcc"
+
+    def __call__(self, wave: torch.Tensor) -> torch.Tensor:
+        """wave ``(samples,)`` -> ``(frames, dims)``."""
+        with torch.inference_mode():
+            spec = self.transform(wave)
+            if self.log:
+                spec = 10.0 * torch.log10(spec + 1e-10)  # dB
+            return spec.T.contiguous().clone()
+
+
+def _fingerprint(corpus: Corpus) -> str:
+    if corpus.fingerprint:
+        return corpus.fingerprint
+    digest = hashlib.sha1()
+    for u in corpus.utterances:
+        source = u.features or u.path
+        stat = os.stat(source) if source is not None and os.path.exists(source) else None
+        digest.update(f"{u.id}|{source}|{u.start}|{u.end}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def cache_path(corpus: Corpus, config: FeatureConfig, cache_dir: Path) -> Path:
+    key = hashlib.sha1(json.dumps([corpus.name, _fingerprint(corpus), asdict(config)]).encode()).hexdigest()[:16]
+    return Path(cache_dir) / "features" / f"{corpus.name}-{config.kind}-{key}.pt"
+
+
+def _load_array(path: Path) -> torch.Tensor:
+    try:
+        if path.suffix == ".mat":
+            from scipy.io import loadmat
+            arrays = [v for k, v in loadmat(str(path)).items() if not k.startswith("__")]
+            array = max(arrays, key=lambda a: a.size)
+        else:
+            array = np.load(path)
+    except Exception as error:
+        raise BenchError(f"cannot read feature file {path}: {error}") from None
+    if array.ndim != 2 or array.shape[0] == 0:
+        raise BenchError(f"feature file {path} must hold a (frames, dims) array, got shape {array.shape}")
+    return torch.from_numpy(np.asarray(array, dtype=np.float32))
+
+
+def extract(corpus: Corpus, config: FeatureConfig, cache_dir: Path, progress: bool = True) -> dict[str, torch.Tensor]:
+    """Features per utterance id, ``(frames, dims)`` float32, read from the cache when present.
+
+    Unreadable files are skipped; their names are appended to ``corpus.skipped`` and printed.
+    """
+    path = cache_path(corpus, config, cache_dir)
+    if path.exists():
+        cached = torch.load(path)
+        corpus.skipped.extend(cached["skipped"])
+        return cached["features"]
+    frontend = _Frontend(config)
+    features, skipped = {}, []
+    for u in tqdm(corpus.utterances, desc=f"features {corpus.name}", disable=not progress, unit="utt"):
+        try:
+            features[u.id] = _load_array(u.features) if u.features is not None else frontend(read_audio(u))
+        except BenchError as error:
+            skipped.append(str(error))
+    if not features:
+        raise BenchError(f"no readable utterance in {corpus.name}; first problem: {skipped[0] if skipped else 'empty'}")
+    for message in skipped:
+        tqdm.write(f"skipped: {message}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"features": features, "skipped": skipped}, tmp)
+    os.replace(tmp, path)
+    corpus.skipped.extend(skipped)
+    return features

@@ -1,0 +1,245 @@
+"""Runs one grid point: data for the fold, the method's build -> train -> deploy hooks, evaluation,
+measurement, and the record. Shared work (corpus, features, fold splits, trained plain models) is
+cached in memory and on disk so that methods starting from the same model do not retrain it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench import measure
+from bench.corpus import Corpus
+from bench.env import environment
+from bench.features import FeatureConfig, extract
+from bench.models import build_backbone, preset_config
+from bench.registry import DATASETS, METHODS, BenchError
+from bench.results import run_id
+from bench.train import FitResult, Split, TrainConfig, evaluate, fit
+
+log = logging.getLogger("bench")
+LATENCY_SECONDS = 5.0  # input duration for MACs and latency in run records
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that identifies one run. ``method`` may compose plug-ins: ``hrf+quant``."""
+
+    method: str
+    backbone: str
+    preset: str
+    dataset: str
+    fold: int
+    seed: int
+    train: TrainConfig = TrainConfig()
+    features: FeatureConfig = FeatureConfig()
+    method_params: dict = field(default_factory=dict)  # {method name: {param: value}} (overrides)
+    dataset_params: dict = field(default_factory=dict)
+    teacher_preset: str = "large"
+
+    @property
+    def components(self) -> list[str]:
+        return self.method.split("+")
+
+    def resolved_method_params(self) -> dict:
+        """Every component's full parameter set (defaults filled in), validated."""
+        return {name: asdict(p) if p is not None else {}
+                for name, p in ((n, METHODS.get(n).make_params(self.method_params.get(n))) for n in self.components)}
+
+    def key(self) -> dict:
+        return {"method": self.method, "method_params": self.resolved_method_params(), "backbone": self.backbone,
+                "preset": self.preset, "dataset": self.dataset, "dataset_params": self.dataset_params,
+                "fold": self.fold, "seed": self.seed, "train": asdict(self.train), "features": asdict(self.features),
+                "teacher_preset": self.teacher_preset if self.uses_teacher() else None}
+
+    def uses_teacher(self) -> bool:
+        return any(getattr(METHODS.get(n).obj, "uses_large_model", False) for n in self.components)
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self.key())
+
+
+@dataclass
+class FoldData:
+    corpus: Corpus
+    train: Split
+    val: Split
+    test: Split
+
+    @property
+    def input_dim(self) -> int:
+        return self.train.features[0].shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.corpus.classes)
+
+
+class Workspace:
+    """Caches shared by the runs of one process: corpora, features, normalized fold splits."""
+
+    def __init__(self, cache_dir: Path, data_roots: dict[str, Path] | None = None, progress: bool = True):
+        self.cache_dir = Path(cache_dir)
+        self.data_roots = data_roots or {}
+        self.progress = progress
+        self._corpora: dict = {}
+        self._folds: dict = {}
+
+    def root_for(self, dataset: str) -> Path | None:
+        if dataset in self.data_roots:
+            return Path(self.data_roots[dataset])
+        env = os.environ.get(f"HRF_BENCH_{dataset.upper().replace('-', '_')}_ROOT")
+        return Path(env) if env else None
+
+    def corpus(self, dataset: str, dataset_params: dict, features: FeatureConfig) -> tuple[Corpus, dict]:
+        key = (dataset, json.dumps(dataset_params, sort_keys=True), features)
+        if key not in self._corpora:
+            entry = DATASETS.get(dataset)
+            corpus = entry.obj(self.root_for(dataset), self.cache_dir, entry.make_params(dataset_params))
+            self._corpora[key] = (corpus, extract(corpus, features, self.cache_dir, self.progress))
+        return self._corpora[key]
+
+    def fold_data(self, spec: RunSpec) -> FoldData:
+        key = (spec.dataset, json.dumps(spec.dataset_params, sort_keys=True), spec.features, spec.fold)
+        if key not in self._folds:
+            corpus, features = self.corpus(spec.dataset, spec.dataset_params, spec.features)
+            fold = corpus.fold(spec.fold)
+            splits = {name: [i for i in getattr(fold, name) if corpus.utterances[i].id in features]
+                      for name in ("train", "val", "test")}
+            train_frames = torch.cat([features[corpus.utterances[i].id] for i in splits["train"]])
+            mean, std = train_frames.mean(0), train_frames.std(0).clamp(min=1e-5)  # training split only
+            grouped = any(u.group for u in corpus.utterances)
+
+            def make(indices):
+                utts = [corpus.utterances[i] for i in indices]
+                return Split([(features[u.id] - mean) / std for u in utts],
+                             torch.tensor([corpus.label_index(u) for u in utts]),
+                             [u.group or u.id for u in utts] if grouped else None)
+
+            self._folds[key] = FoldData(corpus, *(make(splits[n]) for n in ("train", "val", "test")))
+        return self._folds[key]
+
+
+class RunContext:
+    """What a method sees of the run: the data, model builders and the shared trainer."""
+
+    def __init__(self, spec: RunSpec, data: FoldData, workspace: Workspace):
+        self.spec, self.data, self.workspace = spec, data, workspace
+        self.fits: list[FitResult] = []
+        self.notes: dict = {}
+
+    def new_model(self, preset: str | None = None, **overrides) -> nn.Module:
+        """A freshly initialized backbone at ``preset`` (default: the run's), seeded by the run seed."""
+        torch.manual_seed(self.spec.seed)
+        return build_backbone(self.spec.backbone, preset or self.spec.preset, self.data.input_dim,
+                              self.data.num_classes, **overrides)
+
+    def fit(self, model: nn.Module, loss_fn=None, extra_parameters=None, epochs: int | None = None,
+            desc: str | None = None) -> nn.Module:
+        config = self.spec.train if epochs is None else TrainConfig(**(asdict(self.spec.train) | {"epochs": epochs}))
+        result = fit(model, self.data.train, self.data.val, self.data.num_classes, config, self.spec.seed,
+                     loss_fn=loss_fn, extra_parameters=extra_parameters, progress=self.workspace.progress,
+                     desc=desc or self.spec.method)
+        self.fits.append(result)
+        return model
+
+    def trained_model(self, preset: str) -> nn.Module:
+        """A plain model of ``preset`` trained with the run's settings, cached on disk and reused by
+        every method and later run that needs it (baselines, teachers, pruning sources)."""
+        spec = self.spec
+        key = json.dumps([spec.backbone, preset, preset_config(spec.backbone, preset), spec.dataset,
+                          spec.dataset_params, spec.fold, spec.seed, asdict(spec.train), asdict(spec.features)],
+                         sort_keys=True, default=str)
+        path = self.workspace.cache_dir / "models" / f"{spec.backbone}-{preset}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+        model = self.new_model(preset)
+        if path.exists():
+            saved = torch.load(path, weights_only=False)
+            model.load_state_dict(saved["state_dict"])
+            self.fits.append(FitResult(**saved["fit"]))
+            self.notes[f"{preset}_model_cache"] = "hit"
+            log.info("reused cached %s %s model (fold %d, seed %d)", spec.backbone, preset, spec.fold, spec.seed)
+            return model.eval()
+        self.fit(model, desc=f"{spec.backbone}-{preset}")
+        self.notes[f"{preset}_model_cache"] = "miss"
+        log.info("trained %s %s model (fold %d, seed %d)", spec.backbone, preset, spec.fold, spec.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"state_dict": model.state_dict(), "fit": asdict(self.fits[-1])}, tmp)
+        os.replace(tmp, path)
+        return model
+
+    def large_model(self) -> nn.Module:
+        """The trained teacher / pruning source: the ``teacher_preset`` model (default ``large``)."""
+        return self.trained_model(self.spec.teacher_preset)
+
+
+def measure_deploy(model: nn.Module, input_dim: int, frames: int) -> dict:
+    """Deploy-model figures for the record (a first version; ``bench measure`` goes deeper)."""
+    figures = {"params": measure.count_params(model), "nonzero_params": measure.count_nonzero_params(model),
+               "input_seconds": LATENCY_SECONDS, "input_frames": frames}
+    try:
+        figures["macs"] = measure.count_macs(model, input_dim, frames)
+    except Exception as error:  # e.g. an operator the counter does not know; never fatal for a run
+        figures["macs"], figures["macs_error"] = None, str(error)
+    figures.update(measure.latency(model, input_dim, frames, threads=1))
+    return figures
+
+
+def execute(spec: RunSpec, workspace: Workspace) -> dict:
+    """Run ``spec`` and return its record (not yet written), with the deploy model under ``_deploy_model``."""
+    started = time.perf_counter()
+    data = workspace.fold_data(spec)
+    ctx = RunContext(spec, data, workspace)
+    model, train_params, method_figures = None, 0, {}
+    for name in spec.components:
+        entry = METHODS.get(name)
+        method = entry.obj(entry.make_params(spec.method_params.get(name)))
+        model = method.build(ctx, model)
+        model = method.train(model, ctx)
+        train_params = max(train_params, measure.count_params(model))
+        model = method.deploy(model, ctx)
+        method_figures.update(method.record())
+    model.eval()
+    test = evaluate(model, data.test, data.num_classes)
+    val = evaluate(model, data.val, data.num_classes)
+    figures = measure_deploy(model, data.input_dim, spec.features.frames(LATENCY_SECONDS))
+    record = {
+        "run_id": spec.run_id,
+        **{k: v for k, v in spec.key().items() if k not in ("train", "features", "method_params", "dataset_params")},
+        "method_params": spec.resolved_method_params(),
+        "dataset_params": spec.dataset_params,
+        **{f"train_{k}": v for k, v in asdict(spec.train).items()},
+        **{f"features_{k}": v for k, v in asdict(spec.features).items()},
+        **{k: test[k] for k in ("wa", "ua", "macro_f1", "weighted_f1")},
+        "confusion": test["confusion"], "classes": data.corpus.classes,
+        "headline_metric": data.corpus.headline_metric,
+        "val_ua": val["ua"], "val_wa": val["wa"],
+        "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
+        "skipped_files": len(data.corpus.skipped), "skipped": data.corpus.skipped,
+        "train_params": train_params, **figures, **method_figures, **ctx.notes,
+        "best_epoch": ctx.fits[-1].best_epoch if ctx.fits else None,
+        "fit_seconds": sum(f.train_seconds for f in ctx.fits),
+        "wall_seconds": time.perf_counter() - started,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **environment(),
+        "_deploy_model": model,  # taken out and saved by the caller
+    }
+    return record
+
+
+def save_model(model: nn.Module, path: Path) -> None:
+    """Save the whole deploy model, so that ``bench measure`` can re-measure it without retraining."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(model, tmp)
+    os.replace(tmp, path)
+
