@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+import importlib
+
 import click
 
 from bench.registry import BenchError, load_builtin_plugins
@@ -68,8 +70,21 @@ def parse_data_roots(items: tuple[str, ...], datasets: list[str]) -> dict[str, s
     return roots
 
 
+# Commands defined in their own modules, imported only when used: "name": "module:attribute".
+LAZY_COMMANDS: dict[str, str] = {}
+
+
 class BenchGroup(click.Group):
-    """Turns BenchError into a one-line message and exit status 2."""
+    """Loads the lazy commands and turns BenchError into a one-line message and exit status 2."""
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx, name):
+        if name in LAZY_COMMANDS:
+            module, attribute = LAZY_COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx):
         try:
