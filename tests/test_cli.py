@@ -1,0 +1,91 @@
+"""The ``bench`` command line: a real tiny grid, skipping recorded runs, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from bench.cli import main
+
+TINY = ["--datasets", "toy", "--presets", "tiny", "--folds", "1", "--seeds", "0", "--epochs", "2", "--quiet"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def results(tmp_path, cache_dir, monkeypatch) -> Path:
+    monkeypatch.setenv("HRF_BENCH_CACHE", str(cache_dir))
+    return tmp_path / "results"
+
+
+def snapshot(folder: Path) -> dict:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_list_prints_all_registries_with_parameters():
+    result = invoke("list")
+    assert result.exit_code == 0
+    for text in ("methods:", "baseline", "backbones", "convtransformer", "preset lightweight", "MACs", "datasets:",
+                 "embedded", "toy", "separation: float = 1.5"):
+        assert text in result.output
+
+
+def test_run_records_rows_then_skips_them_and_force_reruns(results):
+    first = invoke("run", "--methods", "baseline", "--results-dir", str(results), *TINY)
+    assert first.exit_code == 0, first.output
+    table = pd.read_csv(results / "runs.csv")
+    assert len(table) == 1 and table.loc[0, "method"] == "baseline" and table.loc[0, "preset"] == "tiny"
+    for column in ("wa", "ua", "macro_f1", "params", "macs", "latency_ms", "env_cpu", "env_torch", "env_git_commit"):
+        assert column in table.columns and pd.notna(table.loc[0, column])
+    assert "UA" in first.output and "baseline" in first.output  # the summary table
+    record_file, = (results / "records").glob("*.json")
+    before = record_file.read_bytes()
+
+    again = invoke("run", "--methods", "baseline", "--results-dir", str(results), *TINY)
+    assert again.exit_code == 0
+    assert record_file.read_bytes() == before  # skipped, not re-run
+
+    forced = invoke("run", "--methods", "baseline", "--results-dir", str(results), "--force", *TINY)
+    assert forced.exit_code == 0
+    assert json.loads(record_file.read_text())["finished_at"] >= json.loads(before)["finished_at"]
+    assert len(pd.read_csv(results / "runs.csv")) == 1  # still one row per run
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "nope"], "unknown method 'nope'"),
+    (["--backbones", "transformerr"], "unknown backbone 'transformerr'"),
+    (["--datasets", "imaginary"], "unknown dataset 'imaginary'"),
+    (["--folds", "1,x"], "bad --folds value"),
+    (["--presets", "huge"], "unknown preset 'huge'"),
+    (["-p", "baseline.nothing=1"], "has no parameter 'nothing'"),
+    (["--epochs", "0"], "epochs must be >= 1"),
+])
+def test_bad_input_is_one_line_exit_2_and_leaves_results_alone(results, args, message):
+    assert invoke("run", "--methods", "baseline", "--results-dir", str(results), *TINY).exit_code == 0
+    before = snapshot(results)
+    full = ["run", "--results-dir", str(results), *TINY, *args]
+    result = CliRunner().invoke(main, full)
+    assert result.exit_code == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(error_lines) == 1 and message in error_lines[0], result.stderr
+    assert snapshot(results) == before
+
+
+def test_unwritable_results_folder_is_one_line_exit_2(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(main, ["run", "--methods", "baseline", "--results-dir", str(blocker / "results"), *TINY])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "not writable" in result.stderr
+
+
+def test_fold_that_does_not_exist_is_reported(results):
+    result = CliRunner().invoke(main, ["run", "--methods", "baseline", "--results-dir", str(results),
+                                       *TINY[:4], "--folds", "9", *TINY[6:]])
+    assert result.exit_code == 2 and "fold 9 does not exist for toy" in result.stderr
