@@ -1,3 +1,3 @@
 """Backbone plug-ins: one file per architecture, each registering a builder with its presets."""
 
-from backbones import convtransformer  # noqa: F401
+from backbones import conformer, convtransformer, speechformer  # noqa: F401
