@@ -1,6 +1,7 @@
-"""Every registered method on every backbone (tiny preset, one epoch on the ``toy`` corpus), through
-the real runner; and HRF's merge is exact on each backbone. Methods registered later join
-automatically: the matrix is built from the registry at collection time."""
+"""Every registered method on every backbone through the real runner (tiny preset, ``toy`` corpus,
+three epochs: methods that fine-tune in steps, like iterative pruning, need one epoch per step); and
+HRF's merge is exact on each backbone. Methods registered later join automatically: the matrix is
+built from the registry at collection time."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def variable_length_batch(dim: int) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("method", METHODS.names())
 def test_method_runs_on_backbone(method, backbone, workspace):
     spec = RunSpec(method=method, backbone=backbone, preset="tiny", dataset="toy", fold=1, seed=0,
-                   train=TrainConfig(epochs=1, batch_size=8), dataset_params=TOY_PARAMS, teacher_preset="tiny")
+                   train=TrainConfig(epochs=3, batch_size=8), dataset_params=TOY_PARAMS, teacher_preset="tiny")
     record = execute(spec, workspace)
     assert math.isfinite(record["ua"]) and 0.0 <= record["ua"] <= 1.0
     assert record["params"] > 0 and record["macs"] is not None and record["macs"] > 0
