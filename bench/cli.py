@@ -120,6 +120,11 @@ def list_command() -> None:
 @click.option("--epochs", type=int, help="training epochs")
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
+@click.option("--class-weighting/--no-class-weighting", default=None,
+              help="weight the loss by inverse class frequency (imbalanced corpora such as daicwoz)")
+@click.option("--features", "feature_kind", type=click.Choice(["logmel", "spectrogram", "mfcc"]),
+              help="front-end features (default: logmel)")
+@click.option("--n-mels", type=int, help="mel bins of logmel (and of the mel filterbank behind mfcc)")
 @click.option("--teacher-preset", help="preset of the large model that kd/prune/lowrank start from")
 @click.option("--param", "-p", "params", multiple=True, help="method parameter, METHOD.PARAM=VALUE")
 @click.option("--dataset-param", "dataset_params", multiple=True, help="dataset parameter, DATASET.PARAM=VALUE")
@@ -130,7 +135,8 @@ def list_command() -> None:
 @click.option("--force", is_flag=True, help="re-run runs already recorded")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars")
 def run_command(config, methods, backbones, presets, datasets, folds, seeds, epochs, batch_size, lr, teacher_preset,
-                params, dataset_params, data_roots, results_dir, cache_dir, force, quiet) -> None:
+                params, dataset_params, data_roots, results_dir, cache_dir, force, quiet, class_weighting,
+                feature_kind, n_mels) -> None:
     """Run a benchmark grid; runs already recorded are skipped."""
     from bench.grid import load_config, make_grid, run_grid
     from bench.summary import print_summary
@@ -142,8 +148,10 @@ def run_command(config, methods, backbones, presets, datasets, folds, seeds, epo
              "folds": parse_ints(folds, "folds"), "seeds": parse_ints(seeds, "seeds"),
              "teacher_preset": teacher_preset}
     values.update({k: v for k, v in flags.items() if v is not None})
-    train = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+    train = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "class_weighting": class_weighting}
     values["train"] = dict(values.get("train", {})) | {k: v for k, v in train.items() if v is not None}
+    features = {"kind": feature_kind, "n_mels": n_mels}
+    values["features"] = dict(values.get("features", {})) | {k: v for k, v in features.items() if v is not None}
     for key, given in (("method_params", parse_assignments(params, "param")),
                        ("dataset_params", parse_assignments(dataset_params, "dataset-param"))):
         merged = dict(values.get(key, {}))

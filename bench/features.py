@@ -36,6 +36,8 @@ class FeatureConfig:
             raise BenchError(f"unknown feature kind {self.kind!r}: use logmel, spectrogram or mfcc")
         if self.n_mels <= 0 or self.win_ms <= 0 or self.hop_ms <= 0:
             raise BenchError(f"feature sizes must be positive, got {self}")
+        if self.kind == "mfcc" and self.n_mfcc > self.n_mels:
+            raise BenchError(f"mfcc needs n_mfcc <= n_mels, got {self.n_mfcc=}, {self.n_mels=}: raise --n-mels")
 
     @property
     def dim(self) -> int:
@@ -134,6 +136,8 @@ def extract(corpus: Corpus, config: FeatureConfig, cache_dir: Path, progress: bo
     path = cache_path(corpus, config, cache_dir)
     if path.exists():
         cached = torch.load(path)
+        for message in cached["skipped"]:  # printed on every use, not only when first extracted
+            tqdm.write(f"skipped: {message}")
         corpus.skipped.extend(cached["skipped"])
         return cached["features"]
     frontend = _Frontend(config)

@@ -1,4 +1,5 @@
-"""Classification metrics: WA (accuracy), UA (macro recall), macro/weighted F1, confusion matrix."""
+"""Classification metrics: WA (accuracy), UA (macro recall), macro/weighted F1, per-class F1 and recall,
+confusion matrix."""
 
 from __future__ import annotations
 
@@ -29,5 +30,23 @@ def scores(labels, predictions, num_classes: int) -> dict:
         "ua": float(recall[present].mean()) if present.any() else 0.0,
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "weighted_f1": float((f1 * support).sum() / total),
+        "class_f1": f1.tolist(),
+        "class_recall": recall.tolist(),
         "confusion": matrix.tolist(),
     }
+
+
+def declared_scores(result: dict, names: tuple[str, ...], classes: list[str]) -> dict:
+    """The metrics a dataset declares, from a ``scores`` result: its keys, or ``f1_<class>`` and
+    ``recall_<class>`` (e.g. ``f1_depressed``, the F1 of DAIC-WOZ's depressed class)."""
+    values = {}
+    for name in names:
+        kind, _, label = name.partition("_")
+        if name in result and not isinstance(result[name], list):
+            values[name] = result[name]
+        elif kind in ("f1", "recall") and label in classes:
+            values[name] = result[f"class_{kind}"][classes.index(label)]
+        else:
+            raise ValueError(f"unknown metric {name!r}: use wa, ua, macro_f1, weighted_f1, f1_<class> "
+                             f"or recall_<class>")
+    return values

@@ -20,6 +20,7 @@ from bench import measure
 from bench.corpus import Corpus
 from bench.env import environment
 from bench.features import FeatureConfig, extract
+from bench.metrics import declared_scores
 from bench.models import build_backbone, preset_config
 from bench.registry import DATASETS, METHODS, BenchError
 from bench.results import run_id
@@ -220,8 +221,10 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         **{f"train_{k}": v for k, v in asdict(spec.train).items()},
         **{f"features_{k}": v for k, v in asdict(spec.features).items()},
         **{k: test[k] for k in ("wa", "ua", "macro_f1", "weighted_f1")},
+        **declared_scores(test, data.corpus.metrics, data.corpus.classes),
         "confusion": test["confusion"], "classes": data.corpus.classes,
         "headline_metric": data.corpus.headline_metric,
+        "dataset_metrics": list(data.corpus.metrics),
         "val_ua": val["ua"], "val_wa": val["wa"],
         "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
         "skipped_files": len(data.corpus.skipped), "skipped": data.corpus.skipped,
