@@ -71,7 +71,9 @@ def parse_data_roots(items: tuple[str, ...], datasets: list[str]) -> dict[str, s
 
 
 # Commands defined in their own modules, imported only when used: "name": "module:attribute".
-LAZY_COMMANDS: dict[str, str] = {}
+LAZY_COMMANDS: dict[str, str] = {
+    "report": "bench.report:report_command",
+}
 
 
 class BenchGroup(click.Group):

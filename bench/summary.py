@@ -1,30 +1,272 @@
-"""The table printed at the end of ``bench run``: mean over folds and seeds per grid cell."""
+"""Tidy tables from run records: ``runs`` (one row per run) and ``summary`` (mean, std and count over
+folds and seeds per method x method parameters x backbone x preset x dataset, with the difference to
+the plain lightweight and large baselines), and the summary printed at the end of ``bench run``.
+
+Records from older versions or other plug-ins may lack columns: a missing figure stays missing (NaN)
+in every table and is never filled in or averaged over the runs that happen to have it.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import fields
+
 import click
+import numpy as np
 import pandas as pd
 
-COLUMNS = ["dataset", "backbone", "method", "preset"]
-FIGURES = {"wa": "WA", "ua": "UA", "macro_f1": "F1", "params": "params", "macs": "MACs", "latency_ms": "latency_ms"}
+from bench import stats
+from bench.features import FeatureConfig
+from bench.train import TrainConfig
+
+KEYS = ["dataset", "backbone", "method", "config", "preset", "settings"]  # one summary row per value
+METRICS = ["wa", "ua", "macro_f1", "weighted_f1"]  # fractions in [0, 1]
+COSTS = ["params", "train_params", "macs", "flops", "size_bytes", "latency_ms", "latency_p90_ms"]
+LABELS = {"wa": "WA", "ua": "UA", "macro_f1": "F1", "weighted_f1": "wF1", "params": "params",
+          "train_params": "train params", "macs": "MACs", "flops": "FLOPs", "size_bytes": "size",
+          "latency_ms": "latency ms", "latency_p90_ms": "p90 ms"}
+NESTED = ("method_params", "dataset_params", "confusion", "classes", "skipped")
+BASELINE = "baseline"
+MISSING = "—"
 
 
-def summary_frame(records: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame([{k: r.get(k) for k in COLUMNS + list(FIGURES) + ["fold", "seed"]} for r in records])
-    grouped = frame.groupby(COLUMNS, sort=True)
-    table = grouped[list(FIGURES)].mean(numeric_only=False)
-    table["runs"] = grouped.size()
-    return table.rename(columns=FIGURES).reset_index()
+def _text(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
-def print_summary(records: list[dict]) -> None:
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def is_true(value) -> bool:
+    """A flag cell that may be missing (NaN after a merge)."""
+    return not _is_missing(value) and bool(value)
+
+
+def _varying_label(rows: list[dict]) -> list[str]:
+    """Per row, ``key=value`` for the keys whose values differ between ``rows`` (sorted, joined)."""
+    keys = sorted({k for row in rows for k in row})
+    varying = [k for k in keys if len({_text(row.get(k)) for row in rows}) > 1]
+    return [", ".join(f"{k}={row.get(k)}" for k in varying) for row in rows]
+
+
+def _config_items(record: dict) -> dict:
+    """A run's method configuration flattened: ``{"hrf.expansion_ratio": 4.0, "teacher": "large"}``."""
+    items = {f"{name}.{key}": value for name, params in sorted((record.get("method_params") or {}).items())
+             for key, value in sorted((params or {}).items())}
+    if record.get("teacher_preset"):
+        items["teacher"] = record["teacher_preset"]
+    return items
+
+
+def _setting_items(record: dict) -> dict:
+    """Training, feature and dataset settings: ``{"train.epochs": 8, "features.n_mels": 80, ...}``."""
+    items = {f"{prefix}.{f.name}": record.get(f"{prefix}_{f.name}")
+             for prefix, config in (("train", TrainConfig), ("features", FeatureConfig)) for f in fields(config)}
+    items.update({f"dataset.{k}": v for k, v in sorted((record.get("dataset_params") or {}).items())})
+    return items
+
+
+def runs_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per run: scalar fields as they are, nested fields as JSON text, plus ``config`` (the
+    method parameters that vary between runs of that method) and ``settings`` (the training, feature
+    and dataset settings that vary between all runs). Columns the tables need exist even when no record
+    has them."""
+    rows = []
+    for record in records:
+        row = {k: v for k, v in record.items() if not isinstance(v, (list, dict))}
+        row.update({k: _text(record[k]) for k in NESTED if k in record})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    for column in ["run_id", "dataset", "backbone", "method", "preset", "headline_metric"]:
+        if column not in frame:
+            frame[column] = None
+    for column in ["fold", "seed", *METRICS, *COSTS]:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else np.nan
+    frame[["dataset", "backbone", "method", "preset"]] = frame[["dataset", "backbone", "method", "preset"]].fillna(MISSING)
+    frame["config"] = ""
+    for method in sorted(set(frame["method"])):
+        at = [i for i, r in enumerate(records) if frame.loc[i, "method"] == method]
+        frame.loc[at, "config"] = _varying_label([_config_items(records[i]) for i in at])
+    frame["settings"] = _varying_label([_setting_items(r) for r in records]) if records else []
+    frame["headline_metric"] = frame.groupby("dataset")["headline_metric"].transform(_common_headline) \
+        if records else frame["headline_metric"]
+    for column in metric_columns(frame)[len(METRICS):]:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else np.nan
+    first = ["run_id", *KEYS, "fold", "seed", "headline_metric", *metric_columns(frame), *COSTS]
+    frame = frame[first + sorted(c for c in frame.columns if c not in first)]
+    return frame.sort_values(KEYS + ["fold", "seed", "run_id"], kind="stable").reset_index(drop=True)
+
+
+def _common_headline(values: pd.Series):
+    """A dataset's headline metric: what its records say (most common), ``ua`` when none says."""
+    known = values.dropna()
+    return known.mode().sort_values().iloc[0] if len(known) else "ua"
+
+
+def _complete_mean(values: pd.Series) -> float:
+    """Mean over runs, or NaN when any run lacks the figure (never a mean of a subset)."""
+    return float(values.mean()) if len(values) and values.notna().all() else math.nan
+
+
+def _complete_std(values: pd.Series) -> float:
+    return float(values.std(ddof=1)) if len(values) > 1 and values.notna().all() else math.nan
+
+
+def metric_columns(runs: pd.DataFrame) -> list[str]:
+    """The standard metrics plus any other headline metric a dataset declares (e.g. ``f1_depressed``)."""
+    extra = sorted(set(runs["headline_metric"].dropna()) - set(METRICS)) if "headline_metric" in runs else []
+    return METRICS + extra
+
+
+def summary_table(runs: pd.DataFrame, light_preset: str = "lightweight", large_preset: str = "large",
+                  seed: int = 0) -> pd.DataFrame:
+    """One row per ``KEYS`` group: ``<metric>_mean``, ``<metric>_std``, ``<cost>`` (mean), ``runs``,
+    ``folds``, ``seeds``; ``light_<metric>`` / ``large_<metric>``: the difference of means to the
+    ``baseline`` at ``light_preset`` / ``large_preset`` of the same dataset, backbone and settings; and
+    for the headline metric the paired statistics of ``bench.stats.compare`` (``pairs``, ``ci_low``,
+    ``ci_high``, ``p_wilcoxon``, ``significant``). Sorted by dataset, then headline mean, best first."""
+    metrics = metric_columns(runs)
+    columns = [*KEYS, "role", "headline_metric", *(f"{m}_{s}" for m in metrics for s in ("mean", "std")), *COSTS,
+               "runs", "folds", "seeds", *(f"{r}_{m}" for r in ("light", "large") for m in metrics),
+               *stats.COMPARISON_COLUMNS, "headline_mean", "headline_std", "run_ids"]
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for key, group in runs.groupby(KEYS, sort=True):
+        row = dict(zip(KEYS, key), headline_metric=group["headline_metric"].iloc[0])
+        for metric in metrics:
+            row[f"{metric}_mean"], row[f"{metric}_std"] = _complete_mean(group[metric]), _complete_std(group[metric])
+        row.update({cost: _complete_mean(group[cost]) for cost in COSTS})
+        row.update(runs=len(group), folds=group["fold"].nunique(), seeds=group["seed"].nunique(),
+                   run_ids=" ".join(group["run_id"].astype(str)))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["role"] = ""
+    for role, preset in (("light", light_preset), ("large", large_preset)):
+        is_reference = (table["method"] == BASELINE) & (table["preset"] == preset)
+        table.loc[is_reference, "role"] = role
+        reference = table[is_reference]
+        reference = reference.drop_duplicates(["dataset", "backbone", "settings"])
+        merged = table[["dataset", "backbone", "settings"]].merge(
+            reference[["dataset", "backbone", "settings", *(f"{m}_mean" for m in metrics)]],
+            on=["dataset", "backbone", "settings"], how="left")
+        for metric in metrics:
+            table[f"{role}_{metric}"] = table[f"{metric}_mean"].to_numpy() - merged[f"{metric}_mean"].to_numpy()
+    comparison = stats.compare(runs, light_preset, seed=seed)
+    table = table.merge(comparison, on=KEYS, how="left") if len(comparison) else \
+        table.assign(**{c: np.nan for c in stats.COMPARISON_COLUMNS})
+    table["headline_mean"] = [row[f"{row['headline_metric']}_mean"] for _, row in table.iterrows()]
+    table["headline_std"] = [row[f"{row['headline_metric']}_std"] for _, row in table.iterrows()]
+    table = table.sort_values(["dataset", "headline_mean", *KEYS[1:]], ascending=[True, False] + [True] * 5,
+                              na_position="last", kind="stable")
+    return table[columns].reset_index(drop=True)
+
+
+# ---- formatting shared by the terminal, Markdown, LaTeX and HTML views ----
+
+def percent(value, std=None) -> str:
+    if _is_missing(value):
+        return MISSING
+    return f"{100 * value:.1f}" + ("" if std is None else f" ± {MISSING if _is_missing(std) else f'{100 * std:.1f}'}")
+
+
+def signed_points(value) -> str:
+    return MISSING if _is_missing(value) else f"{100 * value:+.1f}"
+
+
+def count(value) -> str:
+    """Human-readable count: 31.2k, 1.05M, 3.40G."""
+    if _is_missing(value):
+        return MISSING
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def milliseconds(value) -> str:
+    return MISSING if _is_missing(value) else f"{value:.2f}"
+
+
+def interval(row) -> str:
+    if _is_missing(row.get("ci_low")):
+        return MISSING
+    mark = " *" if is_true(row.get("significant")) else ""
+    return f"[{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]{mark}"
+
+
+def display_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary as text cells (headline first), for the terminal and the Markdown/LaTeX exports."""
+    rows = []
+    for _, row in summary.iterrows():
+        headline = row["headline_metric"]
+        cells = {"method": row["method"], "config": row["config"], "backbone": row["backbone"],
+                 "preset": row["preset"], "settings": row["settings"],
+                 f"{LABELS.get(headline, headline)} %": percent(row["headline_mean"], row["headline_std"]),
+                 "Δ light": "ref" if row["role"] == "light" else signed_points(row.get(f"light_{headline}")),
+                 "95% CI": interval(row),
+                 "Δ large": "ref" if row["role"] == "large" else signed_points(row.get(f"large_{headline}"))}
+        cells.update({LABELS[m]: percent(row[f"{m}_mean"]) for m in METRICS if m != headline})
+        cells.update({"params": count(row["params"]), "MACs": count(row["macs"]),
+                      "latency ms": milliseconds(row["latency_ms"]), "runs": str(row["runs"])})
+        rows.append(cells)
+    table = pd.DataFrame(rows)
+    for optional in ("config", "settings"):
+        if optional in table and not table[optional].astype(bool).any():
+            table = table.drop(columns=optional)
+    return table
+
+
+def _datasets(summary: pd.DataFrame):
+    for dataset, group in summary.groupby("dataset", sort=True):
+        headline = group["headline_metric"].iloc[0]
+        yield dataset, headline, display_table(group)
+
+
+def to_markdown(summary: pd.DataFrame) -> str:
+    """One pipe table per dataset."""
+    parts = []
+    for dataset, headline, table in _datasets(summary):
+        cells = [[str(c).replace("|", "\\|") for c in row] for row in [list(table.columns), *table.to_numpy().tolist()]]
+        lines = ["| " + " | ".join(cells[0]) + " |", "|" + "|".join("---" for _ in cells[0]) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in cells[1:]]
+        parts.append(f"## {dataset} (headline: {LABELS.get(headline, headline)})\n\n" + "\n".join(lines) + "\n")
+    return "\n".join(parts) if parts else "No runs recorded.\n"
+
+
+def _latex_escape(text: str) -> str:
+    replace = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+               "±": r"$\pm$", "Δ": r"$\Delta$", "—": "--"}
+    return "".join(replace.get(ch, ch) for ch in str(text))
+
+
+def to_latex(summary: pd.DataFrame) -> str:
+    """One booktabs ``tabular`` per dataset (needs ``\\usepackage{booktabs}``)."""
+    parts = []
+    for dataset, headline, table in _datasets(summary):
+        lines = [f"% {dataset} (headline: {LABELS.get(headline, headline)})",
+                 r"\begin{tabular}{" + "l" * 4 + "r" * (len(table.columns) - 4) + "}", r"\toprule",
+                 " & ".join(_latex_escape(c) for c in table.columns) + r" \\", r"\midrule"]
+        lines += [" & ".join(_latex_escape(c) for c in row) + r" \\" for row in table.to_numpy().tolist()]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts) if parts else "% no runs recorded\n"
+
+
+def to_terminal(summary: pd.DataFrame) -> str:
+    parts = []
+    for dataset, headline, table in _datasets(summary):
+        parts.append(f"{dataset} (headline {LABELS.get(headline, headline)}; Δ in points, "
+                     f"* = 95% interval excludes 0)\n" + table.to_string(index=False))
+    return "\n\n".join(parts)
+
+
+def print_summary(records: list[dict], light_preset: str = "lightweight", large_preset: str = "large") -> None:
+    """The table printed at the end of ``bench run`` and ``bench report``."""
     if not records:
         click.echo("no runs recorded")
         return
-    table = summary_frame(records)
-    for col in ("WA", "UA", "F1"):
-        table[col] = table[col].map(lambda v: f"{100 * v:.1f}")
-    table["params"] = table["params"].map(lambda v: f"{v / 1e6:.3f}M")
-    table["MACs"] = table["MACs"].map(lambda v: "n/a" if pd.isna(v) else f"{v / 1e6:.1f}M")
-    table["latency_ms"] = table["latency_ms"].map(lambda v: f"{v:.2f}")
-    click.echo(table.to_string(index=False))
+    click.echo(to_terminal(summary_table(runs_frame(records), light_preset, large_preset)))

@@ -57,3 +57,22 @@ def load_toy(root: Path | None, cache_dir: Path, params: ToyParams) -> Corpus:
 @pytest.fixture
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_grid_results(tmp_path_factory) -> Path:
+    """A results folder of real tiny runs on ``toy`` (2 folds x 2 seeds, 2 epochs): ``baseline`` at
+    ``tiny`` and ``lightweight`` (report with ``--light-preset tiny --large-preset lightweight``), and
+    ``hrf`` at ``tiny`` when that method is registered."""
+    from bench.grid import make_grid, run_grid
+    from bench.registry import METHODS
+    from bench.results import RecordStore
+
+    store = RecordStore(tmp_path_factory.mktemp("tiny-grid") / "results")
+    cache = tmp_path_factory.mktemp("tiny-grid-cache")
+    common = {"datasets": ["toy"], "folds": [1, 2], "seeds": [0, 1], "train": {"epochs": 2}}
+    run_grid(make_grid(common | {"methods": ["baseline"], "presets": ["tiny", "lightweight"]}), store, cache,
+             progress=False)
+    if "hrf" in METHODS:
+        run_grid(make_grid(common | {"methods": ["hrf"], "presets": ["tiny"]}), store, cache, progress=False)
+    return store.root

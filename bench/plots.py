@@ -1,0 +1,204 @@
+"""Report figures (PNG and SVG, Agg backend, colour-blind-safe palette): accuracy against MACs and
+latency with the Pareto front, per-backbone bars with error bars, and Optuna study plots.
+
+Every figure is written deterministically (fixed SVG id salt, no dates), so that regenerating a
+report from the same records gives the same files.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import EngFormatter  # noqa: E402
+
+from bench.summary import LABELS  # noqa: E402
+
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+COSTS = {"macs": "MACs (5 s input)", "latency_ms": "latency ms (5 s input, median)"}
+STYLE = {"svg.hashsalt": "hrf-bench", "svg.fonttype": "none", "font.size": 11, "axes.titlesize": 12,
+         "axes.labelsize": 11, "legend.fontsize": 10, "xtick.labelsize": 10, "ytick.labelsize": 10}
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One written figure: ``section`` is ``tradeoff``, ``bars`` or ``tune``."""
+
+    section: str
+    title: str
+    caption: str
+    svg: Path
+    png: Path
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-") or "unnamed"
+
+
+def pareto_front(costs, scores) -> list[int]:
+    """Indices of the points no other point beats on both cost (lower) and score (higher), by
+    increasing cost. NaN points are never on the front."""
+    points = [(c, -s, i) for i, (c, s) in enumerate(zip(costs, scores)) if not (math.isnan(c) or math.isnan(s))]
+    front, best = [], -math.inf
+    for cost, negative_score, index in sorted(points):
+        if -negative_score > best:
+            front.append(index)
+            best = -negative_score
+    return front
+
+
+def row_label(row) -> str:
+    text = row["method"] + (f" [{row['config']}]" if row["config"] else "") + f" @{row['preset']}"
+    return text + (f" ({row['settings']})" if row["settings"] else "")
+
+
+def _save(fig, folder: Path, name: str) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    svg, png = folder / f"{name}.svg", folder / f"{name}.png"
+    fig.savefig(svg, format="svg", bbox_inches="tight", metadata={"Date": None})
+    fig.savefig(png, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return svg, png
+
+
+def _styles(summary: pd.DataFrame) -> tuple[dict, dict]:
+    methods = sorted(set(summary["method"]))
+    presets = sorted(set(summary["preset"]))
+    colours = dict(zip(methods, sns.color_palette("colorblind", max(len(methods), 1))))
+    return colours, {p: MARKERS[i % len(MARKERS)] for i, p in enumerate(presets)}
+
+
+def _legend(fig, colours: dict, markers: dict, with_front: bool) -> None:
+    handles = [Line2D([], [], color=c, marker="o", ls="", label=m) for m, c in colours.items()]
+    handles += [Line2D([], [], color="0.4", marker=mk, ls="", label=f"@{p}") for p, mk in markers.items()]
+    if with_front:
+        handles.append(Line2D([], [], color="0.2", ls="--", label="Pareto front"))
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+
+
+def tradeoff_figure(summary: pd.DataFrame, dataset: str, cost: str, folder: Path) -> Figure | None:
+    """Headline metric (mean +- std over runs) against ``cost``, one panel per backbone, with the
+    Pareto front of the plotted points. None when no row has the cost."""
+    rows = summary[(summary["dataset"] == dataset) & summary[cost].notna() & summary["headline_mean"].notna()]
+    if rows.empty:
+        return None
+    headline = LABELS.get(rows["headline_metric"].iloc[0], rows["headline_metric"].iloc[0])
+    backbones = sorted(set(rows["backbone"]))
+    colours, markers = _styles(summary)
+    fig, axes = plt.subplots(1, len(backbones), figsize=(4.8 * len(backbones), 3.8), squeeze=False)
+    for ax, backbone in zip(axes[0], backbones):
+        panel = rows[rows["backbone"] == backbone]
+        for _, row in panel.iterrows():
+            std = 0.0 if math.isnan(row["headline_std"]) else 100 * row["headline_std"]
+            ax.errorbar(row[cost], 100 * row["headline_mean"], yerr=std, marker=markers[row["preset"]], ms=7,
+                        color=colours[row["method"]], capsize=3, ls="")
+        front = pareto_front(panel[cost].tolist(), panel["headline_mean"].tolist())
+        xs = [panel[cost].iloc[i] for i in front] + [panel[cost].max()]  # best so far, up to the costliest
+        ys = [100 * panel["headline_mean"].iloc[i] for i in front]
+        ys.append(ys[-1])
+        ax.plot(xs, ys, drawstyle="steps-post", color="0.2", ls="--", lw=1)
+        if panel[cost].max() > 20 * max(panel[cost].min(), 1e-12):
+            ax.set_xscale("log")
+        if cost == "macs":
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 5M, 20M rather than an offset exponent
+        ax.set(title=backbone, xlabel=COSTS[cost], ylabel=f"{headline} %")
+    _legend(fig, colours, markers, with_front=True)
+    name = f"tradeoff-{slug(dataset)}-{slug(cost)}"
+    svg, png = _save(fig, folder, name)
+    return Figure("tradeoff", f"{dataset}: {headline} vs {COSTS[cost]}",
+                  f"Mean ± std over folds and seeds; dashed: Pareto front (nothing cheaper is better).", svg, png)
+
+
+def bars_figure(summary: pd.DataFrame, dataset: str, folder: Path) -> Figure | None:
+    """Per backbone, one bar per method x config x preset: headline mean with std error bars."""
+    rows = summary[(summary["dataset"] == dataset) & summary["headline_mean"].notna()]
+    if rows.empty:
+        return None
+    headline = LABELS.get(rows["headline_metric"].iloc[0], rows["headline_metric"].iloc[0])
+    backbones = sorted(set(rows["backbone"]))
+    colours, _ = _styles(summary)
+    height = 1.2 + 0.38 * max(len(rows[rows["backbone"] == b]) for b in backbones)
+    fig, axes = plt.subplots(1, len(backbones), figsize=(5.2 * len(backbones), height), squeeze=False)
+    for ax, backbone in zip(axes[0], backbones):
+        panel = rows[rows["backbone"] == backbone].assign(label=lambda f: [row_label(r) for _, r in f.iterrows()])
+        panel = panel.sort_values("label", kind="stable")
+        positions = np.arange(len(panel))
+        ax.barh(positions, 100 * panel["headline_mean"], xerr=100 * panel["headline_std"].fillna(0.0),
+                color=[colours[m] for m in panel["method"]], capsize=3)
+        ax.set_yticks(positions, panel["label"])
+        ax.invert_yaxis()
+        ax.set(title=backbone, xlabel=f"{headline} % (mean ± std)")
+    svg, png = _save(fig, folder, f"bars-{slug(dataset)}")
+    return Figure("bars", f"{dataset}: {headline} per method", "Error bars: std over folds and seeds.", svg, png)
+
+
+def tune_figures(frame: pd.DataFrame, study: str, folder: Path) -> list[Figure]:
+    """For one Optuna study table (``trial``, ``state``, ``value``, ``params_<name>``...): the
+    objective against each parameter (complete trials) and the trial history with the best so far."""
+    if "value" not in frame or "trial" not in frame:
+        return []
+    frame = frame.assign(value=pd.to_numeric(frame["value"], errors="coerce"),
+                         trial=pd.to_numeric(frame["trial"], errors="coerce")).sort_values("trial", kind="stable")
+    state = frame["state"].astype(str) if "state" in frame else pd.Series("COMPLETE", index=frame.index)
+    done = frame[(state == "COMPLETE") & frame["value"].notna()]
+    figures = []
+    for column in sorted(c for c in frame.columns if c.startswith("params_")):
+        name = column[len("params_"):]
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        numeric = pd.to_numeric(done[column], errors="coerce")
+        if len(done) and numeric.notna().all():
+            ax.scatter(numeric, done["value"], color=sns.color_palette("colorblind")[0])
+            if numeric.min() > 0 and numeric.max() > 10 * numeric.min():
+                ax.set_xscale("log")
+        else:
+            categories = sorted(done[column].astype(str).unique())
+            ax.scatter([categories.index(v) for v in done[column].astype(str)], done["value"],
+                       color=sns.color_palette("colorblind")[0])
+            ax.set_xticks(range(len(categories)), categories)
+        ax.set(title=f"{study}: objective vs {name}", xlabel=name, ylabel="objective")
+        svg, png = _save(fig, folder, f"tune-{slug(study)}-{slug(name)}")
+        figures.append(Figure("tune", f"{study}: objective vs {name}", f"{len(done)} complete trials.", svg, png))
+    minimize = "direction" in frame and str(frame["direction"].iloc[0]).lower().startswith("min")
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    palette = sns.color_palette("colorblind")
+    for number, (label, part) in enumerate(sorted(frame.assign(state=state).groupby("state"))):
+        part = part[part["value"].notna()]
+        ax.scatter(part["trial"], part["value"], color=palette[number % len(palette)], label=label.lower())
+    if len(done):
+        best = done["value"].cummin() if minimize else done["value"].cummax()
+        ax.plot(done["trial"], best, drawstyle="steps-post", color="0.2", ls="--", label="best so far")
+    ax.set(title=f"{study}: trial history", xlabel="trial", ylabel="objective")
+    ax.legend(frameon=False)
+    svg, png = _save(fig, folder, f"tune-{slug(study)}-history")
+    figures.append(Figure("tune", f"{study}: trial history",
+                          f"{len(frame)} trials ({'minimized' if minimize else 'maximized'}).", svg, png))
+    return figures
+
+
+def make_plots(summary: pd.DataFrame, studies: dict[str, pd.DataFrame], folder: Path) -> list[Figure]:
+    """All report figures under ``folder``; stale PNG/SVG files of earlier reports are removed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = []
+    with plt.rc_context(STYLE), sns.axes_style("whitegrid"):
+        for dataset in sorted(set(summary["dataset"])):
+            for cost in COSTS:
+                figures.append(tradeoff_figure(summary, dataset, cost, folder))
+            figures.append(bars_figure(summary, dataset, folder))
+        for study, frame in sorted(studies.items()):
+            figures.extend(tune_figures(frame, study, folder))
+    figures = [f for f in figures if f is not None]
+    written = {p for f in figures for p in (f.svg, f.png)}
+    for stale in sorted(folder.glob("*.svg")) + sorted(folder.glob("*.png")):
+        if stale not in written:
+            stale.unlink()
+    return figures
