@@ -11,6 +11,7 @@ import importlib
 
 import click
 
+from bench.executors import execution_options
 from bench.registry import BenchError, load_builtin_plugins
 
 log = logging.getLogger("bench")
@@ -136,11 +137,12 @@ def list_command() -> None:
               help="features, corpora and trained models [env HRF_BENCH_CACHE, default ~/.cache/hrf-bench]")
 @click.option("--force", is_flag=True, help="re-run runs already recorded")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+@execution_options
 def run_command(config, methods, backbones, presets, datasets, folds, seeds, epochs, batch_size, lr, teacher_preset,
                 params, dataset_params, data_roots, results_dir, cache_dir, force, quiet, class_weighting,
-                feature_kind, n_mels) -> None:
+                feature_kind, n_mels, execution) -> None:
     """Run a benchmark grid; runs already recorded are skipped."""
-    from bench.grid import load_config, make_grid, run_grid
+    from bench.grid import load_config, make_grid
     from bench.summary import print_summary
     from bench.results import RecordStore
 
@@ -164,7 +166,9 @@ def run_command(config, methods, backbones, presets, datasets, folds, seeds, epo
         data_roots, values.get("datasets", ["embedded"]))
     grid = make_grid(values)
     store = RecordStore(results_dir)
-    records = run_grid(grid, store, cache_dir or default_cache_dir(), force=force, progress=not quiet)
+    records = execution.run(grid, store, cache_dir or default_cache_dir(), force=force, progress=not quiet)
+    if records is None:  # submitted without waiting
+        return
     print_summary(records)
     click.echo(f"records: {store.records_dir}  table: {store.root / 'runs.csv'}")
 

@@ -4,6 +4,7 @@ that executes the runs not yet recorded."""
 from __future__ import annotations
 
 import logging
+import time
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -11,11 +12,12 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from bench.claims import Shard, execute_claimed
 from bench.features import FeatureConfig
 from bench.models import preset_config
 from bench.registry import BACKBONES, DATASETS, METHODS, BenchError
 from bench.results import RecordStore
-from bench.runner import RunSpec, Workspace, execute, save_model
+from bench.runner import RunSpec, Workspace
 from bench.train import TrainConfig
 
 log = logging.getLogger("bench")
@@ -110,23 +112,33 @@ def make_grid(values: dict) -> Grid:
     return grid
 
 
-def run_grid(grid: Grid, store: RecordStore, cache_dir: Path, force: bool = False, progress: bool = True) -> list[dict]:
-    """Execute every run of ``grid`` not yet in ``store`` (all of them with ``force``); returns the
-    records of the grid's runs, old and new."""
+def run_grid(grid: Grid, store: RecordStore, cache_dir: Path, force: bool = False, progress: bool = True,
+             shard: Shard | None = None, defer_latency: bool = False) -> list[dict]:
+    """Execute every run of ``grid`` (of its ``shard``) not yet in ``store`` (all of them with
+    ``force``); returns the records of those runs, old and new.
+
+    Each run is claimed first, so several workers on one results folder share the grid. Runs held
+    by another worker are left for last and waited for (taken over if that worker dies), so when
+    this returns every run is recorded.
+    """
     store.check_writable()
-    specs = grid.specs()
-    workspace = Workspace(cache_dir, grid.data_roots, progress)
+    specs = grid.specs() if shard is None else shard.select(grid.specs())
+    workspace = Workspace(cache_dir, grid.data_roots, progress, defer_latency=defer_latency)
     todo = [s for s in specs if force or not store.has(s.run_id)]
     if len(todo) < len(specs):
         log.info("%d of %d runs already recorded; skipping them (use --force to re-run)", len(specs) - len(todo), len(specs))
+    rerun_before = time.time() if force else None
+    busy = []
     for number, spec in enumerate(tqdm(todo, desc="runs", disable=not progress, unit="run"), 1):
         if progress:
             tqdm.write(f"[{number}/{len(todo)}] {spec.method} {spec.backbone}/{spec.preset} {spec.dataset} "
                        f"fold {spec.fold} seed {spec.seed}")
-        record = execute(spec, workspace)
-        save_model(record.pop("_deploy_model"), store.root / "models" / f"{spec.run_id}.pt")
-        store.write(record)
-        store.write_table()
+        if not execute_claimed(spec, store, workspace, rerun_before=rerun_before):
+            busy.append(spec)
+    if busy:
+        log.info("waiting for %d runs held by other workers", len(busy))
+    for spec in busy:
+        execute_claimed(spec, store, workspace, wait=True, rerun_before=rerun_before)
     wanted = {s.run_id for s in specs}
     records, _ = store.load()
     return [r for r in records if r["run_id"] in wanted]

@@ -14,9 +14,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch import nn
 
 from bench import measure
+from bench.checkpoint import model_checkpoint, resumable_fit, run_checkpoint
 from bench.corpus import Corpus
 from bench.env import environment
 from bench.features import FeatureConfig, extract
@@ -24,7 +26,7 @@ from bench.metrics import declared_scores
 from bench.models import build_backbone, preset_config
 from bench.registry import DATASETS, METHODS, BenchError
 from bench.results import run_id
-from bench.train import FitResult, Split, TrainConfig, evaluate, fit
+from bench.train import FitResult, Split, TrainConfig, evaluate
 
 log = logging.getLogger("bench")
 LATENCY_SECONDS = 5.0  # input duration for MACs and latency in run records
@@ -88,10 +90,12 @@ class FoldData:
 class Workspace:
     """Caches shared by the runs of one process: corpora, features, normalized fold splits."""
 
-    def __init__(self, cache_dir: Path, data_roots: dict[str, Path] | None = None, progress: bool = True):
+    def __init__(self, cache_dir: Path, data_roots: dict[str, Path] | None = None, progress: bool = True,
+                 defer_latency: bool = False):
         self.cache_dir = Path(cache_dir)
         self.data_roots = data_roots or {}
         self.progress = progress
+        self.defer_latency = defer_latency  # leave latency to the serialized ``bench measure`` stage
         self._corpora: dict = {}
         self._folds: dict = {}
 
@@ -145,11 +149,17 @@ class RunContext:
                               self.data.num_classes, **overrides)
 
     def fit(self, model: nn.Module, loss_fn=None, extra_parameters=None, epochs: int | None = None,
-            desc: str | None = None) -> nn.Module:
+            desc: str | None = None, checkpoint: Path | None = None) -> nn.Module:
+        """Train with the shared trainer, checkpointing every epoch (default: the run's k-th training)
+        and resuming from the checkpoint an interrupted attempt left."""
         config = self.spec.train if epochs is None else TrainConfig(**(asdict(self.spec.train) | {"epochs": epochs}))
-        result = fit(model, self.data.train, self.data.val, self.data.num_classes, config, self.spec.seed,
-                     loss_fn=loss_fn, extra_parameters=extra_parameters, progress=self.workspace.progress,
-                     desc=desc or self.spec.method)
+        path = checkpoint or run_checkpoint(self.workspace.cache_dir, self.spec.run_id, len(self.fits))
+        result, resumed_from = resumable_fit(
+            model, self.data.train, self.data.val, self.data.num_classes, config, self.spec.seed, path,
+            loss_fn=loss_fn, extra_parameters=extra_parameters, progress=self.workspace.progress,
+            desc=desc or self.spec.method)
+        if resumed_from:
+            self.notes["resumed_from_epoch"] = resumed_from
         self.fits.append(result)
         return model
 
@@ -162,20 +172,23 @@ class RunContext:
                          sort_keys=True, default=str)
         path = self.workspace.cache_dir / "models" / f"{spec.backbone}-{preset}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
         model = self.new_model(preset)
-        if path.exists():
-            saved = torch.load(path, weights_only=False)
-            model.load_state_dict(saved["state_dict"])
-            self.fits.append(FitResult(**saved["fit"]))
-            self.notes[f"{preset}_model_cache"] = "hit"
-            log.info("reused cached %s %s model (fold %d, seed %d)", spec.backbone, preset, spec.fold, spec.seed)
-            return model.eval()
-        self.fit(model, desc=f"{spec.backbone}-{preset}")
-        self.notes[f"{preset}_model_cache"] = "miss"
-        log.info("trained %s %s model (fold %d, seed %d)", spec.backbone, preset, spec.fold, spec.seed)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"state_dict": model.state_dict(), "fit": asdict(self.fits[-1])}, tmp)
-        os.replace(tmp, path)
+        with FileLock(path.with_suffix(".lock")):  # concurrent workers needing this model train it once
+            if path.exists():
+                saved = torch.load(path, weights_only=False)
+                model.load_state_dict(saved["state_dict"])
+                self.fits.append(FitResult(**saved["fit"]))
+                self.notes[f"{preset}_model_cache"] = "hit"
+                log.info("reused cached %s %s model (fold %d, seed %d)", spec.backbone, preset, spec.fold, spec.seed)
+                return model.eval()
+            checkpoint = model_checkpoint(self.workspace.cache_dir, path.stem)
+            self.fit(model, desc=f"{spec.backbone}-{preset}", checkpoint=checkpoint)
+            self.notes[f"{preset}_model_cache"] = "miss"
+            log.info("trained %s %s model (fold %d, seed %d)", spec.backbone, preset, spec.fold, spec.seed)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save({"state_dict": model.state_dict(), "fit": asdict(self.fits[-1])}, tmp)
+            os.replace(tmp, path)
+            checkpoint.unlink(missing_ok=True)
         return model
 
     def large_model(self) -> nn.Module:
@@ -183,15 +196,19 @@ class RunContext:
         return self.trained_model(self.spec.teacher_preset)
 
 
-def measure_deploy(model: nn.Module, input_dim: int, frames: int) -> dict:
-    """Deploy-model figures for the record (a first version; ``bench measure`` goes deeper)."""
+def measure_deploy(model: nn.Module, input_dim: int, frames: int, latency: bool = True) -> dict:
+    """Deploy-model figures for the record (a first version; ``bench measure`` goes deeper).
+    Without ``latency`` the record is marked ``latency_deferred`` for ``bench measure``."""
     figures = {"params": measure.count_params(model), "nonzero_params": measure.count_nonzero_params(model),
                "input_seconds": LATENCY_SECONDS, "input_frames": frames}
     try:
         figures["macs"] = measure.count_macs(model, input_dim, frames)
     except Exception as error:  # e.g. an operator the counter does not know; never fatal for a run
         figures["macs"], figures["macs_error"] = None, str(error)
-    figures.update(measure.latency(model, input_dim, frames, threads=1))
+    if latency:
+        figures.update(measure.latency(model, input_dim, frames, threads=1))
+    else:
+        figures["latency_deferred"] = True
     return figures
 
 
@@ -212,7 +229,8 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
     model.eval()
     test = evaluate(model, data.test, data.num_classes)
     val = evaluate(model, data.val, data.num_classes)
-    figures = measure_deploy(model, data.input_dim, spec.features.frames(LATENCY_SECONDS))
+    figures = measure_deploy(model, data.input_dim, spec.features.frames(LATENCY_SECONDS),
+                             latency=not workspace.defer_latency)
     record = {
         "run_id": spec.run_id,
         **{k: v for k, v in spec.key().items() if k not in ("train", "features", "method_params", "dataset_params")},

@@ -157,6 +157,7 @@ def fit(model: nn.Module, train: Split, val: Split, num_classes: int, config: Tr
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         generator.set_state(resume_state["generator"])
+        torch.set_rng_state(resume_state["torch_rng"])  # dropout draws from the global RNG
     started = time.perf_counter()
     bar = tqdm(range(start_epoch, config.epochs), desc=desc, disable=not progress, unit="epoch", leave=False)
     for epoch in bar:
@@ -177,7 +178,8 @@ def fit(model: nn.Module, train: Split, val: Split, num_classes: int, config: Tr
         bar.set_postfix(loss=f"{total_loss / len(train):.3f}", val_ua=f"{val_ua:.3f}")
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model, dict(state, optimizer=optimizer.state_dict(),
-                                                  scheduler=scheduler.state_dict(), generator=generator.get_state()))
+                                                  scheduler=scheduler.state_dict(), generator=generator.get_state(),
+                                                  torch_rng=torch.get_rng_state()))
         if config.patience and epoch + 1 - state["best_epoch"] >= config.patience:
             break
     model.load_state_dict(state["best_weights"])

@@ -3,6 +3,7 @@ so tests train real models in seconds."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,3 +77,22 @@ def tiny_grid_results(tmp_path_factory) -> Path:
     if "hrf" in METHODS:
         run_grid(make_grid(common | {"methods": ["hrf"], "presets": ["tiny"]}), store, cache, progress=False)
     return store.root
+
+
+@pytest.fixture(scope="session")
+def toy_plugin_path(tmp_path_factory) -> str:
+    """A PYTHONPATH under which separate ``bench`` processes find the ``toy`` dataset, registered
+    like a third-party plug-in: an installed distribution's ``hrf_bench.datasets`` entry point."""
+    site = tmp_path_factory.mktemp("plugin-site")
+    info = site / "hrf_bench_toy-0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hrf-bench-toy\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text("[hrf_bench.datasets]\ntoy = conftest\n")
+    return os.pathsep.join([str(site), str(Path(__file__).parent)])
+
+
+@pytest.fixture
+def bench_env(toy_plugin_path, cache_dir) -> dict[str, str]:
+    """Environment for ``bench`` subprocesses: the toy plug-in, this test's cache, one thread."""
+    path = os.pathsep.join(p for p in (toy_plugin_path, os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, PYTHONPATH=path, HRF_BENCH_CACHE=str(cache_dir), OMP_NUM_THREADS="1")

@@ -1,0 +1,77 @@
+"""`bench tune --total-trials N` with two worker processes on one study in a real PostgreSQL server:
+the study ends with exactly N complete trials, and the trial of the worker killed mid-trial is
+failed by its stale heartbeat and retried by the surviving worker.
+
+The server is taken from HRF_BENCH_TEST_POSTGRES (default postgresql://bench:bench@127.0.0.1/bench,
+what .ci/run sets up); without a reachable server the test is skipped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from bench.tune import make_storage
+
+URL = os.environ.get("HRF_BENCH_TEST_POSTGRES", "postgresql://bench:bench@127.0.0.1/bench")
+TOTAL = 4
+
+
+@pytest.fixture
+def postgres() -> str:
+    import psycopg2
+
+    try:
+        psycopg2.connect(URL, connect_timeout=3).close()
+    except psycopg2.OperationalError as error:
+        pytest.skip(f"no PostgreSQL server at {URL} ({str(error).strip().splitlines()[0]}); "
+                    f"set HRF_BENCH_TEST_POSTGRES or run .ci/run, which installs and starts one")
+    return URL
+
+
+def test_two_workers_share_a_postgres_study_and_end_with_exactly_n_complete_trials(postgres, tmp_path, bench_env):
+    name = f"scale-{uuid.uuid4().hex[:12]}"
+    command = [sys.executable, "-m", "bench.cli", "tune", "--method", "hrf", "--preset", "tiny", "--dataset", "toy",
+               "--epochs", "3", "--folds", "1,2", "--test-folds", "1", "--param", "expansion_ratio=1:8",
+               "--storage", postgres, "--study-name", name, "--heartbeat", "1", "--total-trials", str(TOTAL),
+               "--results-dir", str(tmp_path / "results"), "--quiet"]
+    logs = [tmp_path / "worker-a.log", tmp_path / "worker-b.log"]
+    first, second = (subprocess.Popen(command, env=bench_env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+                     for log in logs)
+    victim = f"{socket.gethostname()}:{first.pid}"
+    storage = make_storage(postgres)  # the URL as a user gives it (plain postgresql://)
+    try:
+        killed = None
+        deadline = time.time() + 240
+        while killed is None:  # a trial of the first worker past its first fold, i.e. mid-trial
+            assert time.time() < deadline and first.poll() is None, logs[0].read_text()
+            if name in optuna.get_all_study_names(storage):
+                trials = optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.RUNNING,))
+                killed = next((t for t in trials if t.user_attrs.get("worker") == victim and t.intermediate_values),
+                              None)
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        assert second.wait(timeout=300) == 0, logs[1].read_text()
+    finally:
+        first.kill()
+        second.kill()
+
+    try:
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+        states = [t.state for t in trials]
+        assert states.count(TrialState.COMPLETE) == TOTAL, [(t.number, t.state.name) for t in trials]
+        assert trials[killed.number].state == TrialState.FAIL
+        retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+        assert [t.state for t in retries] == [TrialState.COMPLETE]
+        assert retries[0].params == killed.params
+        assert not [t for t in trials if t.state == TrialState.RUNNING]
+    finally:
+        optuna.delete_study(study_name=name, storage=storage)
