@@ -18,8 +18,8 @@ import pandas as pd
 from bench import plots, stats
 from bench.registry import BenchError
 from bench.results import RecordStore, atomic_write_text
-from bench.summary import (COSTS, LABELS, METRICS, MISSING, count, is_true, milliseconds, percent, runs_frame,
-                           signed_points, summary_table, to_latex, to_markdown, to_terminal)
+from bench.summary import (LABELS, METRICS, MISSING, count, is_true, milliseconds, percent, runs_frame,
+                           signed_points, size, summary_table, to_latex, to_markdown, to_terminal)
 
 MAX_EXTRA_ROWS = 200  # rows shown per extra measurement table; the file keeps them all
 FILTERS = ("backbone", "preset", "method")
@@ -73,7 +73,7 @@ def leaderboard(dataset: str, rows: pd.DataFrame, runs: pd.DataFrame) -> dict:
     columns += [(m, f"{LABELS[m]} %", "num", "") for m in METRICS if m != headline]
     columns += [(c, LABELS[c], "num", "deploy model, 5 s input" if c != "params" else "deploy model") for c in costs]
     columns += [("runs", "runs", "num", "runs averaged (folds x seeds)"), ("details", "details", "text", "per-run details")]
-    by_id = {rid: (fold, seed) for rid, fold, seed in zip(runs["run_id"], runs["fold"], runs["seed"])}
+    by_id = {str(rid): (fold, seed) for rid, fold, seed in zip(runs["run_id"], runs["fold"], runs["seed"])}
     body = []
     for _, row in rows.iterrows():
         light = row[f"light_{headline}"]
@@ -93,8 +93,10 @@ def leaderboard(dataset: str, rows: pd.DataFrame, runs: pd.DataFrame) -> dict:
                  "latency_ms": _num(milliseconds(row["latency_ms"]), row["latency_ms"]),
                  "runs": _num(str(row["runs"]), row["runs"], title=f"{row['folds']} folds x {row['seeds']} seeds")}
         cells.update({m: _num(percent(row[f"{m}_mean"], row[f"{m}_std"]), row[f"{m}_mean"]) for m in METRICS})
-        cells.update({c: _num(count(row[c]), row[c]) for c in ("params", "macs", *OPTIONAL_COSTS)})
-        links = [(f"run-{rid}", "f{:.0f}·s{:.0f}".format(*by_id[rid])) for rid in row["run_ids"].split()]
+        cells.update({c: _num(count(row[c]), row[c]) for c in ("params", "macs", "flops")})
+        cells["size_bytes"] = _num(size(row["size_bytes"]), row["size_bytes"])
+        links = [(f"run-{rid}", "f{}·s{}".format(*map(_whole, by_id.get(rid, (math.nan, math.nan)))))
+                 for rid in row["run_ids"].split()]
         cells["details"] = dict(_text(""), links=links, cls="text runs")
         attrs = [(k, row[k]) for k in ("dataset", "backbone", "preset", "method", "config", "settings")]
         body.append({"attrs": attrs, "reference": bool(row["role"]), "cells": [cells[c[0]] for c in columns]})
@@ -102,17 +104,22 @@ def leaderboard(dataset: str, rows: pd.DataFrame, runs: pd.DataFrame) -> dict:
             "columns": [dict(zip(("key", "label", "type", "title"), c)) for c in columns]}
 
 
+def _whole(value) -> str:
+    """A fold or seed number as text; ``?`` when the record lacks it."""
+    return "?" if math.isnan(value) else f"{value:.0f}"
+
+
 def run_details(runs: pd.DataFrame) -> list[dict]:
     """Per run: anchor id, title line, confusion matrix and every recorded field."""
     details = []
     for _, run in runs.iterrows():
-        classes = json.loads(run["classes"]) if isinstance(run.get("classes"), str) else []
         matrix = json.loads(run["confusion"]) if isinstance(run.get("confusion"), str) else []
+        classes = json.loads(run["classes"]) if isinstance(run.get("classes"), str) else []
+        classes = classes if len(classes) == len(matrix) else [str(i) for i in range(len(matrix))]
         headline = run["headline_metric"]
         score = percent(run[headline]) if headline in run else MISSING
         config = f" [{run['config']}]" if run["config"] else ""
-        fold = "?" if math.isnan(run["fold"]) else f"{run['fold']:.0f}"
-        seed = "?" if math.isnan(run["seed"]) else f"{run['seed']:.0f}"
+        fold, seed = _whole(run["fold"]), _whole(run["seed"])
         fields = [(k, v) for k, v in run.items() if k not in ("confusion", "classes")
                   and not (v is None or v == "" or (isinstance(v, float) and math.isnan(v)))]
         details.append({

@@ -51,10 +51,16 @@ def _varying_label(rows: list[dict]) -> list[str]:
     return [", ".join(f"{k}={row.get(k)}" for k in varying) for row in rows]
 
 
+def _mapping(value) -> dict:
+    """A nested record field that should be a dict; anything else (absent, foreign) counts as empty."""
+    return value if isinstance(value, dict) else {}
+
+
 def _config_items(record: dict) -> dict:
     """A run's method configuration flattened: ``{"hrf.expansion_ratio": 4.0, "teacher": "large"}``."""
-    items = {f"{name}.{key}": value for name, params in sorted((record.get("method_params") or {}).items())
-             for key, value in sorted((params or {}).items())}
+    method_params = record.get("method_params")
+    items = {f"{name}.{key}": value for name, params in sorted(_mapping(method_params).items())
+             for key, value in sorted(_mapping(params).items())}
     if record.get("teacher_preset"):
         items["teacher"] = record["teacher_preset"]
     return items
@@ -64,7 +70,7 @@ def _setting_items(record: dict) -> dict:
     """Training, feature and dataset settings: ``{"train.epochs": 8, "features.n_mels": 80, ...}``."""
     items = {f"{prefix}.{f.name}": record.get(f"{prefix}_{f.name}")
              for prefix, config in (("train", TrainConfig), ("features", FeatureConfig)) for f in fields(config)}
-    items.update({f"dataset.{k}": v for k, v in sorted((record.get("dataset_params") or {}).items())})
+    items.update({f"dataset.{k}": v for k, v in sorted(_mapping(record.get("dataset_params")).items())})
     return items
 
 
@@ -186,6 +192,16 @@ def count(value) -> str:
     return f"{value:.3g}"
 
 
+def size(value) -> str:
+    """Bytes as 700 kB, 1.2 MB."""
+    if _is_missing(value):
+        return MISSING
+    for scale, suffix in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {suffix}"
+    return f"{value:.0f} B"
+
+
 def milliseconds(value) -> str:
     return MISSING if _is_missing(value) else f"{value:.2f}"
 
@@ -207,6 +223,7 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
                  f"{LABELS.get(headline, headline)} %": percent(row["headline_mean"], row["headline_std"]),
                  "Δ light": "ref" if row["role"] == "light" else signed_points(row.get(f"light_{headline}")),
                  "95% CI": interval(row),
+                 "p": MISSING if _is_missing(row.get("p_wilcoxon")) else f"{row['p_wilcoxon']:.3f}",
                  "Δ large": "ref" if row["role"] == "large" else signed_points(row.get(f"large_{headline}"))}
         cells.update({LABELS[m]: percent(row[f"{m}_mean"]) for m in METRICS if m != headline})
         cells.update({"params": count(row["params"]), "MACs": count(row["macs"]),

@@ -156,7 +156,7 @@ def write_study(path: Path) -> None:
 @pytest.fixture(scope="module")
 def degraded(tiny_grid_results, tmp_path_factory):
     """The tiny grid's records with one file corrupted and the hrf (else lightweight) runs rewritten as an
-    older version would have written them (no MACs, latency or weighted F1), plus a tuning study
+    older version would have written them (no MACs, latency, weighted F1 or class names), plus a tuning study
     and an extra latency table."""
     root = tmp_path_factory.mktemp("degraded")
     shutil.copytree(tiny_grid_results / "records", root / "results" / "records")
@@ -165,7 +165,8 @@ def degraded(tiny_grid_results, tmp_path_factory):
     methods = {r["method"] for r in records}
     stripped = [r for r in records if r["method"] == "hrf" or ("hrf" not in methods and r["preset"] == "lightweight")]
     for record in stripped:
-        store.write({k: v for k, v in record.items() if k not in ("macs", "latency_ms", "weighted_f1", "checksum")})
+        store.write({k: v for k, v in record.items()
+                     if k not in ("macs", "latency_ms", "weighted_f1", "classes", "checksum")})
     corrupt = next(r for r in records if r["method"] == "baseline" and r["preset"] == "tiny")
     store.path(corrupt["run_id"]).write_text(store.path(corrupt["run_id"]).read_text()[:200])
     write_study(root / "results" / "tune" / "hrf-ratio.csv")
@@ -197,6 +198,9 @@ def test_cells_missing_from_older_records_are_marked(degraded):
         cell = row["cells"][columns.index(key)]
         assert "missing" in cell["class"] and cell["text"].strip() == "—" and cell["value"] is None
     assert row["cells"][columns.index("headline")]["value"] is not None
+    details = html[html.index(f'id="run-{stripped["run_id"]}"'):]
+    details = details[:details.index("</details>")]
+    assert "<th>0</th><th>1</th><th>2</th><th>3</th>" in details  # the matrix, its classes numbered
     summary = pd.read_csv(root / "results" / "tables" / "summary.csv")
     at = summary[(summary["method"] == stripped["method"]) & (summary["preset"] == stripped["preset"])].iloc[0]
     assert math.isnan(at["macs"]) and math.isnan(at["weighted_f1_mean"]) and not math.isnan(at["ua_mean"])

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from bench.report import build_report

@@ -128,3 +128,11 @@ def test_a_headline_metric_beyond_the_standard_four_is_summarized():
     assert hrf["headline_mean"] == pytest.approx(0.3125) and hrf["light_f1_depressed"] == pytest.approx(0.025)
     assert hrf["diff_mean"] == pytest.approx(0.025)  # the paired statistics follow the headline metric
     assert "f1_depressed %" in to_terminal(table.reset_index())
+
+
+def test_pareto_front_keeps_the_points_nothing_cheaper_beats():
+    from bench.plots import pareto_front
+
+    costs = [1.0, 2.0, 3.0, 4.0, 2.0, math.nan, 0.5]
+    scores = [0.50, 0.40, 0.70, 0.60, 0.55, 0.90, math.nan]
+    assert pareto_front(costs, scores) == [0, 4, 2]  # by cost; equal cost keeps the better; NaN never
