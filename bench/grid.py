@@ -53,6 +53,9 @@ class Grid:
         for method in self.method_names():
             for component in method.split("+"):
                 METHODS.get(component).make_params(self.method_params.get(component))
+            early = [c for c in method.split("+")[:-1] if getattr(METHODS.get(c).obj, "must_be_last", False)]
+            if early:  # e.g. quant: nothing trains or transforms its model further
+                raise BenchError(f"{early[0]} must come last in a composition, got {method!r}: e.g. hrf+{early[0]}")
         unused = set(self.method_params) - {c for m in self.method_names() for c in m.split("+")}
         if unused:
             raise BenchError(f"parameters given for {sorted(unused)[0]!r}, which is not among the grid's methods")

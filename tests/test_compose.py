@@ -1,0 +1,109 @@
+"""End to end through the CLI on the toy corpus: every compression method, compositions in order,
+the large model trained once and reused, the fine-tuning budget stated, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch.ao.nn.quantized import dynamic as quantized_dynamic
+
+from bench.cli import main
+
+# Deploy at ``tiny``, compress from ``lightweight`` (the teacher preset): the smallest real setting.
+TINY = ["--datasets", "toy", "--presets", "tiny", "--teacher-preset", "lightweight", "--folds", "1",
+        "--seeds", "0", "--epochs", "2", "--quiet"]
+METHODS = "kd,prune,prune-unstructured,lowrank,quant,hrf+quant,kd+quant"
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> tuple[Path, dict, Path]:
+    results, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("cache")
+    result = CliRunner().invoke(main, ["run", "--methods", METHODS, "--results-dir", str(results),
+                                       "--cache-dir", str(cache), "-p", "prune.steps=2", "-p", "lowrank.ratio=0.5",
+                                       "-p", "kd.hidden_weight=0.5", *TINY], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    records = {}
+    for path in (results / "records").glob("*.json"):
+        record = json.loads(path.read_text())
+        records[record["method"]] = record
+    return results, records, cache
+
+
+def test_one_record_per_method_within_budget(grid):
+    _, records, _ = grid
+    assert sorted(records) == sorted(METHODS.split(","))
+    tiny = records["quant"]["params"]  # quant keeps the plain tiny model's parameters
+    for method in ("prune", "prune-unstructured"):
+        record = records[method]
+        assert record["budget_source"] == "preset tiny" and record["budget_target"] == tiny
+        assert abs(record["budget_reached"] - tiny) <= 0.05 * tiny and abs(record["budget_error"]) <= 0.05
+    assert abs(records["prune"]["params"] - tiny) <= 0.05 * tiny  # physically smaller
+    assert records["prune-unstructured"]["nonzero_params"] == records["prune-unstructured"]["budget_reached"]
+    assert records["prune-unstructured"]["params"] == records["prune-unstructured"]["dense_params"] > 5 * tiny
+    assert "latency" in records["prune-unstructured"]["dense_latency_note"]
+    low = records["lowrank"]
+    assert low["budget_source"] == "ratio 0.5 of lightweight" and abs(low["budget_error"]) <= 0.05
+    assert low["params"] < low["source_params"] and low["lowrank_layers_factorized"] > 0
+    assert records["kd"]["params"] == tiny and records["kd"]["kd_projection_params"] > 0
+
+
+def test_large_model_trained_once_and_reused(grid):
+    _, records, _ = grid
+    caches = {m: r.get("lightweight_model_cache") for m, r in records.items()}
+    assert list(caches.values()).count("miss") == 1  # trained by the first method that needed it
+    assert all(caches[m] in ("hit", "miss") for m in ("kd", "prune", "prune-unstructured", "lowrank", "kd+quant"))
+    assert records["quant"]["tiny_model_cache"] in ("hit", "miss") and "lightweight_model_cache" not in records["quant"]
+
+
+def test_same_finetuning_budget_stated_for_every_method_that_tunes(grid):
+    _, records, _ = grid
+    for method in ("kd", "prune", "prune-unstructured", "lowrank"):
+        assert records[method]["finetune_epochs"] == 2 and "training split" in records[method]["finetune_note"]
+    assert [s["epochs"] for s in records["prune"]["prune_steps"]] == [1, 1]
+
+
+def test_composition_runs_in_order_and_quantizes_last(grid):
+    results, records, _ = grid
+    composed = records["hrf+quant"]
+    assert composed["hrf_expansion_ratio"] > 0 and composed["quant_source"] == "previous method's deploy model"
+    assert composed["size_int8_bytes"] < composed["size_float32_bytes"]
+    assert composed["params"] == records["quant"]["params"]  # deHRF merged into the plain tiny model
+    assert composed["macs"] == records["quant"]["macs"]  # counted on the float model: int8 keeps the MACs
+    model = torch.load(results / "models" / f"{composed['run_id']}.pt", weights_only=False)
+    assert any(isinstance(m, quantized_dynamic.Linear) for m in model.modules())
+    assert not any(type(m).__name__.startswith("Expanded") for m in model.modules())  # merged before quantizing
+    assert records["kd+quant"]["kd_temperature"] == records["kd"]["kd_temperature"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "prune", "-p", "prune.ratio=0"], "ratio='0' must be 'preset' or a fraction"),
+    (["--methods", "lowrank", "-p", "lowrank.ratio=1.5"], "ratio='1.5' must be 'preset' or a fraction"),
+    (["--methods", "prune-unstructured", "-p", "prune-unstructured.ratio=-0.2"], "must be 'preset' or a fraction"),
+    (["--methods", "prune", "-p", "prune.budget=flops"], "must be one of ['params', 'macs']"),
+    (["--methods", "kd", "-p", "kd.temperature=0"], "temperature=0.0 must be > 0"),
+    (["--methods", "kd", "-p", "kd.alpha=1.5"], "alpha=1.5 must be <= 1"),
+    (["--methods", "hrf+nope"], "unknown method 'nope'"),
+    (["--methods", "quant+hrf"], "quant must come last in a composition"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["run", "--results-dir", str(tmp_path / "results"),
+                                       "--cache-dir", str(tmp_path / "cache"), *TINY, *args])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("method, ratio, message", [("prune", "0.0001", "prune cannot reach params="),
+                                                    ("lowrank", "0.001", "lowrank reached params=")])
+def test_unreachable_budget_is_one_line_exit_2_before_training(grid, tmp_path, method, ratio, message):
+    _, _, cache = grid  # the trained lightweight model is cached: only the budget check runs
+    result = CliRunner().invoke(main, ["run", "--methods", method, "-p", f"{method}.ratio={ratio}",
+                                       "--results-dir", str(tmp_path / "results"), "--cache-dir", str(cache), *TINY])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("reused")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not list((tmp_path / "results").glob("records/*.json"))
