@@ -73,6 +73,7 @@ def parse_data_roots(items: tuple[str, ...], datasets: list[str]) -> dict[str, s
 
 # Commands defined in their own modules, imported only when used: "name": "module:attribute".
 LAZY_COMMANDS: dict[str, str] = {
+    "tune": "bench.tune:tune_command",
     "report": "bench.report:report_command",
 }
 

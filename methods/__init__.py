@@ -1,4 +1,5 @@
 """Compression method plug-ins: one file per method, each registering a ``bench.method.Method``."""
 
 from methods import baseline  # noqa: F401
+from methods import hrf  # noqa: F401
 from methods import kd, lowrank, prune, prune_unstructured, quant  # noqa: F401

@@ -1,0 +1,138 @@
+"""``bench tune``: real Optuna studies on the tiny ``toy`` corpus (1 epoch, tiny preset): creation,
+extension, the tidy table and plots, the best setting recorded on test folds, retry of a killed
+worker's trial, and one-line errors that leave no study behind."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from bench.cli import main
+from bench.tune import make_storage
+
+TINY = ["--method", "hrf", "--backbone", "convtransformer", "--preset", "tiny", "--dataset", "toy",
+        "--epochs", "1", "--folds", "1,2", "--quiet"]
+
+
+def tune(*args: str):
+    return CliRunner().invoke(main, ["tune", *TINY, *args])
+
+
+@pytest.fixture
+def results(tmp_path, cache_dir, monkeypatch) -> Path:
+    monkeypatch.setenv("HRF_BENCH_CACHE", str(cache_dir))
+    return tmp_path / "results"
+
+
+def test_study_runs_extends_and_writes_table_plot_and_best_runs(results):
+    first = tune("--param", "expansion_ratio=1:8", "--param", "init=default,equivalent", "--trials", "4",
+                 "--study-name", "s", "--results-dir", str(results))
+    assert first.exit_code == 0, first.output
+    table = pd.read_csv(results / "tune" / "s.csv")
+    assert list(table["trial"]) == [0, 1, 2, 3]
+    for column in ("study", "state", "value", "params_expansion_ratio", "params_init", "fold_1_val_ua",
+                   "fold_2_val_ua", "seconds", "datetime_start"):
+        assert column in table.columns
+    assert set(table["state"]) <= {"COMPLETE", "PRUNED"}
+    assert table.loc[0, "params_expansion_ratio"] == 4.0 and table.loc[0, "params_init"] == "default"  # enqueued
+    assert table["params_expansion_ratio"].between(1, 8).all()
+    done = table[table["state"] == "COMPLETE"]
+    assert ((done["fold_1_val_ua"] + done["fold_2_val_ua"]) / 2 - done["value"]).abs().max() < 1e-12
+    assert (results / "tune" / "s_ua_vs_expansion_ratio.png").read_bytes()[:4] == b"\x89PNG"
+    assert (results / "tune" / "s_ua_vs_init.png").exists()
+
+    # the best setting was re-run on the test folds and recorded like any run
+    runs = pd.read_csv(results / "runs.csv")
+    best = done.loc[done["value"].idxmax()]
+    assert sorted(runs["fold"]) == [1, 2] and set(runs["method"]) == {"hrf"}
+    assert runs["hrf_expansion_ratio"].iloc[0] == pytest.approx(best["params_expansion_ratio"])
+    assert set(runs["hrf_init"]) == {best["params_init"]}
+    assert runs["ua"].notna().all() and (runs["train_params"] != runs["params"]).all()
+
+    second = tune("--param", "expansion_ratio=1:8", "--param", "init=default,equivalent", "--trials", "2",
+                  "--study-name", "s", "--results-dir", str(results))
+    assert second.exit_code == 0, second.output
+    extended = pd.read_csv(results / "tune" / "s.csv")
+    assert list(extended["trial"]) == [0, 1, 2, 3, 4, 5]
+    assert (extended["params_expansion_ratio"].iloc[:4] == table["params_expansion_ratio"]).all()
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{results / 'optuna.db'}")
+    assert len(study.trials) == 6
+    assert [t.number for t in study.trials if "fixed_params" in t.system_attrs] == [0]  # enqueued on creation only
+
+
+def test_multi_objective_log_scale_study_on_journal_storage(results, tmp_path):
+    journal = tmp_path / "journal.log"
+    result = tune("--param", "expansion_ratio=0.5:4:log", "--param", "targets=ffn+attn", "--objectives", "ua,macs",
+                  "--trials", "2", "--folds", "1", "--storage", f"journal:{journal}", "--study-name", "m",
+                  "--results-dir", str(results))
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(results / "tune" / "m.csv")
+    assert len(table) == 2 and {"value", "value_1", "fold_1_macs"} <= set(table.columns)
+    assert table["value_1"].nunique() == 1  # merged HRF costs the same whatever the ratio
+    assert (results / "tune" / "m_ua_vs_macs.png").exists()
+    runs = pd.read_csv(results / "runs.csv")
+    assert set(runs["hrf_targets"]) == {"ffn+attn"} and (runs["macs"] == table["value_1"].iloc[0]).all()
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_trial_of_a_killed_worker_is_retried(results, tmp_path, kind):
+    url = f"sqlite:///{tmp_path / 'o.db'}" if kind == "sqlite" else f"journal:{tmp_path / 'o.log'}"
+    args = ["--param", "expansion_ratio=1:8", "--folds", "1", "--storage", url, "--study-name", "k",
+            "--heartbeat", "1", "--results-dir", str(results)]
+    assert tune(*args, "--trials", "1").exit_code == 0
+    # A worker that started a trial, beat once, and was killed: the trial stays RUNNING.
+    storage = make_storage(url, heartbeat_interval=1)
+    study = optuna.load_study(study_name="k", storage=storage)
+    killed = study.ask({"expansion_ratio": optuna.distributions.FloatDistribution(1, 8)})
+    storage.record_heartbeat(killed._trial_id)
+    time.sleep(2.5)  # longer than the grace period (2 heartbeats)
+
+    result = tune(*args, "--trials", "1")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(results / "tune" / "k.csv").set_index("trial")
+    assert table.loc[killed.number, "state"] == "FAIL"
+    retry = table[table["retry_of"] == killed.number]
+    assert len(retry) == 1 and retry["state"].iloc[0] == "COMPLETE"
+    assert retry["params_expansion_ratio"].iloc[0] == killed.params["expansion_ratio"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--param", "expansion_ratio=1:x"], "does not parse"),
+    (["--param", "expansion_ratio=1:8:cubic"], "does not parse"),
+    (["--param", "expansion_ratio=0:8"], "must be > 0.0"),
+    (["--param", "expansion_ratio=8:1"], "need LOW < HIGH"),
+    (["--param", "init=1:2"], "declares no numeric range"),
+    (["--param", "init=default,xavier"], "must be one of"),
+    (["--param", "nothing=1:2"], "is not a parameter"),
+    (["--param", "expansion_ratio"], "bad --param"),
+    (["--param", "targets=ffn"], "nothing to search"),
+    (["--param", "expansion_ratio=1:8", "--objectives", "ua,energy"], "bad --objectives"),
+    (["--param", "expansion_ratio=1:8", "--storage", "nosuchdb://x/y"], "cannot open storage"),
+    (["--param", "expansion_ratio=1:8", "--storage", "sqlite:////nonexistent/dir/o.db"], "cannot open storage"),
+    (["--param", "expansion_ratio=1:8", "--folds", "9"], "fold 9 does not exist"),
+    (["--param", "expansion_ratio=1:8", "--backbone", "nope"], "unknown backbone"),
+])
+def test_bad_input_is_one_line_exit_2_and_creates_no_study(results, args, message):
+    result = CliRunner().invoke(main, ["tune", *TINY, "--trials", "1", "--results-dir", str(results), *args])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert not (results / "optuna.db").exists() and not (results / "tune").exists()
+
+
+def test_extending_with_other_settings_is_refused(results):
+    args = ["--param", "expansion_ratio=1:8", "--folds", "1", "--study-name", "x", "--results-dir", str(results)]
+    assert tune(*args, "--trials", "1").exit_code == 0
+    result = CliRunner().invoke(main, ["tune", *TINY[:-5], "--epochs", "2", "--folds", "1", "--quiet",
+                                       *args[:2], "--study-name", "x", "--results-dir", str(results), "--trials", "1"])
+    assert result.exit_code == 2 and "was created with other settings (train=" in result.stderr
+    changed_kind = tune("--param", "expansion_ratio=1,2,4", "--folds", "1", "--study-name", "x", "--results-dir",
+                        str(results), "--trials", "1")
+    assert changed_kind.exit_code == 2 and "searched expansion_ratio as FloatDistribution" in changed_kind.stderr
+    assert len(optuna.load_study(study_name="x", storage=f"sqlite:///{results / 'optuna.db'}").trials) == 1
