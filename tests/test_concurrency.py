@@ -10,9 +10,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from bench.grid import make_grid
 from bench.results import RecordStore
@@ -40,6 +40,7 @@ def wait_until(condition, what: str, timeout: float = 240) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow  # several real processes; still run by default
 def test_two_workers_share_a_grid_each_run_recorded_once_and_a_dead_holders_run_taken_over(
         tmp_path, bench_env):
     results = tmp_path / "results"

@@ -37,6 +37,7 @@ def postgres() -> str:
     return URL
 
 
+@pytest.mark.slow  # several real processes; still run by default
 def test_two_workers_share_a_postgres_study_and_end_with_exactly_n_complete_trials(postgres, tmp_path, bench_env):
     name = f"scale-{uuid.uuid4().hex[:12]}"
     command = [sys.executable, "-m", "bench.cli", "tune", "--method", "hrf", "--preset", "tiny", "--dataset", "toy",

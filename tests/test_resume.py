@@ -121,6 +121,7 @@ def wait_for_checkpoint(checkpoints: Path, process: subprocess.Popen, newer_than
     raise AssertionError(f"no checkpoint appeared; output:\n{process.communicate()[0]}")
 
 
+@pytest.mark.slow  # several real processes; still run by default
 def test_bench_run_killed_by_sigkill_then_sigint_finishes_every_run_once(tmp_path, cache_dir, bench_env):
     results, checkpoints = tmp_path / "results", cache_dir / "checkpoints"
     expected = {spec.run_id for spec in make_grid(GRID).specs()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from click.testing import CliRunner
 
 from bench.cli import main
@@ -15,6 +16,7 @@ GRID = {"methods": ["baseline"], "datasets": ["toy"], "presets": ["tiny"], "fold
         "train": {"epochs": 1}}
 
 
+@pytest.mark.slow  # several real processes; still run by default
 def test_submitit_local_job_array_completes_a_small_grid(tmp_path, bench_env, monkeypatch):
     for name in ("PYTHONPATH", "HRF_BENCH_CACHE", "OMP_NUM_THREADS"):  # inherited by the job processes
         monkeypatch.setenv(name, bench_env[name])
