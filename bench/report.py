@@ -238,6 +238,7 @@ def build_report(results_dir: Path, reports_dir: Path, light_preset: str = "ligh
             (runs["method"].nunique(), "method"))) if len(runs) else "No runs recorded yet.",
         "problems": problems, "notes": notes, "empty_message": empty, "light_preset": light_preset,
         "large_preset": large_preset, "min_wilcoxon": stats.MIN_WILCOXON_NONZERO,
+        "min_pairs": stats.MIN_SIGNIFICANT_PAIRS,
         "filters": [(name, sorted(set(summary[name]))) for name in FILTERS],
         "leaderboards": [leaderboard(d, rows, runs) for d, rows in summary.groupby("dataset", sort=True)],
         "tables": [str(p) for p in tables.values()],

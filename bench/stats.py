@@ -19,6 +19,9 @@ COMPARISON_COLUMNS = ["pairs", "diff_mean", "ci_low", "ci_high", "p_wilcoxon", "
 RESAMPLES = 10_000
 LEVEL = 0.95
 MIN_WILCOXON_NONZERO = 5  # below this the smallest attainable p-value exceeds 0.05 anyway
+# A percentile bootstrap of 2-4 pairs is little more than their range (4 pairs of one sign always
+# "exclude zero"), so such intervals are shown but never marked significant.
+MIN_SIGNIFICANT_PAIRS = 5
 BASELINE = "baseline"
 
 
@@ -68,12 +71,13 @@ def compare(runs: pd.DataFrame, light_preset: str = "lightweight", seed: int = 0
             metric: str | None = None) -> pd.DataFrame:
     """Per ``GROUP``: number of pairs, mean paired difference, its bootstrap interval (seeded with
     ``seed`` for every group, so a row does not depend on which other rows exist), the Wilcoxon
-    p-value and ``significant`` (the interval excludes zero)."""
+    p-value and ``significant`` (the interval excludes zero and rests on at least
+    ``MIN_SIGNIFICANT_PAIRS`` pairs)."""
     differences = paired_differences(runs, metric, light_preset)
     rows = []
     for key, group in differences.groupby(GROUP, sort=True):
         low, high = bootstrap_ci(group["diff"], seed)
         rows.append(dict(zip(GROUP, key), pairs=len(group), diff_mean=float(group["diff"].mean()), ci_low=low,
                          ci_high=high, p_wilcoxon=wilcoxon_p(group["diff"]),
-                         significant=bool(not math.isnan(low) and (low > 0 or high < 0))))
+                         significant=bool(len(group) >= MIN_SIGNIFICANT_PAIRS and (low > 0 or high < 0))))
     return pd.DataFrame(rows, columns=[*GROUP, *COMPARISON_COLUMNS])

@@ -276,8 +276,8 @@ def to_latex(summary: pd.DataFrame) -> str:
 def to_terminal(summary: pd.DataFrame) -> str:
     parts = []
     for dataset, headline, table in _datasets(summary):
-        parts.append(f"{dataset} (headline {LABELS.get(headline, headline)}; Δ in points, "
-                     f"* = 95% interval excludes 0)\n" + table.to_string(index=False))
+        parts.append(f"{dataset} (headline {LABELS.get(headline, headline)}; Δ in points, * = 95% interval "
+                     f"excludes 0, from {stats.MIN_SIGNIFICANT_PAIRS} pairs)\n" + table.to_string(index=False))
     return "\n\n".join(parts)
 
 

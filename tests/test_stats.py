@@ -49,7 +49,8 @@ def test_summary_matches_a_hand_computation():
     light, large = table.loc[("baseline", "lightweight")], table.loc[("baseline", "large")]
     assert light["role"] == "light" and large["role"] == "large" and hrf["role"] == ""
     assert light["light_ua"] == 0.0 and math.isnan(light["pairs"])  # the reference is not compared to itself
-    assert large["diff_mean"] == pytest.approx(0.20) and bool(large["significant"])  # all pairs +0.20
+    assert large["diff_mean"] == pytest.approx(0.20) and large["ci_low"] == pytest.approx(0.20)  # all pairs +0.20
+    assert not large["significant"]  # 4 pairs: too few to mark
     assert list(table.reset_index()["method"] + "@" + table.reset_index()["preset"]) == [
         "baseline@large", "hrf@lightweight", "baseline@lightweight"]  # best headline first
 
@@ -64,6 +65,21 @@ def test_bootstrap_interval_by_hand_and_reproducible():
     assert first[0] < values.mean() < first[1]
     assert (first[1] - first[0]) / 2 == pytest.approx(half_width, rel=0.2)
     assert all(math.isnan(v) for v in stats.bootstrap_ci([0.3]))  # one pair: no interval
+
+
+def test_significance_needs_five_pairs_and_an_interval_excluding_zero():
+    cells = [(fold, seed) for fold in (1, 2, 3) for seed in (0, 1)]
+    light = [0.50, 0.52, 0.55, 0.60, 0.58, 0.61]
+    gains = [0.02, 0.03, 0.01, 0.04, 0.02, 0.05]
+    records = [record("baseline", "lightweight", f, s, ua) for (f, s), ua in zip(cells, light)]
+    records += [record("hrf", "lightweight", f, s, ua + gain) for (f, s), ua, gain in zip(cells, light, gains)]
+    six = stats.compare(runs_frame(records)).iloc[0]
+    assert six["pairs"] == 6 and six["significant"] and six["p_wilcoxon"] == pytest.approx(2 / 64)
+    assert six["diff_mean"] == pytest.approx(sum(gains) / 6) and 0 < six["ci_low"] < six["diff_mean"] < six["ci_high"]
+    four = stats.compare(runs_frame([r for r in records if r["fold"] != 3])).iloc[0]
+    assert four["pairs"] == 4 and four["ci_low"] > 0 and not four["significant"]
+    mixed = [dict(r, ua=r["ua"] - 0.06) if r["method"] == "hrf" and r["seed"] == 1 else r for r in records]
+    assert not stats.compare(runs_frame(mixed)).iloc[0]["significant"]  # the interval straddles zero
 
 
 def test_wilcoxon_needs_five_nonzero_differences():
