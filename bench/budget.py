@@ -132,7 +132,7 @@ def bisect_budget(build: Callable[[float], tuple[nn.Module, int]], budget: Budge
         model, reached = build(middle)
         if abs(reached - budget.target) < abs(best[2] - budget.target):
             best = (middle, model, reached)
-        if abs(best[2] - budget.target) <= 0.005 * budget.target:
+        if abs(best[2] - budget.target) <= 0.005 * budget.target or high - low < 1e-4:
             break
         low, high = (middle, high) if reached < budget.target else (low, middle)
     return best

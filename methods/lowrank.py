@@ -23,17 +23,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.budget import BudgetParams, bisect_budget, cost, output_layers, resolve_budget
+from bench.budget import TOLERANCE, BudgetParams, bisect_budget, cost, output_layers, resolve_budget
 from bench.method import Method
 from bench.registry import METHODS, BenchError
 
 __all__ = ["LowRankAttention", "LowRank", "factorize_linear", "factorize_model", "factorizable_layers"]
 
 
-def factorize_linear(weight: torch.Tensor, bias: torch.Tensor | None, rank: int) -> nn.Sequential:
-    """``weight (out, in)``, ``bias (out,)`` -> Linear(in, rank, bias=False) then Linear(rank, out)."""
+def factorize_linear(weight: torch.Tensor, bias: torch.Tensor | None, rank: int,
+                     svd: tuple[torch.Tensor, ...] | None = None) -> nn.Sequential:
+    """``weight (out, in)``, ``bias (out,)`` -> Linear(in, rank, bias=False) then Linear(rank, out);
+    ``svd`` = ``torch.linalg.svd(weight.double(), full_matrices=False)`` when already computed."""
     out_features, in_features = weight.shape
-    u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)  # float64: exact at full rank
+    if svd is None:  # float64: exact at full rank
+        svd = torch.linalg.svd(weight.detach().double(), full_matrices=False)
+    u, s, vh = svd
     root = s[:rank].sqrt()
     first = nn.Linear(in_features, rank, bias=False)
     second = nn.Linear(rank, out_features, bias=bias is not None)
@@ -45,10 +49,10 @@ def factorize_linear(weight: torch.Tensor, bias: torch.Tensor | None, rank: int)
     return nn.Sequential(first, second).to(weight.dtype)
 
 
-def _projection(weight: torch.Tensor, bias: torch.Tensor | None, rank: int | None) -> nn.Module:
+def _projection(weight: torch.Tensor, bias: torch.Tensor | None, rank: int | None, svd=None) -> nn.Module:
     """A factor pair at ``rank``, or at None a plain ``nn.Linear`` copy of the dense layer."""
     if rank is not None:
-        return factorize_linear(weight, bias, rank)
+        return factorize_linear(weight, bias, rank, svd)
     dense = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         dense.weight.copy_(weight)
@@ -72,15 +76,17 @@ class LowRankAttention(nn.MultiheadAttention):
     """
 
     @classmethod
-    def from_attention(cls, attn: nn.MultiheadAttention, in_rank: int | None, out_rank: int | None) -> LowRankAttention:
-        """Factorize ``attn``'s projections at ``in_rank`` / ``out_rank``; None keeps that projection dense,
-        as a plain ``nn.Linear`` (which dynamic quantization reaches, unlike MHA's own projections)."""
+    def from_attention(cls, attn: nn.MultiheadAttention, in_rank: int | None, out_rank: int | None,
+                       svds: tuple = (None, None)) -> LowRankAttention:
+        """Factorize ``attn``'s projections at ``in_rank`` / ``out_rank`` (with their SVDs, if known); None
+        keeps that projection dense, as a plain ``nn.Linear`` (which dynamic quantization reaches, unlike
+        MHA's own projections)."""
         new = cls(attn.embed_dim, attn.num_heads, dropout=attn.dropout, bias=attn.in_proj_bias is not None,
                   batch_first=attn.batch_first, device=attn.out_proj.weight.device, dtype=attn.out_proj.weight.dtype)
         new.register_parameter("in_proj_weight", None)
         new.register_parameter("in_proj_bias", None)
-        new.in_proj = _projection(attn.in_proj_weight, attn.in_proj_bias, in_rank)
-        new.out_proj = _projection(attn.out_proj.weight, attn.out_proj.bias, out_rank)
+        new.in_proj = _projection(attn.in_proj_weight, attn.in_proj_bias, in_rank, svds[0])
+        new.out_proj = _projection(attn.out_proj.weight, attn.out_proj.bias, out_rank, svds[1])
         return new.train(attn.training)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -157,9 +163,10 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def factorize_model(model: nn.Module, ranks: dict[str, int | None]) -> nn.Module:
+def factorize_model(model: nn.Module, ranks: dict[str, int | None], svds: dict | None = None) -> nn.Module:
     """Replace the layers named in ``ranks`` (see :func:`factorizable_layers`) by factor pairs, in place;
-    a rank of None keeps that layer dense."""
+    a rank of None keeps that layer dense. ``svds``: the layers' SVDs by name, when already computed."""
+    svds = svds or {}
     attention_ranks: dict[str, dict] = {}
     for name, rank in ranks.items():
         owner, _, projection = name.rpartition(".")
@@ -167,11 +174,13 @@ def factorize_model(model: nn.Module, ranks: dict[str, int | None]) -> nn.Module
             attention_ranks.setdefault(owner, {})[projection] = rank
         elif rank is not None:
             linear = model.get_submodule(name)
-            _replace(model, name, factorize_linear(linear.weight, linear.bias, rank).train(linear.training))
+            pair = factorize_linear(linear.weight, linear.bias, rank, svds.get(name))
+            _replace(model, name, pair.train(linear.training))
     for owner, projection_ranks in attention_ranks.items():
         attn = model.get_submodule(owner)
-        _replace(model, owner, LowRankAttention.from_attention(attn, projection_ranks.get("in_proj"),
-                                                               projection_ranks.get("out_proj")))
+        _replace(model, owner, LowRankAttention.from_attention(
+            attn, projection_ranks.get("in_proj"), projection_ranks.get("out_proj"),
+            (svds.get(f"{owner}.in_proj"), svds.get(f"{owner}.out_proj"))))
     return model
 
 
@@ -212,14 +221,20 @@ class LowRank(Method):
         layers = factorizable_layers(source, set(output_layers(source, ctx.data.input_dim)))
         if not layers:
             raise BenchError(f"lowrank found no linear layer to factorize in {type(source).__name__}")
-        spectra = {n: torch.linalg.svdvals(w.detach().double()) for n, w in layers.items()}
+        svds = {n: torch.linalg.svd(w.detach().double(), full_matrices=False) for n, w in layers.items()}
+        spectra = {n: svd[1] for n, svd in svds.items()}
         shapes = {n: tuple(w.shape) for n, w in layers.items()}
         frames = _frames(ctx)
 
         def build_at(energy: float) -> tuple[nn.Module, int]:
-            model = factorize_model(copy.deepcopy(source), energy_ranks(spectra, shapes, energy))
+            model = factorize_model(copy.deepcopy(source), energy_ranks(spectra, shapes, energy), svds)
             return model, cost(model, p.budget, ctx.data.input_dim, frames)
 
+        smallest = build_at(0.0)[1]  # rank 1 everywhere
+        if smallest > self.budget.target * (1 + TOLERANCE):
+            raise BenchError(f"lowrank cannot reach {p.budget}={self.budget.target:,} ({self.budget.source}): rank 1 "
+                             f"everywhere still costs {smallest:,} (layers it does not factorize included); use a "
+                             f"larger ratio or preset")
         self.energy, model, reached = bisect_budget(build_at, self.budget)
         self.budget.check(reached, "lowrank")
         self.ranks = energy_ranks(spectra, shapes, self.energy)

@@ -220,10 +220,18 @@ def prunable_units(model: nn.Module, input_dim: int, keep: set[str]) -> tuple[li
             return False
 
     units = pruning_units(model, dependency_graph(model, input_dim), keep)
+    gated = [u for u in units if _through_glu(u.group)]  # known unsupported: skip without trying
+    units = [u for u in units if u not in gated]
     if runs_pruned(units):  # the usual case: one trial for all
-        return units, []
+        return units, [u.name for u in gated]
     supported = [u for u in units if runs_pruned([u])]
-    return supported, [u.name for u in units if u not in supported]
+    return supported, [u.name for u in gated + units if u not in supported]
+
+
+def _through_glu(group) -> bool:
+    """Whether a group's channels pass a GLU, which halves them: Torch-Pruning maps them 1:1."""
+    return any("Glu" in type(node.grad_fn).__name__ for dep, _ in group for node in (dep.source, dep.target)
+               if node.grad_fn is not None)
 
 
 def _search(evaluate, target: int, tolerance: float = 0.01, max_evaluations: int = 10) -> list[tuple[float, int]]:
@@ -313,7 +321,10 @@ class Prune(Method):
         keep = output_layer_names(model, dim)
         units, self.skipped = prunable_units(model, dim, keep)
         names = {u.name for u in units}
-        measure_cost = lambda m: cost(m, p.budget, dim, frames)  # noqa: E731
+
+        def measure_cost(candidate: nn.Module) -> int:
+            return cost(candidate, p.budget, dim, frames)
+
         self._check_reachable(model, dim, units, keep, measure_cost)
         start_cost, self.steps_log = self.budget.source_cost, []
         for step, epochs in enumerate(self.epochs, 1):

@@ -67,8 +67,8 @@ def quantize_linear_int8(model: nn.Module) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
-@METHODS.register("quant", "post-training dynamic int8 quantization of the Linear layers; alone on the plain "
-                  "preset model, or last in a composition (hrf+quant, kd+quant)")
+@METHODS.register("quant", "post-training dynamic int8 quantization of every linear layer (attention projections "
+                  "included); alone on the plain preset model, or last in a composition (hrf+quant, kd+quant)")
 class Quant(Method):
     must_be_last = True  # checked when a grid is validated
 

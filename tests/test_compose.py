@@ -22,9 +22,10 @@ METHODS = "kd,prune,prune-unstructured,lowrank,quant,hrf+quant,kd+quant"
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory) -> tuple[Path, dict, Path]:
     results, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("cache")
+    params = ["-p", "prune.steps=2", "-p", "prune.importance=taylor", "-p", "lowrank.ratio=0.5",
+              "-p", "kd.hidden_weight=0.5"]
     result = CliRunner().invoke(main, ["run", "--methods", METHODS, "--results-dir", str(results),
-                                       "--cache-dir", str(cache), "-p", "prune.steps=2", "-p", "lowrank.ratio=0.5",
-                                       "-p", "kd.hidden_weight=0.5", *TINY], catch_exceptions=False)
+                                       "--cache-dir", str(cache), *params, *TINY], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     records = {}
     for path in (results / "records").glob("*.json"):
@@ -64,6 +65,7 @@ def test_same_finetuning_budget_stated_for_every_method_that_tunes(grid):
     for method in ("kd", "prune", "prune-unstructured", "lowrank"):
         assert records[method]["finetune_epochs"] == 2 and "training split" in records[method]["finetune_note"]
     assert [s["epochs"] for s in records["prune"]["prune_steps"]] == [1, 1]
+    assert records["prune"]["prune_importance"] == "taylor"
 
 
 def test_composition_runs_in_order_and_quantizes_last(grid):
@@ -98,7 +100,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
 
 
 @pytest.mark.parametrize("method, ratio, message", [("prune", "0.0001", "prune cannot reach params="),
-                                                    ("lowrank", "0.001", "lowrank reached params=")])
+                                                    ("lowrank", "0.001", "lowrank cannot reach params=")])
 def test_unreachable_budget_is_one_line_exit_2_before_training(grid, tmp_path, method, ratio, message):
     _, _, cache = grid  # the trained lightweight model is cached: only the budget check runs
     result = CliRunner().invoke(main, ["run", "--methods", method, "-p", f"{method}.ratio={ratio}",
