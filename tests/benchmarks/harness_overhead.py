@@ -1,0 +1,83 @@
+"""Harness overhead: the same model, cached features and epochs trained once through the harness
+(``bench.runner.execute``: data split, trainer with per-epoch validation, evaluation, measurement)
+and once through a minimal hand-written PyTorch loop, alternately, in one process.
+
+Run by hand:  python tests/benchmarks/harness_overhead.py [--dataset embedded] [--epochs 5] [--repeats 2]
+Prints the time ratio harness / bare loop (target <= 1.10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+from bench.cli import default_cache_dir
+from bench.registry import load_builtin_plugins
+from bench.runner import RunContext, RunSpec, Workspace, execute
+from bench.train import TrainConfig
+
+
+def bare_loop(model: nn.Module, features: list[torch.Tensor], labels: torch.Tensor, config: TrainConfig, seed: int):
+    """Plain AdamW + cosine loop over length-sorted batches; no validation, no bookkeeping."""
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    lengths = torch.tensor([f.shape[0] for f in features])
+    total = config.epochs * ((len(features) + config.batch_size - 1) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
+    for _ in range(config.epochs):
+        model.train()
+        order = torch.argsort(lengths + torch.randint(0, 20, lengths.shape))
+        for idx in order.split(config.batch_size):
+            batch = pad_sequence([features[i] for i in idx], batch_first=True)
+            loss = nn.functional.cross_entropy(model(batch, lengths[idx]), labels[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="embedded")
+    parser.add_argument("--preset", default="lightweight")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    load_builtin_plugins()
+    config = TrainConfig(epochs=args.epochs)
+    spec = RunSpec(method="baseline", backbone="convtransformer", preset=args.preset, dataset=args.dataset,
+                   fold=1, seed=0, train=config)
+    workspace = Workspace(default_cache_dir(), progress=False)
+    data = workspace.fold_data(spec)  # features from the cache (computed on first use)
+    models_dir = Path(tempfile.mkdtemp())
+    harness_times, bare_times = [], []
+    for _ in range(args.repeats):
+        model = RunContext(spec, data, workspace).new_model()
+        started = time.perf_counter()
+        bare_loop(model, data.train.features, data.train.labels, config, spec.seed)
+        bare_times.append(time.perf_counter() - started)
+
+        isolated = Workspace(models_dir, progress=False)  # fresh model cache: the harness really trains
+        isolated._folds, isolated._corpora = workspace._folds, workspace._corpora
+        started = time.perf_counter()
+        record = execute(spec, isolated)
+        harness_times.append(time.perf_counter() - started)
+        shutil.rmtree(models_dir / "models", ignore_errors=True)
+    shutil.rmtree(models_dir, ignore_errors=True)
+    harness, bare = sum(harness_times), sum(bare_times)
+    print(f"dataset={args.dataset} preset={args.preset} epochs={args.epochs} train utterances={len(data.train)} "
+          f"threads={torch.get_num_threads()}")
+    print(f"bare loop: {[f'{t:.2f}' for t in bare_times]} s; harness: {[f'{t:.2f}' for t in harness_times]} s "
+          f"(of which training {record['fit_seconds']:.2f} s in the last)")
+    print(f"harness / bare loop = {harness / bare:.3f}")
+
+
+if __name__ == "__main__":
+    main()
