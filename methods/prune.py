@@ -12,7 +12,8 @@ batches), scored once per step on the real model.
 Attention heads: ``nn.MultiheadAttention`` projects to as many q/k/v channels as its input width,
 so its heads live in the residual width that DepGraph couples to it. Where a group holds attention
 layers, whole least important heads are removed and each kept head loses its least important
-dimensions, the shrink split evenly between the two (heads and head size each scale by sqrt(rho)).
+dimensions, the shrink split evenly between the two (heads and head size each scale by the square
+root of the width kept since the unpruned model, also over several steps).
 Every attention layer of the stream loses the same heads; ``num_heads``/``head_dim``/``embed_dim``
 stay consistent (checked). The classifier output and the input width are never touched. A group
 whose pruning Torch-Pruning cannot carry out (the model no longer runs, e.g. channels behind a
@@ -157,13 +158,17 @@ def channel_scores(units: list[Unit], criterion: str) -> dict[str, torch.Tensor]
     return scores
 
 
-def plan_unit(unit: Unit, keep: float) -> tuple[int, int]:
-    """``(heads, channels)`` a unit keeps at fraction ``keep``; heads and head size each scale by sqrt(keep)."""
+def plan_unit(unit: Unit, keep: float, source: tuple[int, int] | None = None) -> tuple[int, int]:
+    """``(heads, channels)`` a unit keeps at fraction ``keep`` of its current channels. For attention,
+    heads and head size each scale by the square root of the width kept relative to ``source`` =
+    ``(heads, channels)`` of the unpruned model (default: the unit now), so that pruning in several
+    steps removes heads as one step would."""
     if not unit.heads:
         return 0, max(1, min(unit.channels, round(keep * unit.channels)))
-    head_dim = unit.channels // unit.heads
-    heads = min(unit.heads, max(1, math.ceil(math.sqrt(keep) * unit.heads - 1e-9)))
-    kept_dim = min(head_dim, max(1, round(keep * unit.channels / heads)))
+    source_heads, source_channels = source or (unit.heads, unit.channels)
+    width = keep * unit.channels
+    heads = min(unit.heads, max(1, math.ceil(math.sqrt(width / source_channels) * source_heads - 1e-9)))
+    kept_dim = min(unit.channels // unit.heads, max(1, round(width / heads)))
     return heads, heads * kept_dim
 
 
@@ -179,15 +184,17 @@ def removed_channels(unit: Unit, score: torch.Tensor, heads: int, channels: int)
     return sorted(set(range(unit.channels)) - set(keep))
 
 
-def apply_plan(model: nn.Module, input_dim: int, scores: dict, keeps: dict[str, float], keep: set[str]) -> dict[str, str]:
+def apply_plan(model: nn.Module, input_dim: int, scores: dict, keeps: dict[str, float], keep: set[str],
+               sources: dict[str, tuple[int, int]] | None = None) -> dict[str, str]:
     """Prune ``model`` in place to the fractions ``{unit name: fraction}`` (``keep``: layers never
-    shrunk); returns the structure reached, ``{unit name: "heads x head_dim" or channels}``."""
+    shrunk; ``sources``: see :func:`plan_unit`); returns the structure reached,
+    ``{unit name: "heads x head_dim" or channels}``."""
     graph = dependency_graph(model, input_dim)
     structure = {}
     for unit in pruning_units(model, graph, keep):
         if unit.name not in keeps:
             continue
-        heads, channels = plan_unit(unit, keeps[unit.name])
+        heads, channels = plan_unit(unit, keeps[unit.name], (sources or {}).get(unit.name))
         remove = removed_channels(unit, scores[unit.name], heads, channels)
         if remove:
             for attn in unit.attentions:  # set first: Torch-Pruning derives head_dim from num_heads
@@ -260,7 +267,7 @@ def _search(evaluate, target: int, tolerance: float = 0.01, max_evaluations: int
 
 
 def prune_to_budget(model: nn.Module, input_dim: int, units: list[Unit], scores: dict, target: int,
-                    measure_cost, keep: set[str]) -> tuple[nn.Module, int, dict]:
+                    measure_cost, keep: set[str], sources: dict | None = None) -> tuple[nn.Module, int, dict]:
     """Prune ``model`` in place to the plan whose cost (``measure_cost(model)``) is closest to ``target``:
     a common keep fraction for every unit, then (when that overshoots) the FFN units alone trimmed."""
     def keeps(rho: float, ffn: float) -> dict[str, float]:
@@ -268,7 +275,7 @@ def prune_to_budget(model: nn.Module, input_dim: int, units: list[Unit], scores:
 
     def evaluate(rho: float, ffn: float = 1.0) -> int:
         trial = copy.deepcopy(model)
-        apply_plan(trial, input_dim, scores, keeps(rho, ffn), keep)
+        apply_plan(trial, input_dim, scores, keeps(rho, ffn), keep, sources)
         return measure_cost(trial)
 
     def closest(tried):
@@ -279,7 +286,7 @@ def prune_to_budget(model: nn.Module, input_dim: int, units: list[Unit], scores:
     if abs(reached - target) > 0.01 * target:  # rounding of the widths overshoots: trim the FFNs onto it
         rho = min((x for x, c in tried if c >= target), default=1.0)
         ffn, reached = closest(_search(lambda x: evaluate(rho, x), target))
-    structure = apply_plan(model, input_dim, scores, keeps(rho, ffn), keep)
+    structure = apply_plan(model, input_dim, scores, keeps(rho, ffn), keep, sources)
     return model, measure_cost(model), {"rho": rho, "ffn_fraction": ffn, "structure": structure}
 
 
@@ -320,7 +327,7 @@ class Prune(Method):
         frames = ctx.spec.features.frames(LATENCY_SECONDS)
         keep = output_layer_names(model, dim)
         units, self.skipped = prunable_units(model, dim, keep)
-        names = {u.name for u in units}
+        sources = {u.name: (u.heads, u.channels) for u in units}
 
         def measure_cost(candidate: nn.Module) -> int:
             return cost(candidate, p.budget, dim, frames)
@@ -330,12 +337,12 @@ class Prune(Method):
         for step, epochs in enumerate(self.epochs, 1):
             target = round(start_cost * (self.budget.target / start_cost) ** (step / len(self.epochs)))
             graph = dependency_graph(model, dim)
-            current = [u for u in pruning_units(model, graph, keep) if u.name in names]
+            current = [u for u in pruning_units(model, graph, keep) if u.name in sources]
             if p.importance == "taylor":
                 taylor_gradients(model, ctx)
             scores = channel_scores(current, p.importance)
             model.zero_grad(set_to_none=True)
-            model, reached, plan = prune_to_budget(model, dim, current, scores, target, measure_cost, keep)
+            model, reached, plan = prune_to_budget(model, dim, current, scores, target, measure_cost, keep, sources)
             self.steps_log.append({"step": step, "target": target, "reached": reached, "epochs": epochs, **plan})
             if step == len(self.epochs):
                 self.budget.check(reached, "prune")

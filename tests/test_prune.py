@@ -141,3 +141,17 @@ def test_global_magnitude_masks_remove_exactly_the_smallest_nonzero_weights():
     kept = torch.cat([w.detach().abs()[m] for w, m in zip(weights.values(), masks.values())])
     dropped = torch.cat([w.detach().abs()[~m] for w, m in zip(weights.values(), masks.values())])
     assert dropped.max() <= kept.min()
+
+
+def test_heads_follow_the_width_kept_since_the_source_when_pruning_in_steps():
+    model = build_backbone("convtransformer", "lightweight", DIM, 4).eval()  # 4 heads x 24 dims
+    keep = output_layer_names(model, DIM)
+    units, _ = prunable_units(model, DIM, keep)
+    sources = {u.name: (u.heads, u.channels) for u in units}
+    stream = next(u for u in units if u.heads).name
+    for _ in range(3):  # three steps keeping 0.7 of the width each: 0.343 overall
+        current, _ = prunable_units(model, DIM, keep)
+        apply_plan(model, DIM, channel_scores(current, "magnitude"), {stream: 0.7}, keep, sources)
+    one_step = build_backbone("convtransformer", "lightweight", DIM, 4).eval()
+    apply_plan(one_step, DIM, channel_scores(prunable_units(one_step, DIM, keep)[0], "magnitude"), {stream: 0.343}, keep)
+    assert attentions(model)[0].num_heads == attentions(one_step)[0].num_heads == 3
