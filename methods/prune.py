@@ -4,8 +4,8 @@ Torch-Pruning's DepGraph, in iterative prune + fine-tune steps.
 Torch-Pruning finds the groups of coupled channels (an FFN's hidden units, the conv channels of a
 front-end and the projection after it, the residual width shared by every layer of a stage) and
 removes them physically. What is removed follows a plan with one keep fraction ``rho`` for every
-group, bisected to the budget, then a second fraction for the FFN groups only (the finest-grained
-ones) that lands the cost on the budget. Within a group the least important channels go
+group, searched (false position) for the budget, then a second fraction for the FFN groups only (the
+finest-grained ones) that lands the cost on the budget. Within a group the least important channels go
 (``magnitude``: L2 norm of the coupled weights; ``taylor``: |weight x gradient| over a few training
 batches), scored once per step on the real model.
 
