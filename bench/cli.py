@@ -75,6 +75,10 @@ def parse_data_roots(items: tuple[str, ...], datasets: list[str]) -> dict[str, s
 LAZY_COMMANDS: dict[str, str] = {
     "tune": "bench.tune:tune_command",
     "report": "bench.report:report_command",
+    "measure": "bench.measure_cli:measure_command",
+    "export": "bench.measure_cli:export_command",
+    "probe": "bench.measure_cli:probe_command",
+    "import-latency": "bench.measure_cli:import_latency_command",
 }
 
 
@@ -119,7 +123,7 @@ def list_command() -> None:
 @click.option("--backbones", help="comma-separated backbones (default: convtransformer)")
 @click.option("--presets", help="deploy presets (default: lightweight+large for baseline, lightweight otherwise)")
 @click.option("--datasets", help="comma-separated datasets (default: embedded)")
-@click.option("--folds", help="fold numbers, e.g. 1,2 or 1-5 (default: 1,2)")
+@click.option("--folds", help="fold numbers, e.g. 1,2 or 1-5 (default: 1)")
 @click.option("--seeds", help="seeds, e.g. 0,1,2 (default: 0)")
 @click.option("--epochs", type=int, help="training epochs")
 @click.option("--batch-size", type=int)

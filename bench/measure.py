@@ -1,15 +1,32 @@
-"""Cost of a deploy model: parameters, MACs (counted, attention included) and CPU latency."""
+"""Cost of a deploy model: parameters, MACs and FLOPs (counted, attention included), serialized size,
+peak memory of one inference, and latency in PyTorch (eager CPU, CUDA when present).
+
+Latency uses the timing rule and row schema of :mod:`bench.probe`, the standalone on-device probe,
+so that every runtime is timed and reported alike.
+"""
 
 from __future__ import annotations
 
-import statistics
-import time
+import io
+import os
+import tempfile
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+
+from bench.probe import TimingRule, clocked, summarize, time_adaptively
+
+RUNTIME_EAGER = "torch-eager"
+RUNTIME_CUDA = "torch-cuda"
+PEAK_MEMORY_METHOD = "torch.profiler CPU allocator events"  # recorded beside every peak memory figure
+# Timings on one machine are taken one at a time, whichever process or results folder asks.
+MACHINE_LOCK = Path(tempfile.gettempdir()) / "hrf-bench-measure.lock"
+QUICK_RULE = TimingRule(warmup_runs=3, warmup_seconds=0.1, min_samples=10, max_seconds=1.0, target_rel_ci=0.02)
 
 
 def count_params(model: nn.Module) -> int:
@@ -24,6 +41,17 @@ def count_params(model: nn.Module) -> int:
 
 def count_nonzero_params(model: nn.Module) -> int:
     return int(sum((p != 0).sum().item() for p in model.parameters()))
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(hasattr(m, "_packed_params") for m in model.modules())
+
+
+def serialized_size(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())``: float32 weights, or packed int8 where quantized."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
 
 
 @contextmanager
@@ -48,32 +76,126 @@ def example_input(input_dim: int, frames: int, batch: int = 1) -> tuple[torch.Te
 
 
 def count_macs(model: nn.Module, input_dim: int, frames: int) -> int:
-    """Multiply-accumulates of one eval forward pass on ``frames`` frames (batch 1)."""
+    """Multiply-accumulates of one eval forward pass on ``frames`` frames (batch 1). Dynamically
+    quantized linear layers, whose int8 kernels the FLOP counter does not see, are counted by hooks:
+    an int8 multiply-accumulate is still one."""
     features, lengths = example_input(input_dim, frames)
     model.eval()
-    with countable_attention(), torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(features, lengths)
-    return counter.get_total_flops() // 2
+    quantized_macs = []
+    hooks = [m.register_forward_hook(lambda m, args, out: quantized_macs.append(args[0].numel() * m.out_features))
+             for m in model.modules() if hasattr(m, "_packed_params") and hasattr(m, "out_features")]
+    try:
+        with countable_attention(), torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(features, lengths)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return counter.get_total_flops() // 2 + sum(quantized_macs)
 
 
-def latency(model: nn.Module, input_dim: int, frames: int, threads: int = 1, warmup: int = 3,
-            min_repeats: int = 10, min_seconds: float = 0.5) -> dict:
-    """Median and p90 wall time (ms) of eval forward passes on one ``frames``-long input."""
+@contextmanager
+def _silent_stderr():
+    """Kineto writes status lines straight to file descriptor 2; keep them off the user's terminal."""
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def peak_memory(model: nn.Module, input_dim: int, frames: int) -> int:
+    """Peak bytes held by the torch CPU allocator during one eval forward pass on ``frames`` frames,
+    above what was held before it (activations and temporaries; weights and the input excluded),
+    from the profiler's allocation events."""
+    from torch.profiler import ProfilerActivity, profile
+
     features, lengths = example_input(input_dim, frames)
+    model.eval()
+    with torch.inference_mode():
+        model(features, lengths)  # first-call allocations (lazy initialisation) are not the model's
+        with _silent_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            model(features, lengths)
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    held = peak = 0
+    for _, change in events:
+        held += change
+        peak = max(peak, held)
+    return peak
+
+
+def cost_figures(model: nn.Module, input_dim: int, frames: int) -> dict:
+    """Params (total, nonzero), MACs, FLOPs (= 2 x MACs), serialized size and peak memory at ``frames``.
+    A counter that fails on an unknown operator leaves its figure None with the reason beside it."""
+    figures = {"params": count_params(model), "nonzero_params": count_nonzero_params(model),
+               "size_bytes": serialized_size(model), "size_format": "int8" if is_quantized(model) else "float32"}
+    try:
+        figures["macs"] = count_macs(model, input_dim, frames)
+        figures["flops"] = 2 * figures["macs"]
+    except Exception as error:  # e.g. an operator the counter does not know; never fatal for a run
+        figures["macs"], figures["flops"], figures["macs_error"] = None, None, str(error).splitlines()[0][:200]
+    try:
+        figures["peak_memory_bytes"] = peak_memory(model, input_dim, frames)
+        figures["peak_memory_method"] = PEAK_MEMORY_METHOD
+    except Exception as error:  # the profiler is optional machinery; a missing figure is recorded as such
+        figures["peak_memory_bytes"], figures["peak_memory_error"] = None, str(error).splitlines()[0][:200]
+    return figures
+
+
+def exclusive() -> FileLock:
+    """Hold while timing, so that co-located measurements do not disturb each other."""
+    return FileLock(MACHINE_LOCK)
+
+
+@contextmanager
+def torch_threads(threads: int):
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    model.eval()
     try:
-        with torch.inference_mode():
-            for _ in range(warmup):
-                model(features, lengths)
-            times, started = [], time.perf_counter()
-            while len(times) < min_repeats or time.perf_counter() - started < min_seconds:
-                t0 = time.perf_counter()
-                model(features, lengths)
-                times.append((time.perf_counter() - t0) * 1000)
+        yield
     finally:
         torch.set_num_threads(previous)
-    times.sort()
-    return {"latency_ms": statistics.median(times), "latency_p90_ms": times[int(0.9 * (len(times) - 1))],
-            "latency_samples": len(times), "latency_threads": threads}
+
+
+def time_eager(model: nn.Module, input_dim: int, frames: int, threads: int,
+               rule: TimingRule) -> list[tuple[float, float]]:
+    """(wall, CPU) milliseconds per eval forward pass in ``torch.inference_mode`` with ``threads`` threads."""
+    features, lengths = example_input(input_dim, frames)
+    model.eval()
+    with torch_threads(threads), torch.inference_mode():
+        return time_adaptively(lambda: clocked(lambda: model(features, lengths)), rule)
+
+
+def time_cuda(model: nn.Module, input_dim: int, frames: int, rule: TimingRule) -> list[tuple[float, None]]:
+    """Milliseconds per forward pass on the GPU, timed with CUDA events (the model is copied there)."""
+    device = torch.device("cuda")
+    gpu_model = _copy_to(model, device)
+    features, lengths = (t.to(device) for t in example_input(input_dim, frames))
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def sample() -> tuple[float, None]:
+        start.record()
+        gpu_model(features, lengths)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end), None
+
+    with torch.inference_mode():
+        return time_adaptively(sample, rule)
+
+
+def _copy_to(model: nn.Module, device: torch.device) -> nn.Module:
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False, map_location=device).eval()
+
+
+def latency(model: nn.Module, input_dim: int, frames: int, threads: int = 1, rule: TimingRule = QUICK_RULE,
+            audio_seconds: float | None = None) -> dict:
+    """Eager CPU latency for a run record: median, p90, IQR (ms), samples, threads, real-time factor."""
+    stats = summarize(time_eager(model, input_dim, frames, threads, rule), audio_seconds, rule)
+    return {**stats, "latency_threads": threads, "latency_runtime": RUNTIME_EAGER}

@@ -197,16 +197,14 @@ class RunContext:
 
 
 def measure_deploy(model: nn.Module, input_dim: int, frames: int, latency: bool = True) -> dict:
-    """Deploy-model figures for the record (a first version; ``bench measure`` goes deeper).
-    Without ``latency`` the record is marked ``latency_deferred`` for ``bench measure``."""
-    figures = {"params": measure.count_params(model), "nonzero_params": measure.count_nonzero_params(model),
-               "input_seconds": LATENCY_SECONDS, "input_frames": frames}
-    try:
-        figures["macs"] = measure.count_macs(model, input_dim, frames)
-    except Exception as error:  # e.g. an operator the counter does not know; never fatal for a run
-        figures["macs"], figures["macs_error"] = None, str(error)
+    """Deploy-model figures for the record, kept cheap: costs (params, MACs, FLOPs, size, peak memory)
+    and eager 1-thread latency at LATENCY_SECONDS; ``bench measure`` covers runtimes, threads and
+    durations. Without ``latency`` the record is marked ``latency_deferred`` for ``bench measure``."""
+    figures = {"input_seconds": LATENCY_SECONDS, "input_frames": frames, "input_dim": input_dim,
+               **measure.cost_figures(model, input_dim, frames)}
     if latency:
-        figures.update(measure.latency(model, input_dim, frames, threads=1))
+        with measure.exclusive():  # one timing at a time on this machine (see ``bench measure``)
+            figures.update(measure.latency(model, input_dim, frames, threads=1, audio_seconds=LATENCY_SECONDS))
     else:
         figures["latency_deferred"] = True
     return figures

@@ -61,6 +61,25 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def toy_plugin_path(tmp_path_factory) -> str:
+    """A PYTHONPATH under which separate ``bench`` processes find the ``toy`` dataset, registered
+    like a third-party plug-in: an installed distribution's ``hrf_bench.datasets`` entry point."""
+    site = tmp_path_factory.mktemp("plugin-site")
+    info = site / "hrf_bench_toy-0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hrf-bench-toy\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text("[hrf_bench.datasets]\ntoy = conftest\n")
+    return os.pathsep.join([str(site), str(Path(__file__).parent)])
+
+
+@pytest.fixture
+def bench_env(toy_plugin_path, cache_dir) -> dict[str, str]:
+    """Environment for ``bench`` subprocesses: the toy plug-in, this test's cache, one thread."""
+    path = os.pathsep.join(p for p in (toy_plugin_path, os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, PYTHONPATH=path, HRF_BENCH_CACHE=str(cache_dir), OMP_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="session")
 def tiny_grid_results(tmp_path_factory) -> Path:
     """A results folder of real tiny runs on ``toy`` (2 folds x 2 seeds, 2 epochs): ``baseline`` at
     ``tiny`` and ``lightweight`` (report with ``--light-preset tiny --large-preset lightweight``), and
@@ -80,19 +99,14 @@ def tiny_grid_results(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def toy_plugin_path(tmp_path_factory) -> str:
-    """A PYTHONPATH under which separate ``bench`` processes find the ``toy`` dataset, registered
-    like a third-party plug-in: an installed distribution's ``hrf_bench.datasets`` entry point."""
-    site = tmp_path_factory.mktemp("plugin-site")
-    info = site / "hrf_bench_toy-0.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hrf-bench-toy\nVersion: 0.0\n")
-    (info / "entry_points.txt").write_text("[hrf_bench.datasets]\ntoy = conftest\n")
-    return os.pathsep.join([str(site), str(Path(__file__).parent)])
+def recorded_run(tmp_path_factory) -> Path:
+    """A results folder with one real recorded run and its saved deploy model (``baseline``,
+    convtransformer ``tiny``, ``toy``, 1 epoch); tests that write into it copy it first."""
+    from bench.grid import make_grid, run_grid
+    from bench.results import RecordStore
 
-
-@pytest.fixture
-def bench_env(toy_plugin_path, cache_dir) -> dict[str, str]:
-    """Environment for ``bench`` subprocesses: the toy plug-in, this test's cache, one thread."""
-    path = os.pathsep.join(p for p in (toy_plugin_path, os.environ.get("PYTHONPATH")) if p)
-    return dict(os.environ, PYTHONPATH=path, HRF_BENCH_CACHE=str(cache_dir), OMP_NUM_THREADS="1")
+    root = tmp_path_factory.mktemp("recorded-run")
+    grid = make_grid({"methods": ["baseline"], "presets": ["tiny"], "datasets": ["toy"], "folds": [1], "seeds": [0],
+                      "train": {"epochs": 1}})
+    run_grid(grid, RecordStore(root / "results"), root / "cache", progress=False)
+    return root / "results"

@@ -1,0 +1,136 @@
+"""Cost figures (FLOPs = 2 x MACs, size, peak memory), the adaptive timing rule, and ``bench measure``
+re-measuring a real recorded run across runtimes and thread counts without retraining."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bench import measure, probe
+from bench.cli import main
+from bench.features import FeatureConfig
+from bench.models import build_backbone
+
+FEATURES = FeatureConfig()
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def results(recorded_run, tmp_path, cache_dir, monkeypatch) -> Path:
+    monkeypatch.setenv("HRF_BENCH_CACHE", str(cache_dir))
+    return Path(shutil.copytree(recorded_run, tmp_path / "results"))
+
+
+def test_costs_flops_are_twice_macs_and_size_and_peak_memory_are_sensible():
+    model = build_backbone("convtransformer", "tiny", FEATURES.dim, 4)
+    short, long = (measure.cost_figures(model, FEATURES.dim, FEATURES.frames(s)) for s in (2.0, 10.0))
+    for costs in (short, long):
+        assert costs["flops"] == 2 * costs["macs"] > 0
+        assert costs["params"] == sum(p.numel() for p in model.parameters())
+        # float32 weights plus a little pickle framing per tensor
+        assert 4 * costs["params"] < costs["size_bytes"] < 4 * costs["params"] + 400 * len(model.state_dict())
+        assert costs["size_format"] == "float32"
+    assert long["macs"] > 4 * short["macs"]  # 5x the audio: more than 4x the work (attention is quadratic)
+    # The first convolution's output (channels x T/2 x F/2 floats) must be alive at some point.
+    conv_out = 8 * (FEATURES.frames(10.0) // 2) * (FEATURES.dim // 2) * 4
+    assert conv_out <= long["peak_memory_bytes"] < 50 * conv_out
+    assert short["peak_memory_bytes"] < long["peak_memory_bytes"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_quantized_model_is_sized_in_int8_and_keeps_its_macs():
+    model = build_backbone("convtransformer", "lightweight", FEATURES.dim, 4).eval()
+    frames = FEATURES.frames(2.0)
+    float_costs = measure.cost_figures(model, FEATURES.dim, frames)
+    quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    costs = measure.cost_figures(quantized, FEATURES.dim, frames)
+    assert costs["size_format"] == "int8"
+    # FFN, projection and head weights shrink 4x; attention's own projections stay float32
+    assert 0.25 * float_costs["size_bytes"] < costs["size_bytes"] < 0.75 * float_costs["size_bytes"]
+    assert costs["params"] == float_costs["params"]
+    assert costs["macs"] == float_costs["macs"] and costs["flops"] == 2 * costs["macs"]
+
+
+def test_timing_rule_stops_on_a_stable_median_and_respects_its_caps():
+    steady = probe.time_adaptively(lambda: (10.0, 9.0), probe.TimingRule(warmup_seconds=0, min_samples=12))
+    assert len(steady) == 12  # interval of zero width: stable at the first check
+
+    noise = iter(range(10**6))
+    noisy = probe.time_adaptively(lambda: (float(next(noise) % 97 + 1), None), probe.TimingRule(
+        warmup_seconds=0, min_samples=10, max_samples=300, max_seconds=60, target_rel_ci=1e-6))
+    assert len(noisy) == 300
+
+    slow = probe.time_adaptively(lambda: probe.clocked(lambda: time.sleep(0.02)), probe.TimingRule(
+        warmup_runs=1, warmup_seconds=0, min_samples=10, max_seconds=0.1, target_rel_ci=1e-9))
+    assert 3 <= len(slow) <= 6  # the time cap wins over min_samples, but never fewer than 3
+    assert all(wall >= 20 and cpu < 10 for wall, cpu in slow)  # sleeping costs no CPU time
+
+    samples = [(1.0, 0.5), (2.0, 1.0), (3.0, 1.5), (4.0, 2.0), (100.0, 2.5)]
+    stats = probe.summarize(samples, audio_seconds=2.0, rule=probe.TimingRule())
+    assert stats["latency_ms"] == 3.0 and stats["latency_iqr_ms"] == 2.0 and stats["latency_samples"] == 5
+    assert stats["rtf"] == 3.0 / 1000 / 2.0 and stats["latency_min_ms"] == 1.0 and stats["latency_cpu_ms"] == 1.5
+
+
+def test_run_records_costs_and_cheap_latency(recorded_run):
+    record, = (json.loads(p.read_text()) for p in (recorded_run / "records").glob("*.json"))
+    assert record["flops"] == 2 * record["macs"] > 0
+    assert record["size_bytes"] > 4 * record["params"] and record["peak_memory_bytes"] > 0
+    assert record["latency_ms"] > 0 and record["latency_threads"] == 1 and record["input_seconds"] == 5.0
+    assert record["rtf"] == pytest.approx(record["latency_ms"] / 1000 / 5.0)
+
+
+def test_measure_rows_per_runtime_threads_and_duration_then_skips_and_keeps_devices_apart(results):
+    args = ["measure", "--results-dir", str(results), "--seconds", "2,5", "--max-seconds", "0.2"]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    table = pd.read_csv(results / "latency.csv")
+    cores = probe.usable_cores()
+    expected = {(runtime, threads, seconds) for runtime in ("torch-eager", "onnxruntime")
+                for threads in {1, cores} for seconds in (2.0, 5.0)}
+    assert set(zip(table.runtime, table.threads, table.input_seconds)) == expected and len(table) == len(expected)
+    assert (table.device == probe.device_tag(None)).all() and table.env_cpu.notna().all()
+    assert (table.flops == 2 * table.macs).all() and (table.latency_samples >= 3).all()
+    assert (table.rtf - table.latency_ms / 1000 / table.input_seconds).abs().max() < 1e-9
+    assert (table.latency_p90_ms >= table.latency_ms).all() and (table.latency_iqr_ms >= 0).all()
+    onnx_rows = table[table.runtime == "onnxruntime"]
+    assert onnx_rows.check_ok.all() and (onnx_rows.check_max_abs_diff <= 1e-4).all()
+    assert (table.groupby("input_seconds").macs.nunique() == 1).all()  # costs belong to the duration
+
+    stored, = (results / "latency").glob("*.json")
+    before = stored.read_bytes()
+    again = invoke(*args)
+    assert "already measured" in again.output and stored.read_bytes() == before
+
+    other = invoke(*args, "--device", "other-box", "--runtimes", "torch-eager", "--threads", "1")
+    assert other.exit_code == 0, other.output
+    table = pd.read_csv(results / "latency.csv")
+    assert len(table[table.device == "other-box"]) == 2 and len(table) == len(expected) + 2
+    assert stored.read_bytes() == before  # rows of this machine untouched
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--runtimes", "tensorrt"], "unknown runtime 'tensorrt'"),
+    (["--threads", "0"], "bad threads '0'"),
+    (["--seconds", "two"], "bad seconds 'two'"),
+    (["--device", "my box"], "bad device tag 'my box'"),
+    (["--runs", "ffffffff"], "no recorded run 'ffffffff'"),
+])
+def test_measure_bad_input_is_one_line_and_exit_2(results, args, message):
+    result = invoke("measure", "--results-dir", str(results), *args)
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and message in result.output
+
+
+def test_measure_without_runs_says_what_to_do(tmp_path):
+    result = invoke("measure", "--results-dir", str(tmp_path / "empty"))
+    assert result.exit_code == 2 and "run `bench run` first" in result.output

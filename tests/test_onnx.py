@@ -1,0 +1,79 @@
+"""ONNX export round trip for every registered backbone x method deploy model: ONNX Runtime's logits
+equal PyTorch's to 1e-4 at lengths other than the traced one, padded too; a model that cannot be
+exported (dynamic int8) is refused with one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.measure import example_input, is_quantized
+from bench.models import build_backbone
+from bench.onnx_io import EXPORT_FRAMES, export_onnx
+from bench.probe import ort_session
+from bench.registry import BACKBONES, METHODS, BenchError
+from bench.runner import RunSpec, Workspace, execute
+from bench.train import TrainConfig
+from conftest import TOY_DIM
+
+PAIRS = [(backbone, method) for backbone in BACKBONES.names() for method in METHODS.names()]
+# Every model stays at the tiny preset (exports of larger ones take minutes): methods that start from
+# the large model start from the tiny one, and those that shrink it to a budget halve it.
+HALF_BUDGET = {"ratio": "0.5"}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Workspace:
+    return Workspace(tmp_path_factory.mktemp("onnx-cache"), progress=False, defer_latency=True)
+
+
+@pytest.fixture(scope="module")
+def graph_cache(request) -> Path | None:
+    """Exported graphs persist across test sessions here (keyed by architecture and source code)."""
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider: export everything
+    return cache.mkdir("onnx-graphs") if cache is not None else None
+
+
+def onnx_vs_torch(model: torch.nn.Module, path: Path, frames: int, length: int) -> float:
+    features, _ = example_input(TOY_DIM, frames)
+    lengths = torch.tensor([length])
+    with torch.inference_mode():
+        expected = model(features, lengths).numpy()
+    actual = ort_session(path, threads=1).run(None, {"features": features.numpy(), "lengths": lengths.numpy()})[0]
+    assert actual.shape == expected.shape
+    return float(np.max(np.abs(actual - expected)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone, method", PAIRS)
+def test_deploy_model_round_trips_through_onnx(backbone, method, workspace, graph_cache, tmp_path):
+    takes_ratio = any(info.name == "ratio" for info in METHODS.get(method).params)
+    spec = RunSpec(method=method, backbone=backbone, preset="tiny", dataset="toy", fold=1, seed=0,
+                   train=TrainConfig(epochs=3), teacher_preset="tiny",
+                   method_params={method: HALF_BUDGET} if takes_ratio else {})
+    model = execute(spec, workspace)["_deploy_model"].eval()
+    path = tmp_path / "model.onnx"
+    try:
+        reported = export_onnx(model, TOY_DIM, path, check_frames=(40, 120), graph_cache=graph_cache)
+    except BenchError as error:
+        assert is_quantized(model), f"{backbone} x {method} does not export: {error}"
+        assert "\n" not in str(error) and "cannot export" in str(error) and "torch-eager" in str(error)
+        return
+    assert reported <= 1e-4
+    assert onnx_vs_torch(model, path, 57, 57) <= 1e-4  # neither the traced length nor a checked one
+    assert onnx_vs_torch(model, path, 200, 200) <= 1e-4  # a multiple of every window and merge size
+    assert onnx_vs_torch(model, path, 3 * EXPORT_FRAMES, 100) <= 1e-4  # mostly padding
+
+
+def test_a_graph_reused_for_another_model_of_the_same_architecture_carries_that_models_weights(tmp_path):
+    torch.manual_seed(1)
+    first = build_backbone("convtransformer", "tiny", TOY_DIM, 4).eval()
+    torch.manual_seed(2)
+    second = build_backbone("convtransformer", "tiny", TOY_DIM, 4).eval()
+    export_onnx(first, TOY_DIM, tmp_path / "first.onnx", check_frames=(40, 120))
+    export_onnx(second, TOY_DIM, tmp_path / "second.onnx", check_frames=(40, 120))
+    assert onnx_vs_torch(second, tmp_path / "second.onnx", 90, 45) <= 1e-4
+    assert onnx_vs_torch(first, tmp_path / "second.onnx", 90, 45) > 1e-3  # not the first model's weights

@@ -1,0 +1,168 @@
+"""The portable probe: ``bench export`` writes ONNX models, a manifest and probe.py; probe.py runs in a
+fresh virtual environment holding only onnxruntime and numpy; ``bench import-latency`` merges its rows
+under their device tag. Bad inputs end with one line and exit status 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from filelock import FileLock
+
+from bench import probe
+from bench.cli import main
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def probe_python(request, tmp_path_factory) -> Path:
+    """Python of a virtual environment with only onnxruntime and numpy (and their dependencies) from
+    the package registry, cached in pytest's cache folder so that reruns are quick."""
+    cache = getattr(request.config, "cache", None)
+    folder = cache.mkdir("probe-venv") if cache is not None else tmp_path_factory.mktemp("probe-venv")
+    python = folder / "env" / "bin" / "python"
+    with FileLock(folder / "create.lock"):
+        ready = python.exists() and subprocess.run([python, "-c", "import onnxruntime, numpy"],
+                                                   capture_output=True).returncode == 0
+        if not ready:
+            subprocess.run([sys.executable, "-m", "venv", "--clear", folder / "env"], check=True, capture_output=True)
+            installed = subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                                        "onnxruntime", "numpy"], capture_output=True, text=True, timeout=600)
+            if installed.returncode != 0:
+                pytest.skip(f"pip could not install onnxruntime and numpy from the package registry: "
+                            f"{(installed.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return python
+
+
+def run_probe(python: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return subprocess.run([python, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+@pytest.fixture
+def results(recorded_run, tmp_path, cache_dir, monkeypatch) -> Path:
+    monkeypatch.setenv("HRF_BENCH_CACHE", str(cache_dir))
+    return Path(shutil.copytree(recorded_run, tmp_path / "results"))
+
+
+@pytest.fixture
+def exported(results, tmp_path) -> Path:
+    out = tmp_path / "export"
+    result = invoke("export", "--out", out, "--results-dir", results, "--seconds", "2,5")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_export_writes_models_manifest_and_the_probe(exported, results):
+    manifest = json.loads((exported / "manifest.json").read_text())
+    record, = (json.loads(p.read_text()) for p in (results / "records").glob("*.json"))
+    model, = manifest["models"]
+    assert (model["run_id"], model["method"], model["backbone"]) == (record["run_id"], "baseline", "convtransformer")
+    assert model["input_dim"] == 16 and [i["seconds"] for i in model["inputs"]] == [2.0, 5.0]
+    assert all(i["flops"] == 2 * i["macs"] > 0 for i in model["inputs"])
+    assert (exported / model["file"]).stat().st_size > 4 * model["params"]
+    assert len(model["check"]["logits"][0]) == 4 and (exported / model["check"]["input"]).exists()
+    assert (exported / "probe.py").read_text() == Path(probe.__file__).read_text()
+
+
+@pytest.mark.slow
+def test_probe_in_a_bare_venv_then_import_keeps_devices_apart(probe_python, exported, results, tmp_path):
+    assert run_probe(probe_python, "-c", "import torch", cwd=tmp_path).returncode != 0  # really without torch
+    done = run_probe(probe_python, exported / "probe.py", exported, "--device", "testpi", "--threads", "1",
+                     "--seconds", "2", "--max-seconds", "0.2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    document = json.loads((exported / "latency-testpi.json").read_text())
+    row, = document["rows"]
+    assert document["device"] == row["device"] == "testpi" and row["runtime"] == "onnxruntime"
+    assert row["check_ok"] and row["check_max_abs_diff"] <= 1e-4 and row["latency_samples"] >= 3
+    assert row["flops"] == 2 * row["macs"] and row["rtf"] == pytest.approx(row["latency_ms"] / 2000)
+    assert (exported / "latency-testpi.csv").exists()
+
+    here = invoke("measure", "--results-dir", results, "--runtimes", "torch-eager", "--threads", "1",
+                  "--seconds", "2", "--max-seconds", "0.2")
+    assert here.exit_code == 0, here.output
+    host_file, = (results / "latency").glob("*.json")
+    before = host_file.read_bytes()
+    for _ in range(2):  # importing twice replaces, never duplicates
+        imported = invoke("import-latency", exported / "latency-testpi.json", "--results-dir", results)
+        assert imported.exit_code == 0, imported.output
+    table = pd.read_csv(results / "latency.csv")
+    assert sorted(table.device) == sorted(["testpi", probe.device_tag(None)])
+    pi = table[table.device == "testpi"].iloc[0]
+    assert pi.run_id == row["run_id"] and pi.runtime == "onnxruntime" and pi.latency_ms == row["latency_ms"]
+    assert host_file.read_bytes() == before
+
+    csv_import = invoke("import-latency", exported / "latency-testpi.csv", "--results-dir", results,
+                        "--device", "testpi-csv")
+    assert csv_import.exit_code == 0, csv_import.output
+    assert set(pd.read_csv(results / "latency.csv").device) == {"testpi", "testpi-csv", probe.device_tag(None)}
+
+
+def test_bench_probe_measures_here_in_the_same_schema(exported):
+    result = invoke("probe", exported, "--device", "here", "--threads", "1", "--seconds", "5", "--max-seconds", "0.2")
+    assert result.exit_code == 0, result.output
+    row, = json.loads((exported / "latency-here.json").read_text())["rows"]
+    assert row["schema_version"] == probe.SCHEMA_VERSION and row["input_seconds"] == 5.0 and row["check_ok"]
+
+
+def one_line_error(output: str) -> str:
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), output
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_probe_refuses_a_file_that_is_not_onnx(probe_python, exported, tmp_path):
+    garbage = tmp_path / "model.onnx"
+    garbage.write_text("not a model")
+    bare = run_probe(probe_python, exported / "probe.py", garbage, cwd=tmp_path)
+    assert bare.returncode == 2 and "is not a readable ONNX model" in one_line_error(bare.stderr)
+    model = json.loads((exported / "manifest.json").read_text())["models"][0]["file"]
+    (exported / model).write_text("overwritten")
+    broken = run_probe(probe_python, exported / "probe.py", exported, cwd=tmp_path)
+    assert broken.returncode == 2 and "is not a readable ONNX model" in one_line_error(broken.stderr)
+    via_bench = invoke("probe", garbage)
+    assert via_bench.exit_code == 2 and "is not a readable ONNX model" in one_line_error(via_bench.output)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_export_of_a_quantized_model_is_refused_or_left_out(results, tmp_path):
+    path, = (results / "models").glob("*.pt")
+    model = torch.load(path, weights_only=False)
+    torch.save(torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8), path)
+    refused = invoke("export", "--out", tmp_path / "out", "--results-dir", results)
+    assert refused.exit_code == 2 and "cannot export run" in one_line_error(refused.output.splitlines()[-1])
+    left_out = invoke("export", "--out", tmp_path / "out", "--results-dir", results, "--skip-unexportable")
+    assert left_out.exit_code == 0 and "left out (not exportable)" in left_out.output
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["models"] == []
+
+
+def test_import_refuses_other_schemas_and_another_machine_under_a_taken_tag(exported, results, tmp_path):
+    invoke("probe", exported, "--device", "board", "--threads", "1", "--seconds", "2", "--max-seconds", "0.1")
+    document = json.loads((exported / "latency-board.json").read_text())
+    future = tmp_path / "future.json"
+    future.write_text(json.dumps(document | {"schema_version": 2}))
+    result = invoke("import-latency", future, "--results-dir", results)
+    assert result.exit_code == 2 and "schema version 2" in one_line_error(result.output)
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps({"rows": []}))
+    result = invoke("import-latency", foreign, "--results-dir", results)
+    assert result.exit_code == 2 and "not a latency file" in one_line_error(result.output)
+
+    assert invoke("import-latency", exported / "latency-board.json", "--results-dir", results).exit_code == 0
+    other = tmp_path / "other-board.json"
+    other.write_text(json.dumps(document | {"rows": [r | {"env_cpu": "Cortex-A72"} for r in document["rows"]]}))
+    result = invoke("import-latency", other, "--results-dir", results)
+    assert result.exit_code == 2 and "already holds rows of another machine" in one_line_error(result.output)
+    assert invoke("import-latency", other, "--results-dir", results, "--device", "pi4").exit_code == 0
