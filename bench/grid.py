@@ -33,7 +33,7 @@ class Grid:
     backbones: list[str] = field(default_factory=lambda: ["convtransformer"])
     presets: list[str] = field(default_factory=list)
     datasets: list[str] = field(default_factory=lambda: ["embedded"])
-    folds: list[int] = field(default_factory=lambda: [1, 2])
+    folds: list[int] = field(default_factory=lambda: [1])
     seeds: list[int] = field(default_factory=lambda: [0])
     train: TrainConfig = TrainConfig()
     features: FeatureConfig = FeatureConfig()
