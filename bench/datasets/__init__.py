@@ -1,5 +1,6 @@
 """Built-in dataset plug-ins; importing this package registers them in ``bench.registry.DATASETS``."""
 
+import bench.datasets.embedded  # noqa: F401
 import bench.datasets.cremad  # noqa: F401
 import bench.datasets.daicwoz  # noqa: F401
 import bench.datasets.emodb  # noqa: F401
