@@ -24,7 +24,7 @@ from bench.env import environment
 from bench.features import FeatureConfig, extract
 from bench.metrics import declared_scores
 from bench.models import build_backbone, preset_config
-from bench.registry import DATASETS, METHODS, BenchError
+from bench.registry import DATASETS, METHODS
 from bench.results import run_id
 from bench.train import FitResult, Split, TrainConfig, evaluate
 

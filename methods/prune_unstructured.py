@@ -10,7 +10,6 @@ kernels, do not drop. The record reports nonzero parameters separately and says 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 from torch import nn
