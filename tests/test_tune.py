@@ -91,7 +91,9 @@ def test_trial_of_a_killed_worker_is_retried(results, tmp_path, kind):
     study = optuna.load_study(study_name="k", storage=storage)
     killed = study.ask({"expansion_ratio": optuna.distributions.FloatDistribution(1, 8)})
     storage.record_heartbeat(killed._trial_id)
-    time.sleep(2.5)  # longer than the grace period (2 heartbeats)
+    # Longer than the grace period (2 heartbeats) even after SQLite's CURRENT_TIMESTAMP, which
+    # Optuna uses for heartbeats, truncates both ends to whole seconds.
+    time.sleep(3.5)
 
     result = tune(*args, "--trials", "1")
     assert result.exit_code == 0, result.output
