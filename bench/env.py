@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from bench.probe import steady_allocator
+
 _PACKAGES = ("torch", "torchaudio", "numpy", "onnxruntime", "optuna", "torch-pruning", "hrf-bench")
 
 
@@ -57,6 +59,7 @@ def environment() -> dict:
         "env_platform": platform.platform(),
         "env_cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "",
         "env_git_commit": git_commit(),
+        "env_allocator": steady_allocator(),  # timings are taken with it (``bench.probe.time_adaptively``)
     }
     fields.update({f"env_{p.replace('-', '_')}": _version(p) for p in _PACKAGES})
     return fields

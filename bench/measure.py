@@ -26,7 +26,8 @@ RUNTIME_CUDA = "torch-cuda"
 PEAK_MEMORY_METHOD = "torch.profiler CPU allocator events"  # recorded beside every peak memory figure
 # Timings on one machine are taken one at a time, whichever process or results folder asks.
 MACHINE_LOCK = Path(tempfile.gettempdir()) / "hrf-bench-measure.lock"
-QUICK_RULE = TimingRule(warmup_runs=3, warmup_seconds=0.1, min_samples=10, max_seconds=1.0, target_rel_ci=0.02)
+QUICK_RULE = TimingRule(warmup_runs=3, warmup_seconds=0.1, min_samples=10, min_seconds=0.25, max_seconds=0.5,
+                        target_rel_ci=0.02)
 
 
 def count_params(model: nn.Module) -> int:

@@ -4,7 +4,10 @@ re-measuring a real recorded run across runtimes and thread counts without retra
 from __future__ import annotations
 
 import json
+import platform
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -62,8 +65,13 @@ def test_quantized_model_is_sized_in_int8_and_keeps_its_macs():
 
 
 def test_timing_rule_stops_on_a_stable_median_and_respects_its_caps():
-    steady = probe.time_adaptively(lambda: (10.0, 9.0), probe.TimingRule(warmup_seconds=0, min_samples=12))
+    steady = probe.time_adaptively(lambda: (10.0, 9.0), probe.TimingRule(warmup_seconds=0, min_samples=12,
+                                                                          min_seconds=0))
     assert len(steady) == 12  # interval of zero width: stable at the first check
+    started = time.perf_counter()
+    spanned = probe.time_adaptively(lambda: probe.clocked(lambda: time.sleep(0.001)), probe.TimingRule(
+        warmup_seconds=0, min_samples=12, min_seconds=0.2, target_rel_ci=0.5))
+    assert time.perf_counter() - started >= 0.2 and len(spanned) > 12  # stable early, but kept on for min_seconds
 
     noise = iter(range(10**6))
     noisy = probe.time_adaptively(lambda: (float(next(noise) % 97 + 1), None), probe.TimingRule(
@@ -79,6 +87,43 @@ def test_timing_rule_stops_on_a_stable_median_and_respects_its_caps():
     stats = probe.summarize(samples, audio_seconds=2.0, rule=probe.TimingRule())
     assert stats["latency_ms"] == 3.0 and stats["latency_iqr_ms"] == 2.0 and stats["latency_samples"] == 5
     assert stats["rtf"] == 3.0 / 1000 / 2.0 and stats["latency_min_ms"] == 1.0 and stats["latency_cpu_ms"] == 1.5
+    assert 1.0 < stats["latency_p5_ms"] < 2.0
+
+
+FAULTS_PER_PASS = """
+import json, resource, torch
+from bench import measure, probe
+from bench.models import build_backbone
+from bench.registry import load_builtin_plugins
+
+load_builtin_plugins()
+torch.set_num_threads(1)
+model = build_backbone("conformer", "lightweight", 80, 4).eval()
+features, lengths = measure.example_input(80, 501)
+
+def faults_per_pass(passes=20):
+    with torch.inference_mode():
+        for _ in range(5):
+            model(features, lengths)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(passes):
+            model(features, lengths)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / passes
+
+default = faults_per_pass()
+setting = probe.steady_allocator()
+print(json.dumps({"default": default, "steady": faults_per_pass(), "setting": setting}))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator setting is glibc's mallopt")
+def test_steady_allocator_stops_page_faults_on_every_inference():
+    done = subprocess.run([sys.executable, "-c", FAULTS_PER_PASS], capture_output=True, text=True, check=True)
+    faults = json.loads(done.stdout.splitlines()[-1])
+    if faults["default"] < 10:
+        pytest.skip(f"glibc's defaults do not page-fault here ({faults['default']:.1f} per pass): nothing to fix")
+    assert faults["setting"].startswith("glibc mmap_threshold=")
+    assert faults["steady"] < 1, faults  # was hundreds per pass with glibc's defaults
 
 
 def test_run_records_costs_and_cheap_latency(recorded_run):
@@ -87,6 +132,7 @@ def test_run_records_costs_and_cheap_latency(recorded_run):
     assert record["size_bytes"] > 4 * record["params"] and record["peak_memory_bytes"] > 0
     assert record["latency_ms"] > 0 and record["latency_threads"] == 1 and record["input_seconds"] == 5.0
     assert record["rtf"] == pytest.approx(record["latency_ms"] / 1000 / 5.0)
+    assert record["env_allocator"] == probe.steady_allocator()
 
 
 def test_measure_rows_per_runtime_threads_and_duration_then_skips_and_keeps_devices_apart(results):
