@@ -51,6 +51,9 @@ class Split:
         return len(self.features)
 
 
+LENGTH_JITTER = 0.03
+
+
 def batches(split: Split, batch_size: int, generator: torch.Generator | None = None):
     """Yield ``(features (B, T, F), lengths (B,), labels (B,), indices)``.
 
@@ -60,10 +63,9 @@ def batches(split: Split, batch_size: int, generator: torch.Generator | None = N
     lengths = torch.tensor([f.shape[0] for f in split.features])
     if generator is None:
         order = torch.argsort(lengths)
-    else:  # shuffle, then sort within windows of 8 batches so batches vary between epochs
-        order = torch.randperm(len(split), generator=generator)
-        window = batch_size * 8
-        order = torch.cat([chunk[torch.argsort(lengths[chunk])] for chunk in order.split(window)])
+    else:  # sort by length jittered by up to +-3 %: batches vary between epochs, padding stays ~5 %
+        jitter = 1 + LENGTH_JITTER * (2 * torch.rand(len(split), generator=generator) - 1)
+        order = torch.argsort(lengths * jitter)
     chunks = list(order.split(batch_size))
     if generator is not None:
         chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=generator)]
@@ -72,8 +74,10 @@ def batches(split: Split, batch_size: int, generator: torch.Generator | None = N
         yield feats, lengths[idx], split.labels[idx], idx
 
 
-def predict(model: nn.Module, split: Split, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Eval-mode class probabilities ``(N, C)`` and predictions ``(N,)`` in the split's order."""
+def predict(model: nn.Module, split: Split, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Eval-mode class probabilities ``(N, C)`` and predictions ``(N,)`` in the split's order.
+
+    Small batches: on 2 CPU cores every backbone evaluated 1.4-2x faster at 16 than at 64."""
     model.eval()
     probabilities = [None] * len(split)
     with torch.inference_mode():

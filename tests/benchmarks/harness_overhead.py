@@ -1,8 +1,11 @@
 """Harness overhead: the same model, cached features and epochs trained once through the harness
 (``bench.runner.execute``: data split, trainer with per-epoch validation, evaluation, measurement)
-and once through a minimal hand-written PyTorch loop, alternately, in one process.
+and once through a minimal hand-written PyTorch loop, alternately (the order flips every repeat, so
+that a drift in the machine's speed does not favour either), in one process. One untimed run of each
+comes first: the process's one-time costs (allocator growth, lazy initialisation of the FLOP counter
+and the profiler, about 2 s once per ``bench run``) are not per-run overhead.
 
-Run by hand:  python tests/benchmarks/harness_overhead.py [--dataset embedded] [--epochs 5] [--repeats 2]
+Run by hand:  python tests/benchmarks/harness_overhead.py [--dataset embedded] [--epochs 6] [--repeats 3]
 Prints the time ratio harness / bare loop (target <= 1.10).
 """
 
@@ -12,6 +15,7 @@ import argparse
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,6 +23,7 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from bench.cli import default_cache_dir
+from bench.probe import steady_allocator
 from bench.registry import load_builtin_plugins
 from bench.runner import RunContext, RunSpec, Workspace, execute
 from bench.train import TrainConfig
@@ -47,9 +52,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="embedded")
     parser.add_argument("--preset", default="lightweight")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    steady_allocator()  # as the ``bench`` command does at start-up, for both sides
     load_builtin_plugins()
     config = TrainConfig(epochs=args.epochs)
     spec = RunSpec(method="baseline", backbone="convtransformer", preset=args.preset, dataset=args.dataset,
@@ -57,26 +63,40 @@ def main() -> None:
     workspace = Workspace(default_cache_dir(), progress=False)
     data = workspace.fold_data(spec)  # features from the cache (computed on first use)
     models_dir = Path(tempfile.mkdtemp())
-    harness_times, bare_times = [], []
-    for _ in range(args.repeats):
+
+    def time_bare(spec: RunSpec) -> float:
         model = RunContext(spec, data, workspace).new_model()
         started = time.perf_counter()
-        bare_loop(model, data.train.features, data.train.labels, config, spec.seed)
-        bare_times.append(time.perf_counter() - started)
+        bare_loop(model, data.train.features, data.train.labels, spec.train, spec.seed)
+        return time.perf_counter() - started
 
+    def time_harness(spec: RunSpec) -> tuple[float, dict]:
         isolated = Workspace(models_dir, progress=False)  # fresh model cache: the harness really trains
         isolated._folds, isolated._corpora = workspace._folds, workspace._corpora
         started = time.perf_counter()
         record = execute(spec, isolated)
-        harness_times.append(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
         shutil.rmtree(models_dir / "models", ignore_errors=True)
+        return elapsed, record
+
+    warmup = replace(spec, train=TrainConfig(epochs=1))
+    time_bare(warmup), time_harness(warmup)
+    harness_times, bare_times = [], []
+    for repeat in range(args.repeats):
+        for side in ("bare", "harness") if repeat % 2 == 0 else ("harness", "bare"):
+            if side == "bare":
+                bare_times.append(time_bare(spec))
+            else:
+                elapsed, record = time_harness(spec)
+                harness_times.append(elapsed)
     shutil.rmtree(models_dir, ignore_errors=True)
     harness, bare = sum(harness_times), sum(bare_times)
     print(f"dataset={args.dataset} preset={args.preset} epochs={args.epochs} train utterances={len(data.train)} "
           f"threads={torch.get_num_threads()}")
     print(f"bare loop: {[f'{t:.2f}' for t in bare_times]} s; harness: {[f'{t:.2f}' for t in harness_times]} s "
           f"(of which training {record['fit_seconds']:.2f} s in the last)")
-    print(f"harness / bare loop = {harness / bare:.3f}")
+    pairs = sorted(h / b for h, b in zip(harness_times, bare_times))
+    print(f"harness / bare loop = {harness / bare:.3f} (per repeat: {', '.join(f'{r:.3f}' for r in pairs)})")
 
 
 if __name__ == "__main__":
