@@ -8,24 +8,13 @@ import os
 import platform
 import socket
 import subprocess
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
-from bench.probe import steady_allocator
+from bench.probe import cpu_model, package_version, steady_allocator
 
 _PACKAGES = ("torch", "torchaudio", "numpy", "onnxruntime", "optuna", "torch-pruning", "hrf-bench")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @functools.cache
@@ -41,13 +30,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return ""
-
-
 def environment() -> dict:
     """Flat ``env_*`` fields: host, CPU, cores, threads, Python and library versions, git commit."""
     fields = {
@@ -61,5 +43,5 @@ def environment() -> dict:
         "env_git_commit": git_commit(),
         "env_allocator": steady_allocator(),  # timings are taken with it (``bench.probe.time_adaptively``)
     }
-    fields.update({f"env_{p.replace('-', '_')}": _version(p) for p in _PACKAGES})
+    fields.update({f"env_{p.replace('-', '_')}": package_version(p) for p in _PACKAGES})
     return fields

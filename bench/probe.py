@@ -174,7 +174,7 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -187,7 +187,8 @@ def probe_environment() -> dict:
     return {"env_host": socket.gethostname(), "env_cpu": cpu_model(), "env_cores": os.cpu_count(),
             "env_usable_cores": usable_cores(), "env_machine": platform.machine(),
             "env_python": platform.python_version(), "env_platform": platform.platform(),
-            "env_numpy": np.__version__, "env_allocator": steady_allocator(), "env_onnxruntime": onnxruntime.__version__ or _version("onnxruntime")}
+            "env_numpy": np.__version__, "env_allocator": steady_allocator(),
+            "env_onnxruntime": onnxruntime.__version__ or package_version("onnxruntime")}
 
 
 def device_tag(text: str | None) -> str:
