@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from bench.runner import RunSpec, Workspace, execute
-from bench.train import TrainConfig, lr_factor
+from bench.train import Split, TrainConfig, batches, lr_factor
 
 
 def toy_spec(**changes) -> RunSpec:
@@ -50,3 +50,18 @@ def test_validation_speakers_come_from_training_speakers_only(cache_dir):
 def test_warmup_then_cosine_schedule():
     assert lr_factor(0, 100, 10) == 0.1 and lr_factor(9, 100, 10) == 1.0
     assert abs(lr_factor(55, 100, 10) - 0.5) < 1e-9 and lr_factor(100, 100, 10) == 0.0
+
+
+def test_training_batches_pad_little_yet_change_between_epochs():
+    lengths = torch.randint(100, 500, (640,), generator=torch.Generator().manual_seed(0))
+    split = Split([torch.zeros(int(n), 2) for n in lengths], torch.zeros(len(lengths), dtype=torch.long))
+    generator = torch.Generator().manual_seed(0)
+    epochs = [list(batches(split, 32, generator)) for _ in range(2)]
+    for epoch in epochs:
+        assert sorted(torch.cat([idx for *_, idx in epoch]).tolist()) == list(range(len(split)))  # each once
+        padded = sum(feats.shape[0] * feats.shape[1] for feats, *_ in epoch)
+        assert padded < 1.06 * lengths.sum()  # length-sorted: shuffled batches would pad ~2x
+    memberships = [{frozenset(idx.tolist()) for *_, idx in epoch} for epoch in epochs]
+    assert memberships[0] != memberships[1]  # the jitter regroups neighbours from epoch to epoch
+    longest = [int(batch_lengths.max()) for _, batch_lengths, *_ in epochs[0]]
+    assert longest != sorted(longest)  # batch order shuffled, not shortest first
