@@ -20,7 +20,7 @@ from torch import nn
 from bench import measure
 from bench.checkpoint import model_checkpoint, resumable_fit, run_checkpoint
 from bench.corpus import Corpus
-from bench.env import environment
+from bench.env import environment, git_commit
 from bench.features import FeatureConfig, extract
 from bench.metrics import declared_scores
 from bench.models import build_backbone, preset_config
@@ -178,15 +178,20 @@ class RunContext:
                 saved = torch.load(path, weights_only=False)
                 model.load_state_dict(saved["state_dict"])
                 self.fits.append(FitResult(**saved["fit"]))
-                self.notes[f"{preset}_model_cache"] = "hit"
+                # The key holds settings, not code: say which code trained a reused model.
+                trained_by = saved.get("git_commit", "unknown")
+                self.notes.update({f"{preset}_model_cache": "hit", f"{preset}_model_git_commit": trained_by})
                 log.info("reused cached %s %s model (fold %d, seed %d)", spec.backbone, preset, spec.fold, spec.seed)
+                if trained_by != git_commit():
+                    log.warning("the cached %s %s model was trained by commit %s, this is %s; a fresh "
+                                "--cache-dir retrains it", spec.backbone, preset, trained_by, git_commit())
                 return model.eval()
             checkpoint = model_checkpoint(self.workspace.cache_dir, path.stem)
             self.fit(model, desc=f"{spec.backbone}-{preset}", checkpoint=checkpoint)
-            self.notes[f"{preset}_model_cache"] = "miss"
+            self.notes.update({f"{preset}_model_cache": "miss", f"{preset}_model_git_commit": git_commit()})
             log.info("trained %s %s model (fold %d, seed %d)", spec.backbone, preset, spec.fold, spec.seed)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"state_dict": model.state_dict(), "fit": asdict(self.fits[-1])}, tmp)
+            torch.save({"state_dict": model.state_dict(), "fit": asdict(self.fits[-1]), "git_commit": git_commit()}, tmp)
             os.replace(tmp, path)
             checkpoint.unlink(missing_ok=True)
         return model

@@ -4,6 +4,8 @@ the large model trained once and reused, the fine-tuning budget stated, and one-
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,24 @@ def test_large_model_trained_once_and_reused(grid):
     assert list(caches.values()).count("miss") == 1  # trained by the first method that needed it
     assert all(caches[m] in ("hit", "miss") for m in ("kd", "prune", "prune-unstructured", "lowrank", "kd+quant"))
     assert records["quant"]["tiny_model_cache"] in ("hit", "miss") and "lightweight_model_cache" not in records["quant"]
+
+
+def test_reused_models_name_the_commit_that_trained_them(grid, tmp_path, caplog):
+    _, records, cache = grid
+    users = [r for r in records.values() if "lightweight_model_cache" in r]
+    assert len(users) == 5 and {r["lightweight_model_git_commit"] for r in users} == {records["kd"]["env_git_commit"]}
+    older = tmp_path / "cache"  # a copy: the other tests keep the grid's cache as it was
+    shutil.copytree(cache, older)
+    path, = (older / "models").glob("convtransformer-lightweight-*.pt")
+    saved = torch.load(path, weights_only=False)
+    torch.save(saved | {"git_commit": "0ld0ld0"}, path)  # as if trained before an upgrade
+    with caplog.at_level(logging.WARNING, logger="bench"):
+        result = CliRunner().invoke(main, ["run", "--methods", "kd", "--results-dir", str(tmp_path / "results"),
+                                           "--cache-dir", str(older), *TINY], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    record, = (json.loads(p.read_text()) for p in (tmp_path / "results" / "records").glob("*.json"))
+    assert record["lightweight_model_cache"] == "hit" and record["lightweight_model_git_commit"] == "0ld0ld0"
+    assert "trained by commit 0ld0ld0" in caplog.text
 
 
 def test_same_finetuning_budget_stated_for_every_method_that_tunes(grid):
