@@ -14,7 +14,10 @@ def confusion(labels, predictions, num_classes: int) -> np.ndarray:
 
 
 def scores(labels, predictions, num_classes: int) -> dict:
-    """WA, UA, macro-F1, weighted-F1 (classes absent from ``labels`` are left out of UA), and the matrix."""
+    """WA, UA, macro-F1, weighted-F1 and the matrix. Macro-F1 averages over all ``num_classes`` classes,
+    as the usual definition does (a class absent from ``labels`` and ``predictions`` counts F1 0, like
+    scikit-learn's ``f1_score(..., labels=range(num_classes), average="macro", zero_division=0)``); UA
+    (macro recall) leaves classes absent from ``labels`` out, since their recall is undefined."""
     matrix = confusion(labels, predictions, num_classes)
     support = matrix.sum(1)
     predicted = matrix.sum(0)
@@ -28,7 +31,7 @@ def scores(labels, predictions, num_classes: int) -> dict:
     return {
         "wa": float(hits.sum() / total),
         "ua": float(recall[present].mean()) if present.any() else 0.0,
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "macro_f1": float(f1.mean()),
         "weighted_f1": float((f1 * support).sum() / total),
         "class_f1": f1.tolist(),
         "class_recall": recall.tolist(),

@@ -1,64 +1,95 @@
-"""Paired comparisons against the lightweight baseline: per-fold/per-seed differences, a seeded
-percentile-bootstrap confidence interval of their mean, and a Wilcoxon signed-rank p-value.
+"""Paired comparisons against a reference baseline, resampled at the level of folds (test speakers).
 
 Runs pair when they share dataset, backbone, settings, fold and seed: the same test speakers and the
-same initialization seed, so fold-to-fold variation cancels out of the difference.
+same initialization seed, so fold-to-fold variation cancels out of the difference. The seeds of one fold
+share its test speakers, so they are not independent samples of the test population: the paired
+differences of a fold are averaged over its seeds first, and every interval, p-value and mean below is
+over these fold-level differences (the unit is the fold; each fold weighs the same).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
-from scipy.stats import wilcoxon
+from scipy.stats import bootstrap, wilcoxon
 
 GROUP = ["dataset", "backbone", "method", "config", "preset", "settings"]
 PAIR_ON = ["dataset", "backbone", "settings", "fold", "seed"]
 COMPARISON_COLUMNS = ["pairs", "diff_mean", "ci_low", "ci_high", "p_wilcoxon", "significant"]
 RESAMPLES = 10_000
 LEVEL = 0.95
-MIN_WILCOXON_NONZERO = 5  # below this the smallest attainable p-value exceeds 0.05 anyway
-# A percentile bootstrap of 2-4 pairs is little more than their range (4 pairs of one sign always
+# With n nonzero pairs the smallest two-sided Wilcoxon p-value is 2 / 2^n: 0.25 at 3, 0.125 at 4,
+# 0.0625 at 5, 0.031 at 6. A p-value is given from 5 fold-level pairs, so 5 folds can show a clear
+# direction (p = 0.0625) but never p < 0.05; that takes 6 folds or more.
+MIN_WILCOXON_NONZERO = 5
+# A bootstrap interval of 2-4 folds is little more than their range (4 folds of one sign always
 # "exclude zero"), so such intervals are shown but never marked significant.
 MIN_SIGNIFICANT_PAIRS = 5
+# BCa needs a jackknife that varies; with fewer distinct values than this its bias and acceleration
+# corrections rest on a lattice of 2 points, so the plain percentile interval is used instead.
+MIN_BCA_DISTINCT = 3
 BASELINE = "baseline"
+FAILED = "failed"
+
+
+def finished(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that produced figures: all but those whose ``status`` is ``failed``."""
+    return runs[runs["status"] != FAILED] if "status" in runs else runs
 
 
 def bootstrap_ci(differences, seed: int = 0, resamples: int = RESAMPLES, level: float = LEVEL) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``differences`` (1-d), reproducible for a seed.
-    Fewer than two values give no interval (NaN, NaN): one run says nothing about its spread."""
+    """Bootstrap interval of the mean of ``differences`` (1-d; one value per fold), reproducible for a
+    seed: BCa (``scipy.stats.bootstrap``) from ``MIN_BCA_DISTINCT`` distinct values, else (or when BCa
+    cannot be computed) the percentile interval. Values that are all equal give (value, value); fewer
+    than two give no interval (NaN, NaN): one fold says nothing about the spread over test speakers."""
     values = np.asarray(differences, dtype=float)
     values = values[~np.isnan(values)]
     if len(values) < 2:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+    if np.ptp(values) == 0:
+        return float(values[0]), float(values[0])
+    methods = ["BCa", "percentile"] if len(np.unique(values)) >= MIN_BCA_DISTINCT else ["percentile"]
+    for method in methods:
+        with warnings.catch_warnings():  # a degenerate BCa warns and returns NaN: handled below
+            warnings.simplefilter("ignore")
+            interval = bootstrap((values,), np.mean, n_resamples=resamples, confidence_level=level, method=method,
+                                 rng=np.random.default_rng(seed)).confidence_interval
+        if np.isfinite(interval.low) and np.isfinite(interval.high):
+            break
+    return float(interval.low), float(interval.high)
 
 
 def wilcoxon_p(differences, min_nonzero: int = MIN_WILCOXON_NONZERO) -> float:
     """Two-sided Wilcoxon signed-rank p-value of ``differences`` (zeros dropped), or NaN with fewer
-    than ``min_nonzero`` nonzero differences."""
+    than ``min_nonzero`` nonzero differences. Exact for up to 50 values (scipy's ``auto``; with ties it
+    enumerates the sign flips)."""
     values = np.asarray(differences, dtype=float)
-    values = values[~np.isnan(values) & (values != 0)]
+    # rounding makes differences that are equal up to float noise tie, as they do on paper
+    values = np.round(values[~np.isnan(values) & (values != 0)], 12)
     if len(values) < min_nonzero:
         return math.nan
     return float(wilcoxon(values).pvalue)
 
 
+def _metric_values(runs: pd.DataFrame, metric: str | None) -> pd.DataFrame:
+    frame = finished(runs).copy()
+    frame["metric"] = metric if metric is not None else frame["headline_metric"]
+    frame["value"] = [row[row["metric"]] if row["metric"] in frame.columns else math.nan for _, row in frame.iterrows()]
+    return frame
+
+
 def paired_differences(runs: pd.DataFrame, metric: str | None = None, light_preset: str = "lightweight") -> pd.DataFrame:
-    """Every run minus its paired ``baseline`` run at ``light_preset``: columns ``GROUP``, ``fold``,
-    ``seed``, ``metric``, ``value``, ``reference``, ``diff``. ``metric`` None means each dataset's
-    ``headline_metric``. Runs without a paired reference are left out; the reference group itself too."""
+    """Every finished run minus its paired ``baseline`` run at ``light_preset`` (the reference; any
+    preset can be one): columns ``GROUP``, ``fold``, ``seed``, ``metric``, ``value``, ``reference``,
+    ``diff``. ``metric`` None means each dataset's ``headline_metric``. Runs without a paired reference
+    are left out; the reference group itself too."""
     columns = [*GROUP, "fold", "seed", "metric", "value", "reference", "diff"]
     if runs.empty:
         return pd.DataFrame(columns=columns)
-    frame = runs.copy()
-    frame["metric"] = metric if metric is not None else frame["headline_metric"]
-    frame["value"] = [row[row["metric"]] if row["metric"] in frame.columns else math.nan for _, row in frame.iterrows()]
+    frame = _metric_values(runs, metric)
     is_reference = (frame["method"] == BASELINE) & (frame["preset"] == light_preset)
     reference = frame[is_reference].groupby(PAIR_ON, as_index=False)["value"].mean()
     paired = frame[~is_reference].merge(reference.rename(columns={"value": "reference"}), on=PAIR_ON, how="inner")
@@ -67,13 +98,31 @@ def paired_differences(runs: pd.DataFrame, metric: str | None = None, light_pres
     return paired[columns].sort_values([*GROUP, "fold", "seed"], kind="stable").reset_index(drop=True)
 
 
+def fold_differences(differences: pd.DataFrame) -> pd.DataFrame:
+    """Run-level paired differences (``paired_differences``) averaged over the seeds of each fold:
+    columns ``GROUP``, ``fold``, ``diff`` (mean over that fold's pairs), ``seeds`` (how many)."""
+    if differences.empty:
+        return pd.DataFrame(columns=[*GROUP, "fold", "diff", "seeds"])
+    return (differences.groupby([*GROUP, "fold"], sort=True)["diff"].agg(["mean", "size"])
+            .rename(columns={"mean": "diff", "size": "seeds"}).reset_index())
+
+
+def mean_differences(runs: pd.DataFrame, metric: str, reference_preset: str) -> pd.DataFrame:
+    """Per ``GROUP`` (the reference group left out): the paired mean difference of ``metric`` to the
+    ``baseline`` at ``reference_preset`` (``diff``, the mean of the fold-level differences) and the
+    number of folds it rests on (``pairs``)."""
+    differences = fold_differences(paired_differences(runs, metric, reference_preset))
+    result = differences.groupby(GROUP, sort=True)["diff"].agg(["mean", "size"]).reset_index()
+    return result.rename(columns={"mean": "diff", "size": "pairs"})
+
+
 def compare(runs: pd.DataFrame, light_preset: str = "lightweight", seed: int = 0,
             metric: str | None = None) -> pd.DataFrame:
-    """Per ``GROUP``: number of pairs, mean paired difference, its bootstrap interval (seeded with
-    ``seed`` for every group, so a row does not depend on which other rows exist), the Wilcoxon
-    p-value and ``significant`` (the interval excludes zero and rests on at least
-    ``MIN_SIGNIFICANT_PAIRS`` pairs)."""
-    differences = paired_differences(runs, metric, light_preset)
+    """Per ``GROUP``, over fold-level paired differences (seeds averaged within each fold): ``pairs``
+    (folds), ``diff_mean``, its bootstrap interval (seeded with ``seed`` for every group, so a row does
+    not depend on which other rows exist), the Wilcoxon p-value and ``significant`` (the interval
+    excludes zero and rests on at least ``MIN_SIGNIFICANT_PAIRS`` folds)."""
+    differences = fold_differences(paired_differences(runs, metric, light_preset))
     rows = []
     for key, group in differences.groupby(GROUP, sort=True):
         low, high = bootstrap_ci(group["diff"], seed)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from bench import stats
 from bench.features import FeatureConfig
+from bench.registry import METHODS
 from bench.train import TrainConfig
 
 KEYS = ["dataset", "backbone", "method", "config", "preset", "settings"]  # one summary row per value
@@ -29,6 +30,9 @@ LABELS = {"wa": "WA", "ua": "UA", "macro_f1": "F1", "weighted_f1": "wF1", "param
 NESTED = ("method_params", "dataset_params", "confusion", "classes", "skipped")
 BASELINE = "baseline"
 MISSING = "—"
+OK = "ok"
+DELTA_LIGHT, DELTA_LARGE = "Δ light (folds)", "Δ large (folds)"
+UNKNOWN_FINGERPRINT = "unknown"
 
 
 def _text(value) -> str:
@@ -91,6 +95,9 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
     for column in ["fold", "seed", *METRICS, *COSTS]:
         frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else np.nan
     frame[["dataset", "backbone", "method", "preset"]] = frame[["dataset", "backbone", "method", "preset"]].fillna(MISSING)
+    frame["status"] = frame["status"].fillna(OK) if "status" in frame else OK
+    frame["status_reason"] = frame["status_reason"].fillna("") if "status_reason" in frame else ""
+    frame["dataset"] = _dataset_labels(frame)
     frame["config"] = ""
     for method in sorted(set(frame["method"])):
         at = [i for i, r in enumerate(records) if frame.loc[i, "method"] == method]
@@ -100,9 +107,19 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
         if records else frame["headline_metric"]
     for column in metric_columns(frame)[len(METRICS):]:
         frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else np.nan
-    first = ["run_id", *KEYS, "fold", "seed", "headline_metric", *metric_columns(frame), *COSTS]
+    first = ["run_id", *KEYS, "fold", "seed", "status", "status_reason", "headline_metric", *metric_columns(frame), *COSTS]
     frame = frame[first + sorted(c for c in frame.columns if c not in first)]
     return frame.sort_values(KEYS + ["fold", "seed", "run_id"], kind="stable").reset_index(drop=True)
+
+
+def _dataset_labels(frame: pd.DataFrame) -> pd.Series:
+    """The dataset name, or ``name@<first 8 characters of corpus_fingerprint>`` for every run of a name
+    whose runs read more than one corpus (records without a fingerprint count as one ``unknown``), so
+    runs of different data are never averaged or paired together."""
+    fingerprint = (frame["corpus_fingerprint"].fillna(UNKNOWN_FINGERPRINT).astype(str)
+                   if "corpus_fingerprint" in frame else pd.Series(UNKNOWN_FINGERPRINT, index=frame.index))
+    corpora = fingerprint.groupby(frame["dataset"]).transform("nunique")
+    return frame["dataset"].where(corpora <= 1, frame["dataset"] + "@" + fingerprint.str[:8])
 
 
 def _common_headline(values: pd.Series):
@@ -128,46 +145,90 @@ def metric_columns(runs: pd.DataFrame) -> list[str]:
 
 def summary_table(runs: pd.DataFrame, light_preset: str = "lightweight", large_preset: str = "large",
                   seed: int = 0) -> pd.DataFrame:
-    """One row per ``KEYS`` group: ``<metric>_mean``, ``<metric>_std``, ``<cost>`` (mean), ``runs``,
-    ``folds``, ``seeds``; ``light_<metric>`` / ``large_<metric>``: the difference of means to the
-    ``baseline`` at ``light_preset`` / ``large_preset`` of the same dataset, backbone and settings; and
-    for the headline metric the paired statistics of ``bench.stats.compare`` (``pairs``, ``ci_low``,
-    ``ci_high``, ``p_wilcoxon``, ``significant``). Sorted by dataset, then headline mean, best first."""
+    """One row per ``KEYS`` group, over its finished runs (failed runs are only counted, in
+    ``failed``): ``<metric>_mean``, ``<metric>_std``, ``<cost>`` (mean), ``runs``, ``folds``, ``seeds``;
+    ``light_<metric>`` / ``large_<metric>``: the paired mean difference to the ``baseline`` at
+    ``light_preset`` / ``large_preset`` of the same dataset, backbone and settings, over the folds both
+    ran (seeds averaged within each fold first; ``pairs`` / ``large_pairs`` folds for the headline
+    metric; 0 for the reference itself); for the headline metric the paired statistics of
+    ``bench.stats.compare`` (``pairs``, ``ci_low``, ``ci_high``, ``p_wilcoxon``, ``significant``); and
+    ``warning`` (see ``large_model_warnings``). Sorted by dataset, then headline mean, best first."""
     metrics = metric_columns(runs)
     columns = [*KEYS, "role", "headline_metric", *(f"{m}_{s}" for m in metrics for s in ("mean", "std")), *COSTS,
-               "runs", "folds", "seeds", *(f"{r}_{m}" for r in ("light", "large") for m in metrics),
-               *stats.COMPARISON_COLUMNS, "headline_mean", "headline_std", "run_ids"]
+               "runs", "folds", "seeds", "failed", *(f"{r}_{m}" for r in ("light", "large") for m in metrics),
+               *stats.COMPARISON_COLUMNS, "large_pairs", "warning", "headline_mean", "headline_std", "run_ids"]
     if runs.empty:
         return pd.DataFrame(columns=columns)
     rows = []
     for key, group in runs.groupby(KEYS, sort=True):
-        row = dict(zip(KEYS, key), headline_metric=group["headline_metric"].iloc[0])
+        done = stats.finished(group)
+        teacher = group["teacher_preset"].dropna() if "teacher_preset" in group else pd.Series(dtype=object)
+        row = dict(zip(KEYS, key), headline_metric=group["headline_metric"].iloc[0],
+                   teacher_preset=teacher.iloc[0] if len(teacher) else None)
         for metric in metrics:
-            row[f"{metric}_mean"], row[f"{metric}_std"] = _complete_mean(group[metric]), _complete_std(group[metric])
-        row.update({cost: _complete_mean(group[cost]) for cost in COSTS})
-        row.update(runs=len(group), folds=group["fold"].nunique(), seeds=group["seed"].nunique(),
-                   run_ids=" ".join(group["run_id"].astype(str)))
+            row[f"{metric}_mean"], row[f"{metric}_std"] = _complete_mean(done[metric]), _complete_std(done[metric])
+        row.update({cost: _complete_mean(done[cost]) for cost in COSTS})
+        row.update(runs=len(done), folds=done["fold"].nunique(), seeds=done["seed"].nunique(),
+                   failed=len(group) - len(done), run_ids=" ".join(done["run_id"].astype(str)))
         rows.append(row)
     table = pd.DataFrame(rows)
     table["role"] = ""
     for role, preset in (("light", light_preset), ("large", large_preset)):
-        is_reference = (table["method"] == BASELINE) & (table["preset"] == preset)
+        is_reference = ((table["method"] == BASELINE) & (table["preset"] == preset)).to_numpy()
         table.loc[is_reference, "role"] = role
-        reference = table[is_reference]
-        reference = reference.drop_duplicates(["dataset", "backbone", "settings"])
-        merged = table[["dataset", "backbone", "settings"]].merge(
-            reference[["dataset", "backbone", "settings", *(f"{m}_mean" for m in metrics)]],
-            on=["dataset", "backbone", "settings"], how="left")
-        for metric in metrics:
-            table[f"{role}_{metric}"] = table[f"{metric}_mean"].to_numpy() - merged[f"{metric}_mean"].to_numpy()
+        for metric in [*metrics, None]:  # None: the headline metric, for the number of pairs
+            paired = table[KEYS].merge(stats.mean_differences(runs, metric, preset), on=KEYS, how="left")
+            if metric is None:
+                table[f"{role}_pairs"] = paired["pairs"].to_numpy()
+                continue
+            table[f"{role}_{metric}"] = np.where(is_reference & table[f"{metric}_mean"].notna(), 0.0,
+                                                 paired["diff"].to_numpy(dtype=float))
+    table = table.drop(columns="light_pairs")  # the headline's light pairs are ``pairs`` of the comparison
     comparison = stats.compare(runs, light_preset, seed=seed)
     table = table.merge(comparison, on=KEYS, how="left") if len(comparison) else \
         table.assign(**{c: np.nan for c in stats.COMPARISON_COLUMNS})
+    table["warning"] = large_model_warnings(table, large_preset)
     table["headline_mean"] = [row[f"{row['headline_metric']}_mean"] for _, row in table.iterrows()]
     table["headline_std"] = [row[f"{row['headline_metric']}_std"] for _, row in table.iterrows()]
     table = table.sort_values(["dataset", "headline_mean", *KEYS[1:]], ascending=[True, False] + [True] * 5,
                               na_position="last", kind="stable")
     return table[columns].reset_index(drop=True)
+
+
+def starts_from_large_model(method: str, teacher_preset) -> bool:
+    """Whether a method distils from or cuts down a larger trained model (``kd``, ``prune``, ``lowrank``,
+    ``prune-unstructured``, or a composition with one): its record names a teacher preset, or one of
+    its components declares ``uses_large_model``."""
+    if not _is_missing(teacher_preset) and teacher_preset:
+        return True
+    return any(name in METHODS and getattr(METHODS.get(name).obj, "uses_large_model", False)
+               for name in str(method).split("+"))
+
+
+def large_model_warnings(table: pd.DataFrame, large_preset: str = "large") -> list[str]:
+    """Per summary row, a warning for methods that start from the large model when, on the same
+    dataset, backbone and settings, the plain ``baseline`` at that model's preset (the record's teacher
+    preset, else ``large_preset``) is not better than the plain lightweight baseline: its paired mean
+    difference over folds (headline metric, ``diff_mean``) is <= 0. The method then distils from, or
+    cuts down, a model that is no better than training the small one directly, so its comparison with
+    the lightweight baseline says nothing about the method. Empty otherwise, and when there is no such
+    pair to judge by."""
+    baselines = table[table["method"] == BASELINE].set_index(["dataset", "backbone", "settings", "preset"])
+    texts = []
+    for _, row in table.iterrows():
+        source = row["teacher_preset"] if not _is_missing(row["teacher_preset"]) and row["teacher_preset"] else large_preset
+        where = (row["dataset"], row["backbone"], row["settings"], source)
+        text = ""
+        if row["method"] != BASELINE and starts_from_large_model(row["method"], row["teacher_preset"]) \
+                and where in baselines.index:
+            large = baselines.loc[where]
+            large = large.iloc[0] if isinstance(large, pd.DataFrame) else large
+            if not _is_missing(large["diff_mean"]) and large["diff_mean"] <= 0:
+                text = (f"baseline @{source} is not better than the lightweight baseline "
+                        f"({signed_points(large['diff_mean'])} points over {large['pairs']:.0f} folds): "
+                        f"this method starts from it, so its comparison is uninterpretable")
+        texts.append(text)
+    return texts
 
 
 # ---- formatting shared by the terminal, Markdown, LaTeX and HTML views ----
@@ -213,26 +274,36 @@ def interval(row) -> str:
     return f"[{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]{mark}"
 
 
+def paired_points(value, pairs) -> str:
+    """A paired mean difference in points with the number of folds it rests on: ``+2.0 (2)``."""
+    return MISSING if _is_missing(value) else f"{signed_points(value)} ({pairs:.0f})"
+
+
 def display_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary as text cells (headline first), for the terminal and the Markdown/LaTeX exports."""
+    """The summary as text cells (headline first), for the terminal and the Markdown/LaTeX exports.
+    ``failed`` and ``warning`` appear only when some row has one."""
     rows = []
     for _, row in summary.iterrows():
         headline = row["headline_metric"]
         cells = {"method": row["method"], "config": row["config"], "backbone": row["backbone"],
                  "preset": row["preset"], "settings": row["settings"],
                  f"{LABELS.get(headline, headline)} %": percent(row["headline_mean"], row["headline_std"]),
-                 "Δ light": "ref" if row["role"] == "light" else signed_points(row.get(f"light_{headline}")),
+                 DELTA_LIGHT: "ref" if row["role"] == "light" else paired_points(row.get(f"light_{headline}"), row["pairs"]),
                  "95% CI": interval(row),
                  "p": MISSING if _is_missing(row.get("p_wilcoxon")) else f"{row['p_wilcoxon']:.3f}",
-                 "Δ large": "ref" if row["role"] == "large" else signed_points(row.get(f"large_{headline}"))}
+                 DELTA_LARGE: "ref" if row["role"] == "large" else paired_points(row.get(f"large_{headline}"),
+                                                                                 row["large_pairs"])}
         cells.update({LABELS[m]: percent(row[f"{m}_mean"]) for m in METRICS if m != headline})
         cells.update({"params": count(row["params"]), "MACs": count(row["macs"]),
-                      "latency ms": milliseconds(row["latency_ms"]), "runs": str(row["runs"])})
+                      "latency ms": milliseconds(row["latency_ms"]), "runs": str(row["runs"]),
+                      "failed": str(row["failed"]), "warning": row["warning"]})
         rows.append(cells)
     table = pd.DataFrame(rows)
-    for optional in ("config", "settings"):
+    for optional in ("config", "settings", "warning"):
         if optional in table and not table[optional].astype(bool).any():
             table = table.drop(columns=optional)
+    if "failed" in table and (table["failed"] == "0").all():
+        table = table.drop(columns="failed")
     return table
 
 
@@ -274,16 +345,39 @@ def to_latex(summary: pd.DataFrame) -> str:
 
 
 def to_terminal(summary: pd.DataFrame) -> str:
+    """One table per dataset; warnings as lines below it rather than a wide column."""
     parts = []
     for dataset, headline, table in _datasets(summary):
-        parts.append(f"{dataset} (headline {LABELS.get(headline, headline)}; Δ in points, * = 95% interval "
-                     f"excludes 0, from {stats.MIN_SIGNIFICANT_PAIRS} pairs)\n" + table.to_string(index=False))
+        text = (f"{dataset} (headline {LABELS.get(headline, headline)}; Δ: paired mean difference in points over "
+                f"the folds in brackets, seeds averaged within a fold; * = 95% interval over folds excludes 0, from "
+                f"{stats.MIN_SIGNIFICANT_PAIRS} folds)\n" + table.drop(columns="warning", errors="ignore").to_string(index=False))
+        if "warning" in table:
+            text += "".join(f"\nwarning: {row['method']} {row['backbone']} @{row['preset']}: {row['warning']}"
+                            for _, row in table[table["warning"].astype(bool)].iterrows())
+        parts.append(text)
     return "\n\n".join(parts)
 
 
+def failed_lines(runs: pd.DataFrame) -> list[str]:
+    """One line per failed run: what it was and why it failed."""
+    failed = runs[runs["status"] == stats.FAILED]
+    return [f"{row['run_id']}: {row['method']} {row['backbone']} @{row['preset']} {row['dataset']} fold "
+            f"{_whole(row['fold'])} seed {_whole(row['seed'])}: {row['status_reason'] or 'no reason recorded'}"
+            for _, row in failed.iterrows()]
+
+
+def _whole(value) -> str:
+    return "?" if _is_missing(value) else f"{value:.0f}"
+
+
 def print_summary(records: list[dict], light_preset: str = "lightweight", large_preset: str = "large") -> None:
-    """The table printed at the end of ``bench run`` and ``bench report``."""
+    """The table printed at the end of ``bench run`` and ``bench report``, then the failed runs."""
     if not records:
         click.echo("no runs recorded")
         return
-    click.echo(to_terminal(summary_table(runs_frame(records), light_preset, large_preset)))
+    runs = runs_frame(records)
+    click.echo(to_terminal(summary_table(runs, light_preset, large_preset)))
+    failed = failed_lines(runs)
+    if failed:
+        click.echo(f"\n{len(failed)} failed run{'s' if len(failed) != 1 else ''} (not in the means or pairs):")
+        click.echo("\n".join(f"  {line}" for line in failed))

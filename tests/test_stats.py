@@ -39,18 +39,19 @@ def test_summary_matches_a_hand_computation():
     # sample std of 0.55, 0.70, 0.55, 0.70: sqrt(4 * 0.075^2 / 3)
     assert hrf["ua_std"] == pytest.approx(math.sqrt(4 * 0.075 ** 2 / 3))
     assert (hrf["runs"], hrf["folds"], hrf["seeds"]) == (4, 2, 2)
-    assert hrf["light_ua"] == pytest.approx(0.625 - 0.575)  # light mean (0.50+0.60+0.55+0.65)/4
-    assert hrf["large_ua"] == pytest.approx(0.625 - 0.775)
+    assert hrf["light_ua"] == pytest.approx(0.625 - 0.575)  # a complete grid: paired = difference of means
+    assert hrf["large_ua"] == pytest.approx(0.625 - 0.775) and hrf["large_pairs"] == 2
     assert hrf["wa_mean"] == pytest.approx(0.635) and hrf["light_wa"] == pytest.approx(0.05)
-    # paired differences 0.05, 0.10, 0.00, 0.05: mean 0.05, every bootstrap mean lies within [0, 0.10]
-    assert hrf["pairs"] == 4 and hrf["diff_mean"] == pytest.approx(0.05)
-    assert 0.0 <= hrf["ci_low"] <= 0.05 <= hrf["ci_high"] <= 0.10
-    assert math.isnan(hrf["p_wilcoxon"])  # only 3 nonzero differences
+    # paired differences: fold 1 +0.05, 0.00 (mean +0.025), fold 2 +0.10, +0.05 (mean +0.075); the unit
+    # is the fold: 2 pairs, mean +0.05, and the bootstrap means of 2 folds are 0.025, 0.05 or 0.075
+    assert hrf["pairs"] == 2 and hrf["diff_mean"] == pytest.approx(0.05)
+    assert (hrf["ci_low"], hrf["ci_high"]) == pytest.approx((0.025, 0.075))
+    assert math.isnan(hrf["p_wilcoxon"])  # 2 folds
     light, large = table.loc[("baseline", "lightweight")], table.loc[("baseline", "large")]
     assert light["role"] == "light" and large["role"] == "large" and hrf["role"] == ""
     assert light["light_ua"] == 0.0 and math.isnan(light["pairs"])  # the reference is not compared to itself
     assert large["diff_mean"] == pytest.approx(0.20) and large["ci_low"] == pytest.approx(0.20)  # all pairs +0.20
-    assert not large["significant"]  # 4 pairs: too few to mark
+    assert not large["significant"]  # 2 folds: too few to mark
     assert list(table.reset_index()["method"] + "@" + table.reset_index()["preset"]) == [
         "baseline@large", "hrf@lightweight", "baseline@lightweight"]  # best headline first
 
@@ -67,18 +68,18 @@ def test_bootstrap_interval_by_hand_and_reproducible():
     assert all(math.isnan(v) for v in stats.bootstrap_ci([0.3]))  # one pair: no interval
 
 
-def test_significance_needs_five_pairs_and_an_interval_excluding_zero():
-    cells = [(fold, seed) for fold in (1, 2, 3) for seed in (0, 1)]
+def test_significance_needs_five_folds_and_an_interval_excluding_zero():
+    folds = [1, 2, 3, 4, 5, 6]
     light = [0.50, 0.52, 0.55, 0.60, 0.58, 0.61]
-    gains = [0.02, 0.03, 0.01, 0.04, 0.02, 0.05]
-    records = [record("baseline", "lightweight", f, s, ua) for (f, s), ua in zip(cells, light)]
-    records += [record("hrf", "lightweight", f, s, ua + gain) for (f, s), ua, gain in zip(cells, light, gains)]
+    gains = [0.02, 0.03, 0.01, 0.04, 0.025, 0.05]
+    records = [record("baseline", "lightweight", f, 0, ua) for f, ua in zip(folds, light)]
+    records += [record("hrf", "lightweight", f, 0, ua + gain) for f, ua, gain in zip(folds, light, gains)]
     six = stats.compare(runs_frame(records)).iloc[0]
     assert six["pairs"] == 6 and six["significant"] and six["p_wilcoxon"] == pytest.approx(2 / 64)
     assert six["diff_mean"] == pytest.approx(sum(gains) / 6) and 0 < six["ci_low"] < six["diff_mean"] < six["ci_high"]
-    four = stats.compare(runs_frame([r for r in records if r["fold"] != 3])).iloc[0]
+    four = stats.compare(runs_frame([r for r in records if r["fold"] <= 4])).iloc[0]
     assert four["pairs"] == 4 and four["ci_low"] > 0 and not four["significant"]
-    mixed = [dict(r, ua=r["ua"] - 0.06) if r["method"] == "hrf" and r["seed"] == 1 else r for r in records]
+    mixed = [dict(r, ua=r["ua"] - 0.06) if r["method"] == "hrf" and r["fold"] % 2 else r for r in records]
     assert not stats.compare(runs_frame(mixed)).iloc[0]["significant"]  # the interval straddles zero
 
 
@@ -129,8 +130,8 @@ def test_records_lacking_columns_leave_cells_missing():
 def test_markdown_and_latex_exports_carry_the_figures():
     table = summary_table(runs_frame(fixed_records()))
     markdown, latex = to_markdown(table), to_latex(table)
-    assert "## toy (headline: UA)" in markdown and "| hrf | convtransformer | lightweight | 62.5 ± 8.7 | +5.0 |" in markdown
-    assert r"\begin{tabular}" in latex and r"62.5 $\pm$ 8.7 & +5.0" in latex and r"\midrule" in latex
+    assert "## toy (headline: UA)" in markdown and "| hrf | convtransformer | lightweight | 62.5 ± 8.7 | +5.0 (2) |" in markdown
+    assert r"\begin{tabular}" in latex and r"62.5 $\pm$ 8.7 & +5.0 (2)" in latex and r"\midrule" in latex
     assert markdown.count("\n| ") == 4  # header + 3 rows
     empty = summary_table(runs_frame([]))
     assert empty.empty and to_markdown(empty) == "No runs recorded.\n" and isinstance(to_latex(empty), str)
