@@ -77,7 +77,11 @@ def wilcoxon_p(differences, min_nonzero: int = MIN_WILCOXON_NONZERO) -> float:
 def _metric_values(runs: pd.DataFrame, metric: str | None) -> pd.DataFrame:
     frame = finished(runs).copy()
     frame["metric"] = metric if metric is not None else frame["headline_metric"]
-    frame["value"] = [row[row["metric"]] if row["metric"] in frame.columns else math.nan for _, row in frame.iterrows()]
+    frame["value"] = math.nan
+    for name in frame["metric"].dropna().unique():
+        if name in frame.columns:
+            at = frame["metric"] == name
+            frame.loc[at, "value"] = pd.to_numeric(frame.loc[at, name], errors="coerce")
     return frame
 
 
@@ -107,13 +111,21 @@ def fold_differences(differences: pd.DataFrame) -> pd.DataFrame:
             .rename(columns={"mean": "diff", "size": "seeds"}).reset_index())
 
 
-def mean_differences(runs: pd.DataFrame, metric: str, reference_preset: str) -> pd.DataFrame:
-    """Per ``GROUP`` (the reference group left out): the paired mean difference of ``metric`` to the
-    ``baseline`` at ``reference_preset`` (``diff``, the mean of the fold-level differences) and the
-    number of folds it rests on (``pairs``)."""
-    differences = fold_differences(paired_differences(runs, metric, reference_preset))
-    result = differences.groupby(GROUP, sort=True)["diff"].agg(["mean", "size"]).reset_index()
-    return result.rename(columns={"mean": "diff", "size": "pairs"})
+def mean_differences(runs: pd.DataFrame, metrics: list[str], reference_preset: str) -> pd.DataFrame:
+    """Per ``GROUP`` (the reference group left out): for each of ``metrics`` the paired mean difference
+    to the ``baseline`` at ``reference_preset`` (the mean of the fold-level differences, over the pairs
+    where both runs have that figure), and ``pairs``, the number of folds the headline metric's
+    difference rests on."""
+    frame = _metric_values(runs, None)
+    columns = [*metrics, "value"]  # "value": the headline metric
+    is_reference = (frame["method"] == BASELINE) & (frame["preset"] == reference_preset)
+    reference = frame[is_reference].groupby(PAIR_ON, as_index=False)[columns].mean()
+    paired = frame[~is_reference].merge(reference, on=PAIR_ON, how="inner", suffixes=("", "_reference"))
+    for column in columns:
+        paired[column] = paired[column] - paired[f"{column}_reference"]
+    by_fold = paired.groupby([*GROUP, "fold"], sort=True)[columns].mean()
+    result = by_fold.groupby(GROUP, sort=True).agg({**{m: "mean" for m in metrics}, "value": "count"})
+    return result.rename(columns={"value": "pairs"}).reset_index()
 
 
 def compare(runs: pd.DataFrame, light_preset: str = "lightweight", seed: int = 0,

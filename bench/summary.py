@@ -176,13 +176,11 @@ def summary_table(runs: pd.DataFrame, light_preset: str = "lightweight", large_p
     for role, preset in (("light", light_preset), ("large", large_preset)):
         is_reference = ((table["method"] == BASELINE) & (table["preset"] == preset)).to_numpy()
         table.loc[is_reference, "role"] = role
-        for metric in [*metrics, None]:  # None: the headline metric, for the number of pairs
-            paired = table[KEYS].merge(stats.mean_differences(runs, metric, preset), on=KEYS, how="left")
-            if metric is None:
-                table[f"{role}_pairs"] = paired["pairs"].to_numpy()
-                continue
+        paired = table[KEYS].merge(stats.mean_differences(runs, metrics, preset), on=KEYS, how="left")
+        table[f"{role}_pairs"] = paired["pairs"].to_numpy()
+        for metric in metrics:
             table[f"{role}_{metric}"] = np.where(is_reference & table[f"{metric}_mean"].notna(), 0.0,
-                                                 paired["diff"].to_numpy(dtype=float))
+                                                 paired[metric].to_numpy(dtype=float))
     table = table.drop(columns="light_pairs")  # the headline's light pairs are ``pairs`` of the comparison
     comparison = stats.compare(runs, light_preset, seed=seed)
     table = table.merge(comparison, on=KEYS, how="left") if len(comparison) else \

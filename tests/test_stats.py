@@ -153,3 +153,149 @@ def test_pareto_front_keeps_the_points_nothing_cheaper_beats():
     costs = [1.0, 2.0, 3.0, 4.0, 2.0, math.nan, 0.5]
     scores = [0.50, 0.40, 0.70, 0.60, 0.55, 0.90, math.nan]
     assert pareto_front(costs, scores) == [0, 4, 2]  # by cost; equal cost keeps the better; NaN never
+
+
+# ---- issue 13 section 3 and the summary side of issues 13 and 16 ----
+
+def test_delta_is_the_paired_mean_over_the_folds_both_ran():
+    # baseline (light and large) on folds 1-5, hrf on folds 1-2 only, 2 points above the light baseline
+    # on each: the unpaired difference of means was -13.0 next to a paired interval of [+2.0, +2.0]
+    light = {1: 0.40, 2: 0.45, 3: 0.70, 4: 0.75, 5: 0.80}
+    records = [record("baseline", "lightweight", f, 0, ua) for f, ua in light.items()]
+    records += [record("baseline", "large", f, 0, ua + 0.05) for f, ua in light.items()]
+    records += [record("hrf", "lightweight", f, 0, light[f] + 0.02) for f in (1, 2)]
+    table = summary_table(runs_frame(records)).set_index(["method", "preset"])
+    hrf = table.loc[("hrf", "lightweight")]
+    assert hrf["light_ua"] == pytest.approx(0.02) == hrf["diff_mean"] and hrf["pairs"] == 2
+    assert hrf["large_ua"] == pytest.approx(-0.03) and hrf["large_pairs"] == 2
+    assert hrf["light_wa"] == pytest.approx(0.02)  # every metric's Δ is paired
+    row = to_markdown(table.reset_index()).splitlines()
+    hrf_line = next(line for line in row if line.startswith("| hrf"))
+    assert "| +2.0 (2) | [+2.0, +2.0] |" in hrf_line and "| -3.0 (2) |" in hrf_line
+
+
+def test_seeds_of_one_fold_are_one_unit_of_the_interval():
+    # 1 fold x 5 seeds, hrf 1-5 points better: the seeds share the test speakers, so this is one pair
+    records = [record("baseline", "lightweight", 1, s, 0.5 + 0.01 * s) for s in range(5)]
+    records += [record("hrf", "lightweight", 1, s, 0.5 + 0.02 * s + 0.01) for s in range(5)]
+    one_fold = stats.compare(runs_frame(records)).iloc[0]
+    assert one_fold["pairs"] == 1 and one_fold["diff_mean"] == pytest.approx(0.03)
+    assert math.isnan(one_fold["ci_low"]) and math.isnan(one_fold["p_wilcoxon"]) and not one_fold["significant"]
+    # 5 folds x 2 seeds: the interval is the bootstrap of the 5 fold means of the paired differences
+    gains = {(f, s): 0.01 * f + (0.04 if s else -0.02) for f in range(1, 6) for s in (0, 1)}
+    records = [record("baseline", "lightweight", f, s, 0.5) for f, s in gains]
+    records += [record("hrf", "lightweight", f, s, 0.5 + gain) for (f, s), gain in gains.items()]
+    five = stats.compare(runs_frame(records), seed=4).iloc[0]
+    fold_means = [0.01 * f + 0.01 for f in range(1, 6)]
+    assert five["pairs"] == 5 and five["diff_mean"] == pytest.approx(np.mean(fold_means))
+    assert (five["ci_low"], five["ci_high"]) == pytest.approx(stats.bootstrap_ci(fold_means, seed=4))
+    assert stats.compare(runs_frame(records), seed=4).equals(stats.compare(runs_frame(records), seed=4))
+
+
+def test_bootstrap_is_bca_and_falls_back_to_percentile_when_bca_cannot_apply():
+    from scipy.stats import bootstrap
+
+    values = np.array([0.01, 0.03, 0.02, 0.07, 0.04])
+    bca = bootstrap((values,), np.mean, n_resamples=stats.RESAMPLES, method="BCa",
+                    rng=np.random.default_rng(2)).confidence_interval
+    assert stats.bootstrap_ci(values, seed=2) == pytest.approx((bca.low, bca.high))
+    assert stats.bootstrap_ci([0.02] * 5) == (0.02, 0.02)  # no spread: BCa is undefined, the interval a point
+    assert stats.bootstrap_ci([0.0, 0.1, 0.1, 0.1]) == pytest.approx((0.025, 0.1))  # 2 distinct: percentile
+
+
+def test_five_folds_never_reach_wilcoxon_p_below_five_percent():
+    # the default study (5 folds x 3 seeds), every run better: 15 run pairs gave p = 2 / 2^15 before
+    cells = [(f, s) for f in range(1, 6) for s in range(3)]
+    records = [record("baseline", "lightweight", f, s, 0.5) for f, s in cells]
+    records += [record("hrf", "lightweight", f, s, 0.5 + 0.01 * (f + s)) for f, s in cells]
+    row = stats.compare(runs_frame(records)).iloc[0]
+    assert row["pairs"] == 5 and row["p_wilcoxon"] == pytest.approx(2 / 2 ** 5)  # 0.0625, the smallest
+    assert stats.wilcoxon_p([0.02] * 5) == pytest.approx(0.0625)  # ties do not go below it either
+    assert stats.wilcoxon_p([0.02] * 6) == pytest.approx(2 / 64)
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_macro_f1_averages_over_every_class_like_scikit_learn(case):
+    from sklearn.metrics import f1_score
+
+    from bench.metrics import scores
+
+    rng = np.random.default_rng(case)
+    num_classes = 4 + case % 3
+    present = rng.choice(num_classes, size=num_classes - 1 - case % 2, replace=False)  # 1-2 classes absent
+    labels = rng.choice(present, size=40)
+    predictions = np.where(rng.random(40) < 0.6, labels, rng.integers(0, num_classes, size=40))
+    expected = f1_score(labels, predictions, labels=range(num_classes), average="macro", zero_division=0)
+    assert scores(labels, predictions, num_classes)["macro_f1"] == pytest.approx(expected)
+    # the case from the issue: 2 of 3 classes present, 0.762 over the present ones, 0.508 over all
+    assert scores([0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 2], 3)["macro_f1"] == pytest.approx(
+        f1_score([0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 2], labels=range(3), average="macro", zero_division=0))
+
+
+def test_runs_of_one_dataset_name_on_different_corpora_are_told_apart():
+    first = [dict(r, corpus_fingerprint="aaaaaaaa1111") for r in fixed_records()]
+    second = [dict(r, run_id=r["run_id"] + "-b", corpus_fingerprint="bbbbbbbb2222", ua=r["ua"] - 0.3)
+              for r in fixed_records()]
+    older = [dict(r, run_id=r["run_id"] + "-c") for r in fixed_records() if r["method"] == "baseline"]
+    runs = runs_frame(first + second + older)
+    assert set(runs["dataset"]) == {"toy@aaaaaaaa", "toy@bbbbbbbb", "toy@unknown"}
+    table = summary_table(runs).set_index(["dataset", "method", "preset"])
+    assert table.loc[("toy@aaaaaaaa", "hrf", "lightweight"), "ua_mean"] == pytest.approx(0.625)
+    assert table.loc[("toy@bbbbbbbb", "hrf", "lightweight"), "ua_mean"] == pytest.approx(0.325)
+    assert table.loc[("toy@bbbbbbbb", "hrf", "lightweight"), "light_ua"] == pytest.approx(0.05)  # paired within
+    assert table.loc[("toy@unknown", "baseline", "lightweight"), "runs"] == 4
+    assert "## toy@aaaaaaaa" in to_markdown(table.reset_index())
+    one = runs_frame(first)  # one corpus per name: the plain name
+    assert set(one["dataset"]) == {"toy"} and set(runs_frame(fixed_records())["dataset"]) == {"toy"}
+
+
+def failed(method: str, preset: str, fold: int, seed: int, reason: str) -> dict:
+    kept = ("run_id", "method", "method_params", "backbone", "preset", "dataset", "fold", "seed", "train_epochs")
+    return {k: v for k, v in record(method, preset, fold, seed, 0.0).items() if k in kept} | {
+        "run_id": f"{method}-{preset}-{fold}-{seed}-failed", "status": "failed", "status_reason": reason}
+
+
+def test_failed_runs_are_counted_and_listed_never_averaged_or_paired(capsys):
+    from bench.summary import print_summary
+
+    records = fixed_records() + [failed("hrf", "lightweight", 3, 0, "budget 355844 params unreachable: rank 1 holds 520548"),
+                                 failed("baseline", "lightweight", 3, 0, "out of memory"),
+                                 failed("lowrank", "lightweight", 1, 0, "unreachable budget")]
+    runs = runs_frame(records)
+    assert (runs["status"] == "failed").sum() == 3 and (runs["status"] == "ok").sum() == 12
+    table = summary_table(runs).set_index(["method", "preset"])
+    hrf = table.loc[("hrf", "lightweight")]
+    assert hrf["ua_mean"] == pytest.approx(0.625) and hrf["runs"] == 4 and hrf["failed"] == 1
+    assert hrf["folds"] == 2 and hrf["pairs"] == 2 and hrf["diff_mean"] == pytest.approx(0.05)
+    assert table.loc[("baseline", "large"), "failed"] == 0
+    lowrank = table.loc[("lowrank", "lightweight")]
+    assert lowrank["runs"] == 0 and lowrank["failed"] == 1 and math.isnan(lowrank["ua_mean"])
+    assert len(stats.paired_differences(runs)) == 8  # hrf and large, 4 pairs each; no failed run pairs
+    print_summary(records)
+    out = capsys.readouterr().out
+    assert "3 failed runs" in out and "failed" in out.splitlines()[1]  # a column of the table
+    assert "hrf-lightweight-3-0-failed: hrf convtransformer @lightweight toy fold 3 seed 0: budget 355844" in out
+    assert "lowrank convtransformer @lightweight toy fold 1 seed 0: unreachable budget" in out
+
+
+@pytest.mark.parametrize("large_gain, warned", [(-0.05, True), (0.0, True), (0.04, False)])
+def test_methods_starting_from_the_large_model_warn_when_it_is_not_better(large_gain, warned):
+    light = {1: 0.50, 2: 0.55, 3: 0.60}
+    records = [record("baseline", "lightweight", f, 0, ua) for f, ua in light.items()]
+    records += [record("baseline", "large", f, 0, ua + large_gain) for f, ua in light.items()]
+    for method in ("kd", "prune", "lowrank", "prune-unstructured", "hrf", "quant", "kd+quant"):
+        records += [record(method, "lightweight", f, 0, ua + 0.01) for f, ua in light.items()]
+    # a record naming its teacher counts even for a method this registry does not know
+    records += [record("distill-x", "lightweight", f, 0, ua, teacher_preset="large") for f, ua in light.items()]
+    table = summary_table(runs_frame(records)).set_index("method")
+    starting = ["kd", "prune", "lowrank", "prune-unstructured", "kd+quant", "distill-x"]
+    for method in starting:
+        assert bool(table.loc[method, "warning"]) is warned, method
+    assert (table.loc[["hrf", "quant", "baseline"], "warning"] == "").all()
+    if warned:
+        assert "uninterpretable" in table.loc["kd", "warning"] and f"{100 * large_gain:+.1f} points over 3 folds" in \
+            table.loc["kd", "warning"]
+        assert "warning: kd convtransformer @lightweight: baseline @large is not better" in to_terminal(table.reset_index())
+    # no large baseline to judge by: no warning
+    alone = summary_table(runs_frame([r for r in records if r["preset"] != "large"]))
+    assert (alone["warning"] == "").all()
