@@ -1,6 +1,7 @@
-"""Tidy tables from run records: ``runs`` (one row per run) and ``summary`` (mean, std and count over
-folds and seeds per method x method parameters x backbone x preset x dataset, with the difference to
-the plain lightweight and large baselines), and the summary printed at the end of ``bench run``.
+"""Tidy tables from run records: ``runs`` (one row per run, failed runs included) and ``summary``
+(mean, std and count over the finished runs' folds and seeds per method x method parameters x backbone x
+preset x dataset, with the paired difference over folds to the plain lightweight and large baselines),
+and the summary printed at the end of ``bench run``.
 
 Records from older versions or other plug-ins may lack columns: a missing figure stays missing (NaN)
 in every table and is never filled in or averaged over the runs that happen to have it.
