@@ -64,8 +64,9 @@ def bootstrap_ci(differences, seed: int = 0, resamples: int = RESAMPLES, level: 
 
 def wilcoxon_p(differences, min_nonzero: int = MIN_WILCOXON_NONZERO) -> float:
     """Two-sided Wilcoxon signed-rank p-value of ``differences`` (zeros dropped), or NaN with fewer
-    than ``min_nonzero`` nonzero differences. Exact for up to 50 values (scipy's ``auto``; with ties it
-    enumerates the sign flips)."""
+    than ``min_nonzero`` nonzero differences. scipy's ``auto``: exact up to 50 values without ties;
+    with ties, all sign flips enumerated for a few values (any fold count used here) and the normal
+    approximation for many; deterministic either way."""
     values = np.asarray(differences, dtype=float)
     # rounding makes differences that are equal up to float noise tie, as they do on paper
     values = np.round(values[~np.isnan(values) & (values != 0)], 12)

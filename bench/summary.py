@@ -351,8 +351,9 @@ def to_terminal(summary: pd.DataFrame) -> str:
                 f"the folds in brackets, seeds averaged within a fold; * = 95% interval over folds excludes 0, from "
                 f"{stats.MIN_SIGNIFICANT_PAIRS} folds)\n" + table.drop(columns="warning", errors="ignore").to_string(index=False))
         if "warning" in table:
-            text += "".join(f"\nwarning: {row['method']} {row['backbone']} @{row['preset']}: {row['warning']}"
-                            for _, row in table[table["warning"].astype(bool)].iterrows())
+            for _, row in table[table["warning"].astype(bool)].iterrows():
+                config = f" ({row['config']})" if row.get("config") else ""
+                text += f"\nwarning: {row['method']}{config} {row['backbone']} @{row['preset']}: {row['warning']}"
         parts.append(text)
     return "\n\n".join(parts)
 
