@@ -299,3 +299,31 @@ def test_methods_starting_from_the_large_model_warn_when_it_is_not_better(large_
     # no large baseline to judge by: no warning
     alone = summary_table(runs_frame([r for r in records if r["preset"] != "large"]))
     assert (alone["warning"] == "").all()
+
+
+def test_real_runs_pair_on_the_folds_both_ran_and_a_failed_run_is_listed(tiny_grid_results, capsys):
+    from bench.results import RecordStore
+    from bench.summary import print_summary
+
+    records, problems = RecordStore(tiny_grid_results).load()
+    assert not problems
+    is_light = [r["method"] == "baseline" and r["preset"] == "lightweight" for r in records]
+    # baseline @lightweight (the "large" reference here) kept on fold 1 only; its fold 2 seed 0 run failed
+    kept = [r for r, light in zip(records, is_light) if not light or r["fold"] == 1]
+    lost = next(r for r, light in zip(records, is_light) if light and r["fold"] == 2 and r["seed"] == 0)
+    identity = ("run_id", "method", "method_params", "backbone", "preset", "dataset", "fold", "seed")
+    kept.append({k: v for k, v in lost.items() if k in identity or k.startswith(("train_", "features_"))}
+                | {"status": "failed", "status_reason": "budget unreachable"})
+    table = summary_table(runs_frame(kept), light_preset="tiny", large_preset="lightweight").set_index(["method", "preset"])
+    ua = {(r["method"], r["preset"], r["fold"], r["seed"]): r["ua"] for r in kept if "ua" in r}
+    fold_1 = [ua[("baseline", "lightweight", 1, s)] - ua[("baseline", "tiny", 1, s)] for s in (0, 1)]
+    light = table.loc[("baseline", "lightweight")]
+    assert (light["runs"], light["failed"], light["pairs"]) == (2, 1, 1)
+    assert light["diff_mean"] == pytest.approx(np.mean(fold_1)) and math.isnan(light["ci_low"])
+    if "hrf" in set(table.reset_index()["method"]):
+        hrf = table.loc[("hrf", "tiny")]
+        by_hand = np.mean([ua[("hrf", "tiny", 1, s)] - ua[("baseline", "lightweight", 1, s)] for s in (0, 1)])
+        assert hrf["large_ua"] == pytest.approx(by_hand) and hrf["large_pairs"] == 1 and hrf["warning"] == ""
+    print_summary(kept, light_preset="tiny", large_preset="lightweight")
+    assert f"{lost['run_id']}: baseline {lost['backbone']} @lightweight toy fold 2 seed 0: budget unreachable" \
+        in capsys.readouterr().out
