@@ -28,8 +28,9 @@ MIN_WILCOXON_NONZERO = 5
 # A bootstrap interval of 2-4 folds is little more than their range (4 folds of one sign always
 # "exclude zero"), so such intervals are shown but never marked significant.
 MIN_SIGNIFICANT_PAIRS = 5
-# BCa needs a jackknife that varies; with fewer distinct values than this its bias and acceleration
-# corrections rest on a lattice of 2 points, so the plain percentile interval is used instead.
+# BCa estimates its bias and acceleration corrections from the resamples and a jackknife; with only 2
+# distinct values the resampled means form a coarse lattice and those estimates are unreliable, so the
+# plain percentile interval is used instead.
 MIN_BCA_DISTINCT = 3
 BASELINE = "baseline"
 FAILED = "failed"
