@@ -87,7 +87,8 @@ def _metric_values(runs: pd.DataFrame, metric: str | None) -> pd.DataFrame:
     return frame
 
 
-def paired_differences(runs: pd.DataFrame, metric: str | None = None, light_preset: str = "lightweight") -> pd.DataFrame:
+def paired_differences(runs: pd.DataFrame, metric: str | None = None,
+                       light_preset: str = "lightweight") -> pd.DataFrame:
     """Every finished run minus its paired ``baseline`` run at ``light_preset`` (the reference; any
     preset can be one): columns ``GROUP``, ``fold``, ``seed``, ``metric``, ``value``, ``reference``,
     ``diff``. ``metric`` None means each dataset's ``headline_metric``. Runs without a paired reference

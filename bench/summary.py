@@ -108,7 +108,8 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
         if records else frame["headline_metric"]
     for column in metric_columns(frame)[len(METRICS):]:
         frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else np.nan
-    first = ["run_id", *KEYS, "fold", "seed", "status", "status_reason", "headline_metric", *metric_columns(frame), *COSTS]
+    first = ["run_id", *KEYS, "fold", "seed", "status", "status_reason", "headline_metric", *metric_columns(frame),
+             *COSTS]
     frame = frame[first + sorted(c for c in frame.columns if c not in first)]
     return frame.sort_values(KEYS + ["fold", "seed", "run_id"], kind="stable").reset_index(drop=True)
 
@@ -215,7 +216,8 @@ def large_model_warnings(table: pd.DataFrame, large_preset: str = "large") -> li
     baselines = table[table["method"] == BASELINE].set_index(["dataset", "backbone", "settings", "preset"])
     texts = []
     for _, row in table.iterrows():
-        source = row["teacher_preset"] if not _is_missing(row["teacher_preset"]) and row["teacher_preset"] else large_preset
+        named = not _is_missing(row["teacher_preset"]) and row["teacher_preset"]
+        source = row["teacher_preset"] if named else large_preset
         where = (row["dataset"], row["backbone"], row["settings"], source)
         text = ""
         if row["method"] != BASELINE and starts_from_large_model(row["method"], row["teacher_preset"]) \
@@ -287,7 +289,8 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
         cells = {"method": row["method"], "config": row["config"], "backbone": row["backbone"],
                  "preset": row["preset"], "settings": row["settings"],
                  f"{LABELS.get(headline, headline)} %": percent(row["headline_mean"], row["headline_std"]),
-                 DELTA_LIGHT: "ref" if row["role"] == "light" else paired_points(row.get(f"light_{headline}"), row["pairs"]),
+                 DELTA_LIGHT: "ref" if row["role"] == "light" else paired_points(row.get(f"light_{headline}"),
+                                                                                 row["pairs"]),
                  "95% CI": interval(row),
                  "p": MISSING if _is_missing(row.get("p_wilcoxon")) else f"{row['p_wilcoxon']:.3f}",
                  DELTA_LARGE: "ref" if row["role"] == "large" else paired_points(row.get(f"large_{headline}"),
@@ -349,7 +352,8 @@ def to_terminal(summary: pd.DataFrame) -> str:
     for dataset, headline, table in _datasets(summary):
         text = (f"{dataset} (headline {LABELS.get(headline, headline)}; Δ: paired mean difference in points over "
                 f"the folds in brackets, seeds averaged within a fold; * = 95% interval over folds excludes 0, from "
-                f"{stats.MIN_SIGNIFICANT_PAIRS} folds)\n" + table.drop(columns="warning", errors="ignore").to_string(index=False))
+                f"{stats.MIN_SIGNIFICANT_PAIRS} folds)\n")
+        text += table.drop(columns="warning", errors="ignore").to_string(index=False)
         if "warning" in table:
             for _, row in table[table["warning"].astype(bool)].iterrows():
                 config = f" ({row['config']})" if row.get("config") else ""

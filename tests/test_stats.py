@@ -130,7 +130,8 @@ def test_records_lacking_columns_leave_cells_missing():
 def test_markdown_and_latex_exports_carry_the_figures():
     table = summary_table(runs_frame(fixed_records()))
     markdown, latex = to_markdown(table), to_latex(table)
-    assert "## toy (headline: UA)" in markdown and "| hrf | convtransformer | lightweight | 62.5 ± 8.7 | +5.0 (2) |" in markdown
+    assert "## toy (headline: UA)" in markdown
+    assert "| hrf | convtransformer | lightweight | 62.5 ± 8.7 | +5.0 (2) |" in markdown
     assert r"\begin{tabular}" in latex and r"62.5 $\pm$ 8.7 & +5.0 (2)" in latex and r"\midrule" in latex
     assert markdown.count("\n| ") == 4  # header + 3 rows
     empty = summary_table(runs_frame([]))
@@ -258,9 +259,9 @@ def failed(method: str, preset: str, fold: int, seed: int, reason: str) -> dict:
 def test_failed_runs_are_counted_and_listed_never_averaged_or_paired(capsys):
     from bench.summary import print_summary
 
-    records = fixed_records() + [failed("hrf", "lightweight", 3, 0, "budget 355844 params unreachable: rank 1 holds 520548"),
-                                 failed("baseline", "lightweight", 3, 0, "out of memory"),
-                                 failed("lowrank", "lightweight", 1, 0, "unreachable budget")]
+    records = fixed_records() + [
+        failed("hrf", "lightweight", 3, 0, "budget 355844 params unreachable: rank 1 holds 520548"),
+        failed("baseline", "lightweight", 3, 0, "out of memory"), failed("lowrank", "lightweight", 1, 0, "unreachable budget")]
     runs = runs_frame(records)
     assert (runs["status"] == "failed").sum() == 3 and (runs["status"] == "ok").sum() == 12
     table = summary_table(runs).set_index(["method", "preset"])
@@ -295,7 +296,8 @@ def test_methods_starting_from_the_large_model_warn_when_it_is_not_better(large_
     if warned:
         assert "uninterpretable" in table.loc["kd", "warning"] and f"{100 * large_gain:+.1f} points over 3 folds" in \
             table.loc["kd", "warning"]
-        assert "warning: kd convtransformer @lightweight: baseline @large is not better" in to_terminal(table.reset_index())
+        terminal = to_terminal(table.reset_index())
+        assert "warning: kd convtransformer @lightweight: baseline @large is not better" in terminal
     # no large baseline to judge by: no warning
     alone = summary_table(runs_frame([r for r in records if r["preset"] != "large"]))
     assert (alone["warning"] == "").all()
@@ -314,7 +316,8 @@ def test_real_runs_pair_on_the_folds_both_ran_and_a_failed_run_is_listed(tiny_gr
     identity = ("run_id", "method", "method_params", "backbone", "preset", "dataset", "fold", "seed")
     kept.append({k: v for k, v in lost.items() if k in identity or k.startswith(("train_", "features_"))}
                 | {"status": "failed", "status_reason": "budget unreachable"})
-    table = summary_table(runs_frame(kept), light_preset="tiny", large_preset="lightweight").set_index(["method", "preset"])
+    table = summary_table(runs_frame(kept), light_preset="tiny", large_preset="lightweight")
+    table = table.set_index(["method", "preset"])
     ua = {(r["method"], r["preset"], r["fold"], r["seed"]): r["ua"] for r in kept if "ua" in r}
     fold_1 = [ua[("baseline", "lightweight", 1, s)] - ua[("baseline", "tiny", 1, s)] for s in (0, 1)]
     light = table.loc[("baseline", "lightweight")]
