@@ -69,6 +69,12 @@ def make_storage(url: str, heartbeat_interval: int = 60, max_retry: int = 3) -> 
     ``heartbeat_interval`` s: a trial silent for twice that long is failed and re-queued (at most
     ``max_retry`` times). One-line BenchError when it cannot be opened."""
     given = url
+    if url.startswith("postgresql://"):
+        try:
+            import psycopg2  # noqa: F401  (an optional dependency)
+        except ImportError:
+            raise BenchError("a postgresql:// storage needs the PostgreSQL driver: "
+                             "pip install 'hrf-bench[postgres]'") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
