@@ -41,7 +41,8 @@ def _encode(value, where: str):
         return {"dtype": str(value).removeprefix("torch.")}
     if isinstance(value, type) or callable(value) and hasattr(value, "__qualname__"):
         return {"object": f"{value.__module__}:{value.__qualname__}"}
-    raise TypeError(f"cannot save {where} ({type(value).__name__}) as data")
+    raise BenchError(f"cannot save the deploy model's attribute {where} ({type(value).__name__}) as data: keep "
+                     f"tensors in parameters or buffers (register_buffer) and plain values in attributes")
 
 
 def _decode(value):
@@ -125,14 +126,16 @@ def _attach(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
 
 def save_deploy_model(model: nn.Module, path: Path, backbone: str, input_dim: int, num_classes: int,
                       presets: list[str] | None = None) -> None:
-    """Save ``model`` (built by ``backbone``'s builder) as data, atomically. The structure is stored
-    as changes to the build of the preset closest to it (of ``presets`` first, then all presets)."""
-    names = list(dict.fromkeys([*(presets or []), *BACKBONES.get(backbone).extra["presets"]]))
+    """Save ``model`` (built by ``backbone``'s builder) as data, atomically. The structure is stored as
+    changes to the build of the closest of ``presets`` (default: all of the backbone's presets); any
+    preset rebuilds the model exactly, a close one keeps the list of changes short."""
     best = None
-    for preset in names:
+    for preset in dict.fromkeys(presets or BACKBONES.get(backbone).extra["presets"]):
         changes = _changes(model, build_backbone(backbone, preset, input_dim, num_classes))
         if best is None or len(changes) < len(best[1]):
             best = (preset, changes)
+        if not changes:
+            break
     preset, changes = best
     non_persistent = {f"{c['path']}.{n}" if c["path"] else n: model.get_submodule(c["path"])._buffers[n]
                       for c in changes for n in c["non_persistent"] if model.get_submodule(c["path"])._buffers[n] is not None}
