@@ -14,6 +14,8 @@ Submodules (``bench.grid``, ``bench.registry``...) are importable as attributes 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __all__ = ["run", "load_runs", "load_summary", "report", "list_methods", "list_backbones", "list_datasets",
            "load_model", "BenchError"]
@@ -35,3 +37,17 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Importing a submodule sets it as an attribute of its package; this keeps the API function
+    ``bench.report`` from being replaced by the module ``bench.report`` (``from bench.report import ...``
+    still gets the module)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in __all__ and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
