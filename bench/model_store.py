@@ -107,12 +107,11 @@ def _rebuild(entry: dict, fresh_modules: dict[str, nn.Module], changed: set[str]
     for name, spec in entry["buffers"].items():
         module._buffers[name] = None if spec is None else torch.empty(spec[0], dtype=getattr(torch, spec[1]))
     module._non_persistent_buffers_set = set(entry["non_persistent"])
-    for name, present in entry["children"].items():
+    for name, present in entry["children"].items():  # in order: nn.Sequential runs its children in this order
         child_path = f"{entry['path']}.{name}" if entry["path"] else name
-        if not present:
-            module._modules[name] = None
-        elif child_path not in changed:  # unchanged: the fresh build's module (a changed one is attached later)
-            module._modules[name] = fresh_modules[child_path]
+        unchanged = present and child_path not in changed
+        # an unchanged child is the fresh build's module; a changed one is attached in its place later
+        module._modules[name] = fresh_modules[child_path] if unchanged else None
     return module
 
 

@@ -141,6 +141,28 @@ def test_saved_deploy_model_is_data_and_gives_identical_outputs(deploy_models, m
             assert torch.equal(model.eval()(features, lengths), loaded(features, lengths))
 
 
+def test_a_module_inserted_before_unchanged_ones_keeps_its_place(tmp_path):
+    """A changed module's children come back in their order (nn.Sequential runs them in it), also when a
+    new child precedes one the fresh build provides."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    from bench.model_store import save_deploy_model
+    from bench.models import build_backbone
+
+    torch.manual_seed(0)
+    model = build_backbone("convtransformer", "tiny", 16, 4).eval()
+    last = model.head.mlp[0]
+    model.head.mlp = nn.Sequential(OrderedDict(pre=nn.Linear(last.in_features, last.in_features), **{"0": last}))
+    save_deploy_model(model, tmp_path / "m.pt", "convtransformer", 16, 4, ["tiny"])
+    loaded = load_deploy_model(tmp_path / "m.pt")
+    assert list(loaded.head.mlp._modules) == ["pre", "0"]
+    features, lengths = example_input(16, 40)
+    with torch.inference_mode():
+        assert torch.equal(model(features, lengths), loaded(features, lengths))
+
+
 def test_load_model_by_run_id_prefix_and_old_pickles_load_with_a_note(deploy_models, tmp_path, caplog):
     model, path, record = deploy_models["prune"]
     models = tmp_path / "results" / "models"
