@@ -1,1 +1,53 @@
-"""hrf-bench harness: CLI, registry, data, training, measurement, results, reports, tuning."""
+"""hrf-bench: which way of making a speech-emotion Transformer small keeps the most accuracy at a given
+on-device cost?
+
+The public API (see the README's "Python API"), cheap to import: torch, pandas and the plug-ins load
+when a function is first called::
+
+    import bench
+    records = bench.run(methods=["baseline", "hrf"], folds=[1, 2], seeds=[0], epochs=6)
+    runs, summary = bench.load_runs("results"), bench.load_summary("results")
+
+Submodules (``bench.grid``, ``bench.registry``...) are importable as attributes too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+__all__ = ["run", "load_runs", "load_summary", "report", "list_methods", "list_backbones", "list_datasets",
+           "load_model", "BenchError"]
+
+
+def __getattr__(name: str):
+    if name == "BenchError":
+        from bench.registry import BenchError
+        return BenchError
+    if name in __all__:
+        return getattr(importlib.import_module("bench.api"), name)
+    try:  # ``bench.grid.make_grid(...)`` after a bare ``import bench``
+        return importlib.import_module(f"bench.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"bench.{name}":
+            raise
+        raise AttributeError(f"module 'bench' has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Importing a submodule sets it as an attribute of its package; this keeps the API function
+    ``bench.report`` from being replaced by the module ``bench.report`` (``from bench.report import ...``
+    still gets the module)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in __all__ and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
-import os
 import sys
 from pathlib import Path
 
-import importlib
-
 import click
 
+from bench import api
+from bench.api import default_cache_dir  # noqa: F401  (imported from here by other commands)
 from bench.executors import execution_options
 from bench.probe import steady_allocator
-from bench.registry import BenchError, load_builtin_plugins
+from bench.registry import BenchError
 
 log = logging.getLogger("bench")
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("HRF_BENCH_CACHE", Path.home() / ".cache" / "hrf-bench"))
 
 
 def parse_list(text: str | None, what: str) -> list[str] | None:
@@ -35,17 +31,8 @@ def parse_ints(text: str | None, what: str) -> list[int] | None:
     """``1,2`` or ``1-5`` -> list of ints; anything else is a one-line error."""
     if text is None:
         return None
-    values = []
-    for item in parse_list(text, what):
-        try:
-            if "-" in item[1:]:
-                low, high = item.split("-", 1)
-                values.extend(range(int(low), int(high) + 1))
-            else:
-                values.append(int(item))
-        except ValueError:
-            raise BenchError(f"bad --{what} value {text!r}: use integers like 1,2 or 1-5") from None
-    return values
+    parse_list(text, what)
+    return api.parse_ints(text, f"--{what}")
 
 
 def parse_assignments(items: tuple[str, ...], what: str) -> dict[str, dict[str, str]]:
@@ -109,7 +96,6 @@ def main(verbose: bool) -> None:
     """hrf-bench: which way of making a speech-emotion Transformer small keeps the most accuracy?"""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
     steady_allocator()  # fewer page faults: faster training, steadier latency (see its docstring)
-    load_builtin_plugins()
 
 
 @main.command("list")
@@ -149,35 +135,23 @@ def run_command(config, methods, backbones, presets, datasets, folds, seeds, epo
                 params, dataset_params, data_roots, results_dir, cache_dir, force, quiet, class_weighting,
                 feature_kind, n_mels, execution) -> None:
     """Run a benchmark grid; runs already recorded are skipped."""
-    from bench.grid import load_config, make_grid
+    from bench.grid import load_config
     from bench.summary import print_summary
-    from bench.results import RecordStore
 
-    values = load_config(config) if config else {}
-    flags = {"methods": parse_list(methods, "methods"), "backbones": parse_list(backbones, "backbones"),
-             "presets": parse_list(presets, "presets"), "datasets": parse_list(datasets, "datasets"),
-             "folds": parse_ints(folds, "folds"), "seeds": parse_ints(seeds, "seeds"),
-             "teacher_preset": teacher_preset}
-    values.update({k: v for k, v in flags.items() if v is not None})
-    train = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "class_weighting": class_weighting}
-    values["train"] = dict(values.get("train", {})) | {k: v for k, v in train.items() if v is not None}
-    features = {"kind": feature_kind, "n_mels": n_mels}
-    values["features"] = dict(values.get("features", {})) | {k: v for k, v in features.items() if v is not None}
-    for key, given in (("method_params", parse_assignments(params, "param")),
-                       ("dataset_params", parse_assignments(dataset_params, "dataset-param"))):
-        merged = dict(values.get(key, {}))
-        for owner, assignments in given.items():
-            merged[owner] = dict(merged.get(owner, {})) | assignments
-        values[key] = merged
-    values["data_roots"] = dict(values.get("data_roots", {})) | parse_data_roots(
-        data_roots, values.get("datasets", ["embedded"]))
-    grid = make_grid(values)
-    store = RecordStore(results_dir)
-    records = execution.run(grid, store, cache_dir or default_cache_dir(), force=force, progress=not quiet)
+    named = parse_list(datasets, "datasets") or (load_config(config).get("datasets") if config else None)
+    records = api.run(
+        parse_list(methods, "methods"), parse_list(backbones, "backbones"), parse_list(datasets, "datasets"),
+        parse_ints(folds, "folds"), parse_ints(seeds, "seeds"), config=config, results_dir=results_dir,
+        cache_dir=cache_dir, force=force, progress=not quiet, execution=execution,
+        presets=parse_list(presets, "presets"), teacher_preset=teacher_preset, epochs=epochs, batch_size=batch_size,
+        lr=lr, class_weighting=class_weighting, features=feature_kind, n_mels=n_mels,
+        method_params=parse_assignments(params, "param"),
+        dataset_params=parse_assignments(dataset_params, "dataset-param"),
+        data_roots=parse_data_roots(data_roots, named or ["embedded"]))
     if records is None:  # submitted without waiting
         return
     print_summary(records)
-    click.echo(f"records: {store.records_dir}  table: {store.root / 'runs.csv'}")
+    click.echo(f"records: {results_dir / 'records'}  table: {results_dir / 'runs.csv'}")
 
 
 if __name__ == "__main__":

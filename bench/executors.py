@@ -127,7 +127,10 @@ def run_submitit(grid: Grid, store: RecordStore, cache_dir: Path, options: Submi
                  defer_latency: bool = False) -> list[dict] | None:
     """Run ``grid`` as a submitit job array of ``options.jobs`` shards; returns the grid's records,
     or None when not waiting for the jobs."""
-    import submitit
+    try:
+        import submitit
+    except ImportError:
+        raise BenchError("--executor submitit needs submitit: pip install 'hrf-bench[slurm]'") from None
 
     from bench.claims import Shard
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import warnings
 from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -103,9 +102,9 @@ def select_runs(store: RecordStore, runs: str | None) -> list[tuple[dict, Path]]
 
 
 def load_model(path: Path) -> torch.nn.Module:
-    with warnings.catch_warnings():  # quantized models unpickle through torch's deprecated TypedStorage
-        warnings.simplefilter("ignore")
-        return torch.load(path, weights_only=False, map_location="cpu").eval()
+    from bench.model_store import load_deploy_model
+
+    return load_deploy_model(path)
 
 
 def describe(record: dict, model: torch.nn.Module, seconds: list[float]) -> dict:

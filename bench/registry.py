@@ -2,7 +2,8 @@
 
 A plug-in is registered with a decorator under a name, with a one-line description and an
 optional parameters dataclass whose fields declare type, default and (searchable) range.
-Third-party plug-ins are discovered through the entry-point groups ``hrf_bench.<kind>``.
+The built-in plug-ins and third-party ones (entry-point groups ``hrf_bench.<kind>``) load on the
+first lookup of any registry, so that the API, the CLI and a notebook all see the same plug-ins.
 """
 
 from __future__ import annotations
@@ -142,11 +143,16 @@ class Registry:
         return decorate
 
     def _load_plugins(self) -> None:
+        load_builtin_plugins()
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
         for ep in metadata.entry_points(group=f"hrf_bench.{self.kind}"):
-            ep.load()  # importing the module runs its register decorator
+            try:
+                ep.load()  # importing the module runs its register decorator
+            except Exception as error:  # a broken third-party package must not hide the others
+                raise BenchError(f"plug-in {ep.name!r} ({ep.value}, group {ep.group}) failed to load: "
+                                 f"{type(error).__name__}: {error}; fix or uninstall that package") from error
 
     def names(self) -> list[str]:
         self._load_plugins()
@@ -173,8 +179,19 @@ BACKBONES = Registry("backbones")
 DATASETS = Registry("datasets")
 
 
+_builtins_loaded = False
+
+
 def load_builtin_plugins() -> None:
-    """Import the built-in plug-in packages so that their decorators run."""
-    import backbones  # noqa: F401
-    import bench.datasets  # noqa: F401
-    import methods  # noqa: F401
+    """Import the built-in plug-in packages so that their decorators run (once; every lookup calls this)."""
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True  # set first: the plug-in modules look names up while they import
+    try:
+        import backbones  # noqa: F401
+        import bench.datasets  # noqa: F401
+        import methods  # noqa: F401
+    except BaseException:
+        _builtins_loaded = False
+        raise

@@ -215,21 +215,27 @@ def measure_deploy(model: nn.Module, input_dim: int, frames: int, latency: bool 
     return figures
 
 
-def execute(spec: RunSpec, workspace: Workspace) -> dict:
-    """Run ``spec`` and return its record (not yet written), with the deploy model under ``_deploy_model``."""
-    started = time.perf_counter()
-    data = workspace.fold_data(spec)
-    ctx = RunContext(spec, data, workspace)
+def deploy_model(ctx: RunContext) -> tuple[nn.Module, int, dict]:
+    """Each component's build -> train -> deploy hooks in turn (``bench run`` and ``bench tune`` trials):
+    the deploy model in eval mode, the most parameters trained at once, and the methods' figures."""
     model, train_params, method_figures = None, 0, {}
-    for name in spec.components:
+    for name in ctx.spec.components:
         entry = METHODS.get(name)
-        method = entry.obj(entry.make_params(spec.method_params.get(name)))
+        method = entry.obj(entry.make_params(ctx.spec.method_params.get(name)))
         model = method.build(ctx, model)
         model = method.train(model, ctx)
         train_params = max(train_params, measure.count_params(model))
         model = method.deploy(model, ctx)
         method_figures.update(method.record())
-    model.eval()
+    return model.eval(), train_params, method_figures
+
+
+def execute(spec: RunSpec, workspace: Workspace) -> dict:
+    """Run ``spec`` and return its record (not yet written), with the deploy model under ``_deploy_model``."""
+    started = time.perf_counter()
+    data = workspace.fold_data(spec)
+    ctx = RunContext(spec, data, workspace)
+    model, train_params, method_figures = deploy_model(ctx)
     test = evaluate(model, data.test, data.num_classes)
     val = evaluate(model, data.val, data.num_classes)
     figures = measure_deploy(model, data.input_dim, spec.features.frames(LATENCY_SECONDS),
@@ -260,10 +266,10 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
     return record
 
 
-def save_model(model: nn.Module, path: Path) -> None:
-    """Save the whole deploy model, so that ``bench measure`` can re-measure it without retraining."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(model, tmp)
-    os.replace(tmp, path)
+def save_model(model: nn.Module, path: Path, record: dict) -> None:
+    """Save ``record``'s deploy model as data (see :mod:`bench.model_store`), so that ``bench measure``
+    and ``bench.load_model`` use it without retraining."""
+    from bench.model_store import save_deploy_model
 
+    save_deploy_model(model, path, record["backbone"], record["input_dim"], len(record["classes"]),
+                      [record["preset"], record.get("teacher_preset") or record["preset"]])

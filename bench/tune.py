@@ -34,7 +34,7 @@ from bench.cli import default_cache_dir, parse_assignments, parse_data_roots, pa
 from bench.features import FeatureConfig
 from bench.registry import METHODS, BenchError
 from bench.results import RecordStore, atomic_write_text
-from bench.runner import LATENCY_SECONDS, RunContext, RunSpec, Workspace
+from bench.runner import LATENCY_SECONDS, RunContext, RunSpec, Workspace, deploy_model
 from bench.train import TrainConfig, evaluate
 
 COSTS = {"macs": "macs", "latency": "latency_ms"}  # --objectives name -> trial attribute
@@ -69,6 +69,12 @@ def make_storage(url: str, heartbeat_interval: int = 60, max_retry: int = 3) -> 
     ``heartbeat_interval`` s: a trial silent for twice that long is failed and re-queued (at most
     ``max_retry`` times). One-line BenchError when it cannot be opened."""
     given = url
+    if url.startswith("postgresql://"):
+        try:
+            import psycopg2  # noqa: F401  (an optional dependency)
+        except ImportError:
+            raise BenchError("a postgresql:// storage needs the PostgreSQL driver: "
+                             "pip install 'hrf-bench[postgres]'") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -198,13 +204,7 @@ def validation_scores(spec: RunSpec, workspace: Workspace, cost: str | None = No
     """Train and deploy ``spec``'s method, then score the deploy model on the validation split only
     (the test split is never touched) and measure its cost when asked."""
     data = workspace.fold_data(spec)
-    ctx = RunContext(spec, data, workspace)
-    model = None
-    for name in spec.components:
-        entry = METHODS.get(name)
-        method = entry.obj(entry.make_params(spec.method_params.get(name)))
-        model = method.deploy(method.train(method.build(ctx, model), ctx), ctx)
-    model.eval()
+    model, _, _ = deploy_model(RunContext(spec, data, workspace))
     scores = {"val_ua": evaluate(model, data.val, data.num_classes)["ua"]}
     frames = spec.features.frames(LATENCY_SECONDS)
     if cost == "macs":

@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 from torch.ao.nn.quantized import dynamic as quantized_dynamic
 
+import bench
 from bench.cli import main
 
 # Deploy at ``tiny``, compress from ``lightweight`` (the teacher preset): the smallest real setting.
@@ -95,7 +96,7 @@ def test_composition_runs_in_order_and_quantizes_last(grid):
     assert composed["size_int8_bytes"] < composed["size_float32_bytes"]
     assert composed["params"] == records["quant"]["params"]  # deHRF merged into the plain tiny model
     assert composed["macs"] == records["quant"]["macs"]  # counted on the float model: int8 keeps the MACs
-    model = torch.load(results / "models" / f"{composed['run_id']}.pt", weights_only=False)
+    model = bench.load_model(composed["run_id"], results)
     assert any(isinstance(m, quantized_dynamic.Linear) for m in model.modules())
     assert not any(type(m).__name__.startswith("Expanded") for m in model.modules())  # merged before quantizing
     assert records["kd+quant"]["kd_temperature"] == records["kd"]["kd_temperature"]

@@ -16,6 +16,7 @@ from torch import nn
 
 from backbones.ffn import FeedForward
 from backbones.layers import EncoderLayer
+import bench
 from bench.cli import main
 from bench.grid import make_grid, run_grid
 from bench.measure import count_macs, count_params
@@ -189,7 +190,7 @@ def test_training_run_records_hrf_and_baseline_rows(tmp_path, cache_dir):
     assert hrf["train_params"] == hrf["hrf_train_params"] > hrf["params"]
     assert (hrf["hrf_expansion_ratio"], hrf["hrf_init"], hrf["hrf_targets"]) == (2.5, "equivalent", "ffn+attn")
     assert 0 <= hrf["ua"] <= 1 and 0 <= hrf["val_ua"] <= 1
-    deployed = torch.load(store.root / "models" / f"{hrf['run_id']}.pt", weights_only=False)
+    deployed = bench.load_model(hrf["run_id"], store.root)
     plain = build_backbone("convtransformer", "tiny", 16, 4)  # the toy corpus: 16-d features, 4 classes
     plain.load_state_dict(deployed.state_dict(), strict=True)
     assert_same_structure(deployed, plain)

@@ -27,8 +27,8 @@ TOTAL = 4
 
 @pytest.fixture
 def postgres() -> str:
-    import psycopg2
-
+    psycopg2 = pytest.importorskip(
+        "psycopg2", reason="the [postgres] extra is not installed (pip install -e '.[postgres]'; .ci/run does)")
     try:
         psycopg2.connect(URL, connect_timeout=3).close()
     except psycopg2.OperationalError as error:

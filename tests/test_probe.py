@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from filelock import FileLock
 
 from bench import probe
+import bench
 from bench.cli import main
 
 
@@ -139,7 +140,7 @@ def test_probe_refuses_a_file_that_is_not_onnx(probe_python, exported, tmp_path)
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 def test_export_of_a_quantized_model_is_refused_or_left_out(results, tmp_path):
     path, = (results / "models").glob("*.pt")
-    model = torch.load(path, weights_only=False)
+    model = bench.load_model(path.stem, results)
     torch.save(torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8), path)
     refused = invoke("export", "--out", tmp_path / "out", "--results-dir", results)
     assert refused.exit_code == 2 and "cannot export run" in one_line_error(refused.output.splitlines()[-1])

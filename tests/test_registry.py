@@ -86,3 +86,19 @@ def test_builtin_registries_are_populated():
     assert "convtransformer" in BACKBONES.names()
     assert "embedded" in DATASETS.names()
     assert set(BACKBONES.get("convtransformer").extra["presets"]) >= {"tiny", "lightweight", "large"}
+
+
+def test_a_broken_plugin_package_is_a_one_line_error_naming_it(tmp_path, monkeypatch):
+    dist = tmp_path / "broken_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[hrf_bench.datasets]\nbroken = broken_plugin_entry\n")
+    (tmp_path / "broken_plugin_entry.py").write_text("import a_module_that_is_not_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(DATASETS, "_plugins_loaded", False)
+    with pytest.raises(BenchError) as info:
+        DATASETS.get("embedded")
+    message = str(info.value)
+    assert message.startswith("plug-in 'broken' (broken_plugin_entry, group hrf_bench.datasets) failed to load")
+    assert "a_module_that_is_not_installed" in message and "fix or uninstall" in message and "\n" not in message
+    sys.modules.pop("broken_plugin_entry", None)

@@ -12,6 +12,8 @@ from bench.cli import main
 from bench.grid import make_grid
 from bench.results import RecordStore
 
+pytest.importorskip("submitit", reason="the [slurm] extra is not installed (pip install -e '.[slurm]'; .ci/run does)")
+
 GRID = {"methods": ["baseline"], "datasets": ["toy"], "presets": ["tiny"], "folds": [1, 2, 3], "seeds": [0],
         "train": {"epochs": 1}}
 

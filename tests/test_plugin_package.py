@@ -1,0 +1,139 @@
+"""A third-party plug-in package, end to end: a throw-away package with a method (the README's
+"Write your own method" code) and a dataset, each registered by an entry point in its pyproject.toml,
+installed with pip into a folder of its own; then `bench list` shows both, `bench run` runs them and
+the leaderboard of `bench report` ranks them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.api import load_model
+from bench.measure import count_params
+
+ROOT = Path(__file__).parent.parent
+
+DATASET = '''"""blobs: random feature frames whose class shifts a band of dimensions (8 speakers x 12)."""
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.corpus import Corpus, Utterance, speaker_folds
+from bench.registry import DATASETS, param
+
+CLASSES = ["calm", "tense", "sad"]
+
+
+@dataclass
+class BlobParams:
+    shift: float = param(1.0, "class offset (larger = easier)", low=0.0)
+
+
+@DATASETS.register("blobs", "synthetic feature blobs from a third-party package", params=BlobParams)
+def load(root, cache_dir, params):
+    folder = Path(cache_dir) / f"blobs-{params.shift}"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    utterances = []
+    for speaker in range(8):
+        for i in range(12):
+            frames = rng.normal(size=(int(rng.integers(40, 80)), 12)).astype(np.float32)
+            frames[:, 4 * (i % 3): 4 * (i % 3) + 4] += params.shift
+            path = folder / f"{speaker}_{i}.npy"
+            np.save(path, frames)
+            utterances.append(Utterance(f"{speaker}_{i}", CLASSES[i % 3], f"spk{speaker}", features=path))
+    speakers = sorted({u.speaker for u in utterances})
+    return Corpus("blobs", CLASSES, utterances, speaker_folds(utterances, [speakers[k::4] for k in range(4)]),
+                  fingerprint=f"blobs-{params.shift}")
+'''
+
+PYPROJECT = '''[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "hrf-bench-example"
+version = "0.1.0"
+
+[project.entry-points."hrf_bench.methods"]
+ffn-magnitude = "hrf_bench_example.ffn_magnitude"
+
+[project.entry-points."hrf_bench.datasets"]
+blobs = "hrf_bench_example.blobs"
+'''
+
+
+def readme_method() -> str:
+    """The method code of the README's "Write your own method" section."""
+    section = ROOT.joinpath("README.md").read_text().split("### Write your own method", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> dict[str, str]:
+    """The package built and installed by pip (``--target``: not into the test environment), and the
+    environment under which ``bench`` processes see it."""
+    source = tmp_path_factory.mktemp("plugin-source")
+    package = source / "hrf_bench_example"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "ffn_magnitude.py").write_text(readme_method())
+    (package / "blobs.py").write_text(DATASET)
+    (source / "pyproject.toml").write_text(PYPROJECT)
+    site = tmp_path_factory.mktemp("plugin-site")
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                          "--no-build-isolation", "--target", str(site), str(source)],
+                         capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stderr
+    assert (site / "hrf_bench_example" / "ffn_magnitude.py").exists()
+    path = os.pathsep.join([str(site), str(ROOT)])
+    return dict(os.environ, PYTHONPATH=path, HRF_BENCH_CACHE=str(tmp_path_factory.mktemp("plugin-cache")),
+                OMP_NUM_THREADS="1")
+
+
+def bench(env: dict, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "bench", *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_installed_package_is_listed_run_and_ranked(installed, tmp_path):
+    listed = bench(installed, "list", cwd=tmp_path).stdout
+    assert "  ffn-magnitude: magnitude pruning of FFN hidden units" in listed
+    assert "keep: float = 0.5 in (0.0, 1.0]" in listed
+    assert "  blobs: synthetic feature blobs from a third-party package" in listed
+
+    bench(installed, "run", "--methods", "baseline,ffn-magnitude", "--datasets", "blobs", "--presets", "tiny",
+          "--folds", "1,2", "--seeds", "0", "--epochs", "3", "-p", "ffn-magnitude.keep=0.25", "--quiet",
+          cwd=tmp_path)
+    runs = pd.read_csv(tmp_path / "results" / "runs.csv")
+    assert sorted(runs["method"]) == ["baseline", "baseline", "ffn-magnitude", "ffn-magnitude"]
+    assert set(runs["dataset"]) == {"blobs"} and runs["ua"].notna().all()
+    by_method = runs.groupby("method")
+    pruned, plain = by_method["params"].first()["ffn-magnitude"], by_method["params"].first()["baseline"]
+    assert pruned < plain and runs.loc[runs["method"] == "ffn-magnitude", "ffn_keep"].eq(0.25).all()
+    assert by_method["macs"].first()["ffn-magnitude"] < by_method["macs"].first()["baseline"]
+    # the pruned model was saved with its changed layer shapes (torch modules: no plug-in import needed)
+    rid = runs.loc[runs["method"] == "ffn-magnitude", "run_id"].iloc[0]
+    assert count_params(load_model(rid, tmp_path / "results")) == pruned
+
+    bench(installed, "report", "--light-preset", "tiny", "--quiet", cwd=tmp_path)
+    summary = pd.read_csv(tmp_path / "results" / "tables" / "summary.csv")
+    ranked = summary[summary["dataset"] == "blobs"]
+    assert sorted(ranked["method"]) == ["baseline", "ffn-magnitude"]
+    assert ranked["headline_mean"].is_monotonic_decreasing  # ranked by the dataset's headline metric
+    page = (tmp_path / "reports" / "index.html").read_text()
+    board = re.search(r'<table class="leaderboard" id="board-blobs".*?</table>', page, re.S)
+    assert board, "no leaderboard for the plug-in dataset"
+    order = re.findall(r'<tr data-dataset="blobs"[^>]*data-method="([^"]+)"', board.group(0))
+    assert order == list(ranked["method"])  # the page ranks them as the summary does
+    assert json.loads((tmp_path / "results" / "records" / f"{rid}.json").read_text())["method"] == "ffn-magnitude"
