@@ -203,6 +203,7 @@ def validation_scores(spec: RunSpec, workspace: Workspace, cost: str | None = No
     for name in spec.components:
         entry = METHODS.get(name)
         method = entry.obj(entry.make_params(spec.method_params.get(name)))
+        method.check(ctx, model)  # e.g. an unreachable budget, before anything trains
         model = method.deploy(method.train(method.build(ctx, model), ctx), ctx)
     model.eval()
     scores = {"val_ua": evaluate(model, data.val, data.num_classes)["ua"]}
