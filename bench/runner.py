@@ -182,7 +182,8 @@ class RunContext:
                 saved = torch.load(path, weights_only=False)
                 model.load_state_dict(saved["state_dict"])
                 self.fits.append(FitResult(**saved["fit"]))
-                self.reused_fits += self.fits[-1:] if reused else []
+                if reused:
+                    self.reused_fits.append(self.fits[-1])
                 # The key holds settings, not code: say which code trained a reused model.
                 trained_by = saved.get("git_commit", "unknown")
                 self.notes.update({f"{preset}_model_cache": "hit", f"{preset}_model_git_commit": trained_by})
@@ -193,7 +194,8 @@ class RunContext:
                 return model.eval()
             checkpoint = model_checkpoint(self.workspace.cache_dir, path.stem)
             self.fit(model, desc=f"{spec.backbone}-{preset}", checkpoint=checkpoint)
-            self.reused_fits += self.fits[-1:] if reused else []
+            if reused:
+                self.reused_fits.append(self.fits[-1])
             self.notes.update({f"{preset}_model_cache": "miss", f"{preset}_model_git_commit": git_commit()})
             log.info("trained %s %s model (fold %d, seed %d)", spec.backbone, preset, spec.fold, spec.seed)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
