@@ -5,6 +5,9 @@ so every compressed model is compared with the plain model it competes with; ``r
 for a fraction of the large model's cost (accuracy-vs-cost curves). The cost is the parameter count
 or the MACs of one forward pass over ``LATENCY_SECONDS`` of input, as the run record counts them.
 A method must land within ``TOLERANCE`` of the target; its record states target and reached cost.
+A budget the method cannot reach is :class:`bench.method.RunFailed`: that run is recorded as failed
+and the grid goes on. Methods check reachability in ``Method.check``, on the structure of the model to
+shrink (an untrained model of the teacher preset), before anything trains.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 
 from bench import measure
+from bench.method import RunFailed
 from bench.registry import BenchError, param
 
 __all__ = ["TOLERANCE", "Budget", "BudgetParams", "RatioParams", "bisect_budget", "cost", "output_layers",
@@ -87,9 +91,9 @@ class Budget:
         return abs(self.relative_error(reached)) <= TOLERANCE
 
     def check(self, reached: int, method: str) -> None:
-        """BenchError unless ``reached`` lies within the tolerance of the target."""
+        """RunFailed unless ``reached`` lies within the tolerance of the target."""
         if not self.within(reached):
-            raise BenchError(f"{method} reached {self.kind}={reached:,} for the budget {self.target:,} ({self.source}), "
+            raise RunFailed(f"{method} reached {self.kind}={reached:,} for the budget {self.target:,} ({self.source}), "
                              f"{100 * self.relative_error(reached):+.1f}% (allowed +-{100 * TOLERANCE:.0f}%): "
                              f"choose a reachable budget (another ratio or preset)")
 
@@ -102,7 +106,8 @@ class Budget:
 
 def resolve_budget(ctx, source: nn.Module, kind: str, ratio_text: str, source_name: str | None = None) -> Budget:
     """The budget of a run: the cost of a plain ``ctx.spec.preset`` model, or ``ratio`` times the cost
-    of ``source`` (the model being shrunk). ``kind`` may be ``nonzero_params`` (counted like params)."""
+    of ``source`` (the model being shrunk; its structure matters, not its weights). ``kind`` may be
+    ``nonzero_params`` (counted like params). RunFailed when the budget exceeds the source."""
     from bench.runner import LATENCY_SECONDS  # the record's MACs input; runner imports methods lazily
 
     frames = ctx.spec.features.frames(LATENCY_SECONDS)
@@ -116,7 +121,7 @@ def resolve_budget(ctx, source: nn.Module, kind: str, ratio_text: str, source_na
         target = max(1, round(ratio * source_cost))
         origin = f"ratio {ratio!r} of {source_name or ctx.spec.teacher_preset}"
     if target > source_cost * (1 + TOLERANCE):
-        raise BenchError(f"the budget {kind}={target:,} ({origin}) exceeds the model being compressed "
+        raise RunFailed(f"the budget {kind}={target:,} ({origin}) exceeds the model being compressed "
                          f"({source_cost:,}): use a smaller preset or ratio, or a larger --teacher-preset")
     return Budget(kind, target, origin, source_cost)
 

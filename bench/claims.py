@@ -122,7 +122,11 @@ def execute_claimed(spec: RunSpec, store: RecordStore, workspace: Workspace, wai
         started = time.time()
         record = execute(spec, workspace)
         record["worker"] = worker_name()
-        save_model(record.pop("_deploy_model"), store.root / "models" / f"{spec.run_id}.pt", record)
+        deploy_model = record.pop("_deploy_model", None)  # none when the run failed
+        if deploy_model is not None:
+            save_model(deploy_model, store.root / "models" / f"{spec.run_id}.pt", record)
+        else:  # a forced re-run that failed must not leave the old deploy model beside its record
+            (store.root / "models" / f"{spec.run_id}.pt").unlink(missing_ok=True)
         store.write(record)
         discard_run_checkpoints(workspace.cache_dir, spec.run_id)
         log.info("recorded run %s (%s %s/%s %s fold %d seed %d) in %.1f s", spec.run_id, spec.method, spec.backbone,

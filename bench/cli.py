@@ -151,6 +151,10 @@ def run_command(config, methods, backbones, presets, datasets, folds, seeds, epo
     if records is None:  # submitted without waiting
         return
     print_summary(records)
+    for record in records:  # failed runs (e.g. an unreachable budget) are recorded outcomes, named here
+        if record.get("status") == "failed":
+            click.echo(f"failed run {record['run_id']} ({record['method']} {record['backbone']}/{record['preset']} "
+                       f"fold {record['fold']} seed {record['seed']}): {record['status_reason']}", err=True)
     click.echo(f"records: {results_dir / 'records'}  table: {results_dir / 'runs.csv'}")
 
 

@@ -1,8 +1,9 @@
-"""The interface of a compression method plug-in: three hooks with sensible defaults.
+"""The interface of a compression method plug-in: four hooks with sensible defaults.
 
 A method is registered in ``bench.registry.METHODS`` as a subclass of :class:`Method`, with a
-parameters dataclass. The runner calls ``build`` -> ``train`` -> ``deploy`` and then evaluates and
-measures the deploy model. Composition (``a+b``) runs ``a`` fully, then ``b`` with ``start`` set to
+parameters dataclass. The runner calls ``check`` -> ``build`` -> ``train`` -> ``deploy`` and then
+evaluates and measures the deploy model; ``check`` (and any hook) raising :class:`RunFailed` ends
+that run alone, recorded as failed. Composition (``a+b``) runs ``a`` fully, then ``b`` with ``start`` set to
 ``a``'s deploy model.
 """
 
@@ -12,8 +13,18 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from bench.registry import BenchError
+
 if TYPE_CHECKING:
     from bench.runner import RunContext
+
+__all__ = ["Method", "RunFailed"]
+
+
+class RunFailed(BenchError):
+    """This run cannot be carried out as specified (e.g. a budget the method cannot reach). The runner
+    records it as a failed run (``status: "failed"``, this message as ``status_reason``) and the grid
+    goes on with the next run."""
 
 
 class Method:
@@ -21,6 +32,11 @@ class Method:
 
     def __init__(self, params: Any = None):
         self.params = params
+
+    def check(self, ctx: RunContext, start: nn.Module | None) -> None:
+        """Raise :class:`RunFailed` when this run cannot succeed, before this method trains anything
+        (for the first method of a run: before anything trains). ``start`` is the model handed over
+        when composing, else None; a check must not need trained weights."""
 
     def build(self, ctx: RunContext, start: nn.Module | None) -> nn.Module:
         """The model to train: ``start`` when composing, else a fresh model at the run's preset."""

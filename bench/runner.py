@@ -22,6 +22,7 @@ from bench.checkpoint import model_checkpoint, resumable_fit, run_checkpoint
 from bench.corpus import Corpus
 from bench.env import environment, git_commit
 from bench.features import FeatureConfig, extract
+from bench.method import RunFailed
 from bench.metrics import declared_scores
 from bench.models import build_backbone, preset_config
 from bench.registry import DATASETS, METHODS
@@ -140,6 +141,7 @@ class RunContext:
     def __init__(self, spec: RunSpec, data: FoldData, workspace: Workspace):
         self.spec, self.data, self.workspace = spec, data, workspace
         self.fits: list[FitResult] = []
+        self.reused_fits: list[FitResult] = []  # of cached plain models a method builds on (not its own training)
         self.notes: dict = {}
 
     def new_model(self, preset: str | None = None, **overrides) -> nn.Module:
@@ -163,9 +165,11 @@ class RunContext:
         self.fits.append(result)
         return model
 
-    def trained_model(self, preset: str) -> nn.Module:
+    def trained_model(self, preset: str, reused: bool = True) -> nn.Module:
         """A plain model of ``preset`` trained with the run's settings, cached on disk and reused by
-        every method and later run that needs it (baselines, teachers, pruning sources)."""
+        every method and later run that needs it (baselines, teachers, pruning sources). Its training
+        counts as the run's ``reused_fit_seconds``, or with ``reused=False`` (the baseline, whose deploy
+        model it is) as its ``fit_seconds``."""
         spec = self.spec
         key = json.dumps([spec.backbone, preset, preset_config(spec.backbone, preset), spec.dataset,
                           spec.dataset_params, spec.fold, spec.seed, asdict(spec.train), asdict(spec.features)],
@@ -178,6 +182,8 @@ class RunContext:
                 saved = torch.load(path, weights_only=False)
                 model.load_state_dict(saved["state_dict"])
                 self.fits.append(FitResult(**saved["fit"]))
+                if reused:
+                    self.reused_fits.append(self.fits[-1])
                 # The key holds settings, not code: say which code trained a reused model.
                 trained_by = saved.get("git_commit", "unknown")
                 self.notes.update({f"{preset}_model_cache": "hit", f"{preset}_model_git_commit": trained_by})
@@ -188,6 +194,8 @@ class RunContext:
                 return model.eval()
             checkpoint = model_checkpoint(self.workspace.cache_dir, path.stem)
             self.fit(model, desc=f"{spec.backbone}-{preset}", checkpoint=checkpoint)
+            if reused:
+                self.reused_fits.append(self.fits[-1])
             self.notes.update({f"{preset}_model_cache": "miss", f"{preset}_model_git_commit": git_commit()})
             log.info("trained %s %s model (fold %d, seed %d)", spec.backbone, preset, spec.fold, spec.seed)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -216,12 +224,15 @@ def measure_deploy(model: nn.Module, input_dim: int, frames: int, latency: bool 
 
 
 def deploy_model(ctx: RunContext) -> tuple[nn.Module, int, dict]:
-    """Each component's build -> train -> deploy hooks in turn (``bench run`` and ``bench tune`` trials):
-    the deploy model in eval mode, the most parameters trained at once, and the methods' figures."""
+    """Each component's check -> build -> train -> deploy hooks in turn (``bench run`` and ``bench tune``
+    trials): the deploy model in eval mode, the most parameters trained at once, and the methods' figures.
+    A method that declares the run impossible (e.g. an unreachable budget) raises :class:`RunFailed` in
+    its check, before it (for the first method: anything) trains."""
     model, train_params, method_figures = None, 0, {}
     for name in ctx.spec.components:
         entry = METHODS.get(name)
         method = entry.obj(entry.make_params(ctx.spec.method_params.get(name)))
+        method.check(ctx, model)
         model = method.build(ctx, model)
         model = method.train(model, ctx)
         train_params = max(train_params, measure.count_params(model))
@@ -230,23 +241,37 @@ def deploy_model(ctx: RunContext) -> tuple[nn.Module, int, dict]:
     return model.eval(), train_params, method_figures
 
 
+def run_identity(spec: RunSpec) -> dict:
+    """The record fields that say which run it is (every record has them, failed ones too)."""
+    return {"run_id": spec.run_id,
+            **{k: v for k, v in spec.key().items() if k not in ("train", "features", "method_params", "dataset_params")},
+            "method_params": spec.resolved_method_params(),
+            "dataset_params": spec.dataset_params,
+            **{f"train_{k}": v for k, v in asdict(spec.train).items()},
+            **{f"features_{k}": v for k, v in asdict(spec.features).items()}}
+
+
 def execute(spec: RunSpec, workspace: Workspace) -> dict:
-    """Run ``spec`` and return its record (not yet written), with the deploy model under ``_deploy_model``."""
+    """Run ``spec`` and return its record (not yet written), with the deploy model under ``_deploy_model``;
+    a run that a method declares impossible (:class:`RunFailed`) returns a failed record without one."""
     started = time.perf_counter()
     data = workspace.fold_data(spec)
     ctx = RunContext(spec, data, workspace)
-    model, train_params, method_figures = deploy_model(ctx)
+    try:
+        model, train_params, method_figures = deploy_model(ctx)
+    except RunFailed as failure:
+        log.warning("run %s (%s %s/%s %s fold %d seed %d) failed: %s", spec.run_id, spec.method, spec.backbone,
+                    spec.preset, spec.dataset, spec.fold, spec.seed, failure)
+        return {**run_identity(spec), "status": "failed", "status_reason": str(failure),
+                "wall_seconds": time.perf_counter() - started,
+                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **environment()}
     test = evaluate(model, data.test, data.num_classes)
     val = evaluate(model, data.val, data.num_classes)
     figures = measure_deploy(model, data.input_dim, spec.features.frames(LATENCY_SECONDS),
                              latency=not workspace.defer_latency)
+    own_fits = [f for f in ctx.fits if not any(f is reused for reused in ctx.reused_fits)]
     record = {
-        "run_id": spec.run_id,
-        **{k: v for k, v in spec.key().items() if k not in ("train", "features", "method_params", "dataset_params")},
-        "method_params": spec.resolved_method_params(),
-        "dataset_params": spec.dataset_params,
-        **{f"train_{k}": v for k, v in asdict(spec.train).items()},
-        **{f"features_{k}": v for k, v in asdict(spec.features).items()},
+        **run_identity(spec), "status": "ok",
         **{k: test[k] for k in ("wa", "ua", "macro_f1", "weighted_f1")},
         **declared_scores(test, data.corpus.metrics, data.corpus.classes),
         "confusion": test["confusion"], "classes": data.corpus.classes,
@@ -257,7 +282,8 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         "skipped_files": len(data.corpus.skipped), "skipped": data.corpus.skipped,
         "train_params": train_params, **figures, **method_figures, **ctx.notes,
         "best_epoch": ctx.fits[-1].best_epoch if ctx.fits else None,
-        "fit_seconds": sum(f.train_seconds for f in ctx.fits),
+        "fit_seconds": sum(f.train_seconds for f in own_fits),  # the method's own training
+        "reused_fit_seconds": sum(f.train_seconds for f in ctx.reused_fits),  # cached models it built on
         "wall_seconds": time.perf_counter() - started,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **environment(),

@@ -13,7 +13,7 @@ class Baseline(Method):
     def build(self, ctx, start: nn.Module | None) -> nn.Module:
         # Plain models are cached per preset/fold/seed, so teachers and pruning sources reuse this training.
         self.pretrained = start is None
-        return ctx.trained_model(ctx.spec.preset) if start is None else start
+        return ctx.trained_model(ctx.spec.preset, reused=False) if start is None else start
 
     def train(self, model: nn.Module, ctx) -> nn.Module:
         return model if self.pretrained else ctx.fit(model)

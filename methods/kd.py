@@ -11,6 +11,7 @@ projection P (trained with the student, not deployed). The deployed model is the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,7 @@ from bench.method import Method
 from bench.registry import METHODS, param
 from bench.train import class_weights
 
-__all__ = ["KD", "KDParams", "distillation_loss"]
+__all__ = ["KD", "KDParams", "distillation_loss", "distillation_objective"]
 
 
 @dataclass
@@ -44,6 +45,27 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     kl = F.kl_div(F.log_softmax(student_logits / temperature, dim=-1),
                   F.log_softmax(teacher_logits / temperature, dim=-1), log_target=True, reduction="batchmean")
     return alpha * ce + (1.0 - alpha) * temperature ** 2 * kl
+
+
+def distillation_objective(teacher: nn.Module, p: KDParams, weight: torch.Tensor | None = None,
+                           projection: nn.Module | None = None) -> Callable:
+    """The student's training loss ``loss_fn(student, feats, lengths, labels)`` for the shared trainer:
+    :func:`distillation_loss` against ``teacher`` plus, with a ``projection``, ``hidden_weight`` times
+    the MSE of the projected student embedding to the teacher's. The teacher is frozen here (eval mode,
+    no gradients): only the student and the projection learn."""
+    teacher.eval().requires_grad_(False)
+
+    def loss_fn(student: nn.Module, feats: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = teacher(feats, lengths)
+        loss = distillation_loss(student(feats, lengths), teacher_logits, labels, p.temperature, p.alpha, weight)
+        if projection is not None:
+            with torch.no_grad():
+                teacher_embedding = teacher.embed(feats, lengths)
+            hidden = F.mse_loss(projection(student.embed(feats, lengths)), teacher_embedding)
+            loss = loss + p.hidden_weight * hidden
+        return loss
+    return loss_fn
 
 
 def embedding_width(model: nn.Module, input_dim: int) -> int:
@@ -69,27 +91,14 @@ class KD(Method):
 
     def train(self, model: nn.Module, ctx) -> nn.Module:
         p = self.params
-        teacher = ctx.large_model().eval()
-        for parameter in teacher.parameters():
-            parameter.requires_grad_(False)
+        teacher = ctx.large_model()
         weight = class_weights(ctx.data.train.labels, ctx.data.num_classes) if ctx.spec.train.class_weighting else None
         projection = None
         if p.hidden_weight > 0:
             torch.manual_seed(ctx.spec.seed)
             projection = nn.Linear(embedding_width(model, ctx.data.input_dim),
                                    embedding_width(teacher, ctx.data.input_dim))
-
-        def loss_fn(student, feats, lengths, labels):
-            with torch.no_grad():
-                teacher_logits = teacher(feats, lengths)
-            loss = distillation_loss(student(feats, lengths), teacher_logits, labels, p.temperature, p.alpha, weight)
-            if projection is not None:
-                with torch.no_grad():
-                    teacher_embedding = teacher.embed(feats, lengths)
-                hidden = F.mse_loss(projection(student.embed(feats, lengths)), teacher_embedding)
-                loss = loss + p.hidden_weight * hidden
-            return loss
-
+        loss_fn = distillation_objective(teacher, p, weight, projection)
         ctx.fit(model, loss_fn=loss_fn, extra_parameters=list(projection.parameters()) if projection else None,
                 desc="kd")
         self.teacher_params = measure.count_params(teacher)

@@ -3,7 +3,9 @@ deploy budget, then fine-tuning.
 
 Every ``nn.Linear`` except the classifier output (FFN ``w1``/``w2``, front-end projections, head
 hidden layers) becomes ``nn.Sequential(Linear(in, r, bias=False), Linear(r, out))`` with
-W ~= (U_r sqrt(S_r)) (sqrt(S_r) V_r^T). Every ``nn.MultiheadAttention`` becomes a
+W ~= (U_r sqrt(S_r)) (sqrt(S_r) V_r^T). Pointwise (kernel-1) ``nn.Conv1d`` layers are linear maps of
+each frame too (the Conformer's convolution modules hold about an eighth of its parameters there) and
+become the same pair as kernel-1 convolutions. Every ``nn.MultiheadAttention`` becomes a
 :class:`LowRankAttention`: still an ``nn.MultiheadAttention`` (same call signature, heads, dropout,
 batch_first) whose packed q/k/v input projection and output projection are such factor pairs and
 whose forward runs them as two small matmuls each, so parameters, MACs and latency really drop
@@ -24,29 +26,40 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.budget import TOLERANCE, BudgetParams, bisect_budget, cost, output_layers, resolve_budget
-from bench.method import Method
-from bench.registry import METHODS, BenchError
+from bench.method import Method, RunFailed
+from bench.registry import METHODS
 
-__all__ = ["LowRankAttention", "LowRank", "factorize_linear", "factorize_model", "factorizable_layers"]
+__all__ = ["LowRankAttention", "LowRank", "factorize_linear", "factorize_model", "factorizable_layers",
+           "is_pointwise_conv"]
 
 
 def factorize_linear(weight: torch.Tensor, bias: torch.Tensor | None, rank: int,
-                     svd: tuple[torch.Tensor, ...] | None = None) -> nn.Sequential:
-    """``weight (out, in)``, ``bias (out,)`` -> Linear(in, rank, bias=False) then Linear(rank, out);
+                     svd: tuple[torch.Tensor, ...] | None = None, pointwise: bool = False) -> nn.Sequential:
+    """``weight (out, in)``, ``bias (out,)`` -> Linear(in, rank, bias=False) then Linear(rank, out), or with
+    ``pointwise`` the same pair as kernel-1 ``Conv1d`` layers (for a pointwise convolution, ``(B, C, T)``);
     ``svd`` = ``torch.linalg.svd(weight.double(), full_matrices=False)`` when already computed."""
     out_features, in_features = weight.shape
     if svd is None:  # float64: exact at full rank
         svd = torch.linalg.svd(weight.detach().double(), full_matrices=False)
     u, s, vh = svd
     root = s[:rank].sqrt()
-    first = nn.Linear(in_features, rank, bias=False)
-    second = nn.Linear(rank, out_features, bias=bias is not None)
+    if pointwise:
+        first, second = nn.Conv1d(in_features, rank, 1, bias=False), nn.Conv1d(rank, out_features, 1, bias=bias is not None)
+    else:
+        first, second = nn.Linear(in_features, rank, bias=False), nn.Linear(rank, out_features, bias=bias is not None)
     with torch.no_grad():
-        first.weight.copy_(root[:, None] * vh[:rank])
-        second.weight.copy_(u[:, :rank] * root)
+        first.weight.copy_((root[:, None] * vh[:rank]).view_as(first.weight))
+        second.weight.copy_((u[:, :rank] * root).view_as(second.weight))
         if bias is not None:
             second.bias.copy_(bias.detach())
     return nn.Sequential(first, second).to(weight.dtype)
+
+
+def is_pointwise_conv(module: nn.Module) -> bool:
+    """A ``Conv1d`` that is a linear map of each frame's channels (kernel 1, no groups, stride or padding),
+    like the Conformer convolution module's first and last layers."""
+    return (type(module) is nn.Conv1d and module.kernel_size == (1,) and module.groups == 1
+            and module.stride == (1,) and module.padding in ((0,), "valid") and module.dilation == (1,))
 
 
 def _projection(weight: torch.Tensor, bias: torch.Tensor | None, rank: int | None, svd=None) -> nn.Module:
@@ -96,6 +109,7 @@ class LowRankAttention(nn.MultiheadAttention):
         """As ``nn.MultiheadAttention.forward``: query ``(B, L, E)`` (batch_first) or ``(L, B, E)``,
         key/value ``(B, S, E)``, key_padding_mask ``(B, S)`` True at padding, attn_mask ``(L, S)`` or
         ``(B * heads, L, S)`` -> output shaped like query, and head-averaged weights ``(B, L, S)`` or None."""
+        self_attention = query is key and key is value  # before any reshaping makes them distinct tensors
         batched = query.dim() == 3
         if not batched:
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
@@ -104,7 +118,7 @@ class LowRankAttention(nn.MultiheadAttention):
             query, key, value = (x.transpose(0, 1) for x in (query, key, value))
         b, length, e = query.shape
         heads, head_dim = self.num_heads, self.head_dim
-        if query is key and key is value:  # self-attention: one pass through the factor pair
+        if self_attention:  # one pass through the factor pair
             q, k, v = self.in_proj(query).chunk(3, dim=-1)
         else:  # the packed projection is split by rows; each part uses its own slice of the last factor
             q, k, v = self._project(query, 0), self._project(key, 1), self._project(value, 2)
@@ -145,7 +159,8 @@ class LowRankAttention(nn.MultiheadAttention):
 
 def factorizable_layers(model: nn.Module, keep: set[nn.Module]) -> dict[str, torch.Tensor]:
     """Name -> weight ``(out, in)`` of every layer to factorize: plain Linear layers outside attention
-    (except ``keep``) and, as ``<attention>.in_proj`` / ``<attention>.out_proj``, attention projections."""
+    and pointwise convolutions (except ``keep``) and, as ``<attention>.in_proj`` / ``<attention>.out_proj``,
+    attention projections."""
     inside_attention = {id(m) for a in model.modules() if isinstance(a, nn.MultiheadAttention) for m in a.modules()}
     layers = {}
     for name, module in model.named_modules():
@@ -155,6 +170,8 @@ def factorizable_layers(model: nn.Module, keep: set[nn.Module]) -> dict[str, tor
                 layers[f"{name}.out_proj"] = module.out_proj.weight
         elif type(module) is nn.Linear and id(module) not in inside_attention and module not in keep:
             layers[name] = module.weight
+        elif is_pointwise_conv(module) and module not in keep:
+            layers[name] = module.weight[:, :, 0]
     return layers
 
 
@@ -173,15 +190,23 @@ def factorize_model(model: nn.Module, ranks: dict[str, int | None], svds: dict |
         if projection in ("in_proj", "out_proj") and isinstance(model.get_submodule(owner), nn.MultiheadAttention):
             attention_ranks.setdefault(owner, {})[projection] = rank
         elif rank is not None:
-            linear = model.get_submodule(name)
-            pair = factorize_linear(linear.weight, linear.bias, rank, svds.get(name))
-            _replace(model, name, pair.train(linear.training))
+            layer = model.get_submodule(name)
+            pointwise = is_pointwise_conv(layer)
+            weight = layer.weight[:, :, 0] if pointwise else layer.weight
+            pair = factorize_linear(weight, layer.bias, rank, svds.get(name), pointwise)
+            _replace(model, name, pair.train(layer.training))
     for owner, projection_ranks in attention_ranks.items():
         attn = model.get_submodule(owner)
         _replace(model, owner, LowRankAttention.from_attention(
             attn, projection_ranks.get("in_proj"), projection_ranks.get("out_proj"),
             (svds.get(f"{owner}.in_proj"), svds.get(f"{owner}.out_proj"))))
     return model
+
+
+def _rank_or_dense(rank: int, shape: tuple[int, int]) -> int | None:
+    """``rank``, or None where the factor pair would cost at least as much as the dense layer."""
+    out_features, in_features = shape
+    return rank if rank * (in_features + out_features) < in_features * out_features else None
 
 
 def energy_ranks(spectra: dict[str, torch.Tensor], shapes: dict[str, tuple[int, int]], energy: float) -> dict:
@@ -191,9 +216,15 @@ def energy_ranks(spectra: dict[str, torch.Tensor], shapes: dict[str, tuple[int, 
     for name, s in spectra.items():
         cumulative = (s.double() ** 2).cumsum(0) / (s.double() ** 2).sum().clamp(min=1e-30)
         rank = min(int((cumulative < energy - 1e-12).sum().item()) + 1, len(s))
-        out_features, in_features = shapes[name]
-        ranks[name] = rank if rank * (in_features + out_features) < in_features * out_features else None
+        ranks[name] = _rank_or_dense(rank, shapes[name])
     return ranks
+
+
+def smallest_model(model: nn.Module, keep: set[nn.Module]) -> nn.Module:
+    """A copy of ``model`` at rank 1 wherever that is smaller than the dense layer: the least that
+    lowrank can cost. Depends on the structure only, not on the weights."""
+    layers = factorizable_layers(model, keep)
+    return factorize_model(copy.deepcopy(model), {n: _rank_or_dense(1, tuple(w.shape)) for n, w in layers.items()})
 
 
 def _frames(ctx) -> int:
@@ -213,14 +244,26 @@ class LowRank(Method):
     uses_large_model = True
     params: LowRankParams
 
+    def check(self, ctx, start: nn.Module | None) -> None:
+        """RunFailed, before the large model trains, when rank 1 everywhere still exceeds the budget."""
+        source = start if start is not None else ctx.new_model(ctx.spec.teacher_preset)
+        p = self.params
+        budget = resolve_budget(ctx, source, p.budget, p.ratio)
+        keep = set(output_layers(source, ctx.data.input_dim))
+        if not factorizable_layers(source, keep):
+            raise RunFailed(f"lowrank found no linear layer to factorize in {type(source).__name__}")
+        smallest = cost(smallest_model(source, keep), p.budget, ctx.data.input_dim, _frames(ctx))
+        if smallest > budget.target * (1 + TOLERANCE):
+            raise RunFailed(f"lowrank cannot reach {p.budget}={budget.target:,} ({budget.source}): rank 1 "
+                            f"everywhere still costs {smallest:,} (layers it does not factorize included); use a "
+                            f"larger ratio or preset")
+
     def build(self, ctx, start: nn.Module | None) -> nn.Module:
         source = start if start is not None else ctx.large_model()
         p = self.params
         self.budget = resolve_budget(ctx, source, p.budget, p.ratio)
         self.source_params = cost(source, "params", ctx.data.input_dim, 1)
         layers = factorizable_layers(source, set(output_layers(source, ctx.data.input_dim)))
-        if not layers:
-            raise BenchError(f"lowrank found no linear layer to factorize in {type(source).__name__}")
         svds = {n: torch.linalg.svd(w.detach().double(), full_matrices=False) for n, w in layers.items()}
         spectra = {n: svd[1] for n, svd in svds.items()}
         shapes = {n: tuple(w.shape) for n, w in layers.items()}
@@ -230,11 +273,6 @@ class LowRank(Method):
             model = factorize_model(copy.deepcopy(source), energy_ranks(spectra, shapes, energy), svds)
             return model, cost(model, p.budget, ctx.data.input_dim, frames)
 
-        smallest = build_at(0.0)[1]  # rank 1 everywhere
-        if smallest > self.budget.target * (1 + TOLERANCE):
-            raise BenchError(f"lowrank cannot reach {p.budget}={self.budget.target:,} ({self.budget.source}): rank 1 "
-                             f"everywhere still costs {smallest:,} (layers it does not factorize included); use a "
-                             f"larger ratio or preset")
         self.energy, model, reached = bisect_budget(build_at, self.budget)
         self.budget.check(reached, "lowrank")
         self.ranks = energy_ranks(spectra, shapes, self.energy)

@@ -34,7 +34,7 @@ from torch_pruning.dependency import index_mapping
 
 from backbones.ffn import FeedForward
 from bench.budget import TOLERANCE, Budget, BudgetParams, cost, output_layers, resolve_budget
-from bench.method import Method
+from bench.method import Method, RunFailed
 from bench.registry import METHODS, BenchError, param
 from bench.train import batches
 
@@ -332,7 +332,6 @@ class Prune(Method):
         def measure_cost(candidate: nn.Module) -> int:
             return cost(candidate, p.budget, dim, frames)
 
-        self._check_reachable(model, dim, units, keep, measure_cost)
         start_cost, self.steps_log = self.budget.source_cost, []
         for step, epochs in enumerate(self.epochs, 1):
             target = round(start_cost * (self.budget.target / start_cost) ** (step / len(self.epochs)))
@@ -349,14 +348,21 @@ class Prune(Method):
             ctx.fit(model, epochs=epochs, desc=f"prune {step}/{len(self.epochs)}")
         return model
 
-    def _check_reachable(self, model: nn.Module, dim: int, units: list[Unit], keep: set[str], measure_cost) -> None:
-        """BenchError before any training when even one channel (one head) per group exceeds the budget."""
-        smallest = copy.deepcopy(model)
+    def check(self, ctx, start: nn.Module | None) -> None:
+        """RunFailed, before the large model trains, when one channel (one head) per group still exceeds
+        the budget: decided on an untrained model of the teacher preset (the same structure)."""
+        from bench.runner import LATENCY_SECONDS
+        source = start if start is not None else ctx.new_model(ctx.spec.teacher_preset)
+        budget = resolve_budget(ctx, source, self.params.budget, self.params.ratio)
+        dim, frames = ctx.data.input_dim, ctx.spec.features.frames(LATENCY_SECONDS)
+        keep = output_layer_names(source, dim)
+        units, _ = prunable_units(source, dim, keep)
+        smallest = copy.deepcopy(source)
         apply_plan(smallest, dim, channel_scores(units, "magnitude"), {u.name: 0.0 for u in units}, keep)
-        minimum = measure_cost(smallest)
-        if minimum > self.budget.target * (1 + TOLERANCE):
-            raise BenchError(f"prune cannot reach {self.budget.kind}={self.budget.target:,} ({self.budget.source}): "
-                             f"one channel per group still costs {minimum:,}; use a larger ratio or preset")
+        minimum = cost(smallest, budget.kind, dim, frames)
+        if minimum > budget.target * (1 + TOLERANCE):
+            raise RunFailed(f"prune cannot reach {budget.kind}={budget.target:,} ({budget.source}): one channel "
+                            f"per group still costs {minimum:,}; use a larger ratio or preset")
 
     def deploy(self, model: nn.Module, ctx) -> nn.Module:
         from bench.runner import LATENCY_SECONDS

@@ -10,13 +10,12 @@ kernels, do not drop. The record reports nonzero parameters separately and says 
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
-from bench.budget import RatioParams, cost, resolve_budget
-from bench.method import Method
-from bench.registry import METHODS, BenchError
+from bench.budget import TOLERANCE, RatioParams, cost, resolve_budget
+from bench.method import Method, RunFailed
+from bench.registry import METHODS
 
 __all__ = ["PruneUnstructured", "global_magnitude_masks", "prunable_weights"]
 
@@ -43,7 +42,7 @@ def global_magnitude_masks(weights: dict[str, nn.Parameter], remove: int) -> dic
     zeros = int((magnitudes == 0).sum())
     remove = max(0, remove)
     if zeros + remove >= magnitudes.numel():
-        raise BenchError(f"the budget needs {remove:,} more weights removed but only {magnitudes.numel() - zeros:,} "
+        raise RunFailed(f"the budget needs {remove:,} more weights removed but only {magnitudes.numel() - zeros:,} "
                          f"nonzero weights are prunable: use a larger ratio")
     order = magnitudes.argsort(stable=True)  # zeros first; exactly ``remove`` nonzero entries go
     flat_keep = torch.ones_like(magnitudes, dtype=torch.bool)
@@ -60,6 +59,16 @@ def global_magnitude_masks(weights: dict[str, nn.Parameter], remove: int) -> dic
 class PruneUnstructured(Method):
     uses_large_model = True
     params: RatioParams
+
+    def check(self, ctx, start: nn.Module | None) -> None:
+        """RunFailed, before the large model trains, when zeroing every prunable weight but one would
+        still exceed the budget (biases and norms stay dense)."""
+        source = start if start is not None else ctx.new_model(ctx.spec.teacher_preset)
+        budget = resolve_budget(ctx, source, "nonzero_params", self.params.ratio)
+        dense = cost(source, "params", ctx.data.input_dim, 1) - sum(w.numel() for w in prunable_weights(source).values())
+        if dense + 1 > budget.target * (1 + TOLERANCE):
+            raise RunFailed(f"prune-unstructured cannot reach nonzero_params={budget.target:,} ({budget.source}): "
+                            f"the parameters it never zeroes (biases, norms) alone are {dense:,}; use a larger ratio")
 
     def build(self, ctx, start: nn.Module | None) -> nn.Module:
         model = start if start is not None else ctx.large_model()

@@ -120,13 +120,38 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
 
 
-@pytest.mark.parametrize("method, ratio, message", [("prune", "0.0001", "prune cannot reach params="),
-                                                    ("lowrank", "0.001", "lowrank cannot reach params=")])
-def test_unreachable_budget_is_one_line_exit_2_before_training(grid, tmp_path, method, ratio, message):
-    _, _, cache = grid  # the trained lightweight model is cached: only the budget check runs
-    result = CliRunner().invoke(main, ["run", "--methods", method, "-p", f"{method}.ratio={ratio}",
+@pytest.mark.parametrize("method, ratio, message", [
+    ("prune", "0.0001", "prune cannot reach params="),
+    ("lowrank", "0.001", "lowrank cannot reach params="),
+    ("prune-unstructured", "0.0001", "prune-unstructured cannot reach nonzero_params="),
+])
+def test_unreachable_budget_is_a_failed_record_before_anything_trains(tmp_path, caplog, method, ratio, message):
+    cache = tmp_path / "cache"  # fresh: a trained model would appear in it
+    with caplog.at_level(logging.WARNING, logger="bench"):
+        result = CliRunner().invoke(main, ["run", "--methods", method, "-p", f"{method}.ratio={ratio}",
                                        "--results-dir", str(tmp_path / "results"), "--cache-dir", str(cache), *TINY])
-    assert result.exit_code == 2
-    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("reused")]
-    assert len(lines) == 1 and message in lines[0], result.stderr
-    assert not list((tmp_path / "results").glob("records/*.json"))
+    assert result.exit_code == 0, result.output
+    record, = (json.loads(p.read_text()) for p in (tmp_path / "results" / "records").glob("*.json"))
+    assert record["status"] == "failed" and message in record["status_reason"]
+    assert "\n" not in record["status_reason"] and f"failed: {record['status_reason']}" in caplog.text
+    assert f"failed run {record['run_id']}" in result.stderr and record["status_reason"] in result.stderr
+    assert {"run_id", "method", "backbone", "preset", "dataset", "fold", "seed", "method_params", "train_epochs",
+            "features_kind"} <= set(record)
+    assert not {"ua", "wa", "params", "macs", "fit_seconds"} & set(record)  # no metrics
+    assert not list(cache.glob("models/*.pt")) and not list((tmp_path / "results").glob("models/*.pt"))
+
+
+def test_failed_run_does_not_stop_the_grid_and_is_kept_until_forced(grid, tmp_path):
+    _, _, cache = grid  # the lightweight teacher is cached: kd only trains its student
+    args = ["run", "--methods", "lowrank,kd", "-p", "lowrank.ratio=0.001", "--results-dir", str(tmp_path / "results"),
+            "--cache-dir", str(cache), *TINY]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    paths = {json.loads(p.read_text())["method"]: p for p in (tmp_path / "results" / "records").glob("*.json")}
+    statuses = {m: json.loads(p.read_text())["status"] for m, p in paths.items()}
+    assert statuses == {"lowrank": "failed", "kd": "ok"}
+    written = {m: p.stat().st_mtime_ns for m, p in paths.items()}
+    assert CliRunner().invoke(main, args).exit_code == 0  # a recorded outcome: skipped like any other
+    assert {m: p.stat().st_mtime_ns for m, p in paths.items()} == written
+    forced = CliRunner().invoke(main, [*args[:2], "lowrank", *args[3:], "--force"])
+    assert forced.exit_code == 0 and paths["lowrank"].stat().st_mtime_ns != written["lowrank"]

@@ -1,4 +1,5 @@
-"""Knowledge distillation: the loss against a hand computation, and the hidden-state term's projection."""
+"""Knowledge distillation: the loss against a hand computation, the method's objective training the
+student and projection only, and the hidden-state term's projection."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
-from methods.kd import distillation_loss, embedding_width
+from bench.models import build_backbone
+from methods.kd import KDParams, distillation_loss, distillation_objective, embedding_width
 
 
 def hand_loss(student, teacher, labels, temperature, alpha):
@@ -42,14 +45,24 @@ def test_distillation_loss_is_zero_kl_when_student_copies_teacher():
     assert distillation_loss(logits, logits, labels, 4.0, 0.25).item() == pytest.approx(0.25 * ce.item(), rel=1e-5)
 
 
-def test_distillation_loss_gradient_reaches_the_student_only():
-    student = torch.randn(4, 3, requires_grad=True)
-    teacher = torch.randn(4, 3, requires_grad=True)
-    distillation_loss(student, teacher.detach(), torch.tensor([0, 1, 2, 0]), 2.0, 0.5).backward()
-    assert student.grad is not None and student.grad.abs().sum() > 0 and teacher.grad is None
+def test_gradient_of_the_kd_objective_reaches_the_student_and_projection_only():
+    """The method's own loss (as handed to the trainer) freezes the teacher it is given: no gradient
+    and eval mode (dropout off, so its targets are fixed), while student and projection learn."""
+    torch.manual_seed(0)
+    student = build_backbone("convtransformer", "tiny", 16, 4).train()
+    teacher = build_backbone("convtransformer", "lightweight", 16, 4).train()  # as trained models come back
+    projection = nn.Linear(32, 96)
+    loss_fn = distillation_objective(teacher, KDParams(hidden_weight=0.5), None, projection)
+    features, lengths, labels = torch.randn(3, 60, 16), torch.tensor([60, 41, 17]), torch.tensor([0, 3, 1])
+    loss_fn(student, features, lengths, labels).backward()
+    assert not teacher.training and all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert projection.weight.grad.abs().sum() > 0
+    student.eval()
+    with torch.no_grad():
+        assert loss_fn(student, features, lengths, labels) == loss_fn(student, features, lengths, labels)
 
 
 def test_embedding_width_of_each_preset():
-    from bench.models import build_backbone
     assert embedding_width(build_backbone("convtransformer", "tiny", 16, 4), 16) == 32
     assert embedding_width(build_backbone("convtransformer", "lightweight", 16, 4), 16) == 96

@@ -1,4 +1,5 @@
-"""Low-rank factorization: exact at full rank (layer, attention, whole model), smaller at a budget."""
+"""Low-rank factorization: exact at full rank (layer, attention, whole model), smaller at a budget,
+costing what the dense layers cost when kept dense, and able to reach the default budget."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from backbones.ffn import FeedForward
 from bench import measure
 from bench.budget import Budget, bisect_budget, output_layers
 from bench.models import build_backbone
 from bench.registry import BACKBONES
-from methods.lowrank import LowRankAttention, energy_ranks, factorizable_layers, factorize_linear, factorize_model
+from methods.lowrank import (LowRankAttention, energy_ranks, factorizable_layers, factorize_linear, factorize_model,
+                             smallest_model)
 
 DIM = 16
 
@@ -95,3 +98,59 @@ def test_budgeted_factorization_is_smaller_in_params_and_macs():
     assert measure.count_macs(factorized, DIM, 300) < measure.count_macs(model, DIM, 300)
     features, lengths = padded_batch()
     assert factorized(features, lengths).shape == (3, 4)
+
+
+def attention_macs(attn: nn.Module, *inputs: torch.Tensor) -> int:
+    with measure.countable_attention(), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        attn.eval()(*inputs, need_weights=False)
+    return counter.get_total_flops() // 2
+
+
+@pytest.mark.parametrize("batch_first, batched", [(True, True), (False, True), (False, False)])
+def test_dense_attention_projects_self_attention_once(batch_first, batched):
+    """Self-attention runs the packed projection once, whatever the layout (torchaudio's Conformer is
+    not batch-first): the dense LowRankAttention costs exactly what nn.MultiheadAttention costs."""
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(24, 4, batch_first=batch_first)
+    low = LowRankAttention.from_attention(attn, None, None)
+    x = torch.randn(2, 9, 24) if batch_first else torch.randn(9, 2, 24)
+    x = x if batched else x[:, 0]
+    tokens = x.numel() // 24
+    assert attention_macs(low, x, x, x) == attention_macs(attn, x, x, x) == tokens * (4 * 24 * 24 + 2 * 9 * 24)
+    with torch.no_grad():
+        assert torch.allclose(low(x, x, x)[0], attn(x, x, x)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES.names())
+def test_dense_equivalent_model_costs_what_the_model_costs(backbone):
+    """Every factorizable layer converted but kept dense: the same parameters and MACs as the model."""
+    model = build_backbone(backbone, "lightweight", DIM, 4).eval()
+    layers = factorizable_layers(model, set(output_layers(model, DIM)))
+    dense = factorize_model(copy.deepcopy(model), {name: None for name in layers}).eval()
+    assert any(isinstance(m, LowRankAttention) for m in dense.modules())
+    assert measure.count_params(dense) == measure.count_params(model)
+    assert measure.count_macs(dense, DIM, 301) == measure.count_macs(model, DIM, 301)
+
+
+def test_pointwise_convolutions_are_factorized_and_depthwise_ones_are_not():
+    model = build_backbone("conformer", "tiny", DIM, 4).eval()
+    layers = factorizable_layers(model, set(output_layers(model, DIM)))
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv1d)}
+    pointwise = {name for name, m in convs.items() if m.kernel_size == (1,)}
+    assert len(pointwise) == 2 and pointwise <= set(layers) and not set(convs) - pointwise & set(layers)
+    low = factorize_model(copy.deepcopy(model), {name: 2 for name in pointwise}).eval()
+    for name in pointwise:
+        pair = low.get_submodule(name)
+        assert [type(m) for m in pair] == [nn.Conv1d, nn.Conv1d] and pair[0].out_channels == 2
+
+
+@pytest.mark.parametrize("backbone", BACKBONES.names())
+def test_default_budget_is_reachable_from_the_large_model(backbone):
+    """At rank 1 wherever that is smaller, the large model fits under the lightweight model's
+    parameters and MACs (80-d log-mel input, 5 s), so lowrank's default budget can be met: the
+    Conformer's pointwise convolutions alone held more than the budget."""
+    large = build_backbone(backbone, "large", 80, 4).eval()
+    light = build_backbone(backbone, "lightweight", 80, 4).eval()
+    smallest = smallest_model(large, set(output_layers(large, 80)))
+    assert measure.count_params(smallest) < measure.count_params(light)
+    assert measure.count_macs(smallest, 80, 501) < measure.count_macs(light, 80, 501)
