@@ -89,13 +89,12 @@ def _legend(fig, colours: dict, markers: dict) -> None:
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
 
 
-def _plain_frontier(ax, panel: pd.DataFrame, cost: str) -> None:
-    """The plain baseline at every preset, joined by increasing cost (one line per settings): a
-    compression method must lie above it to beat training a model of its size directly."""
+def plain_frontier(panel: pd.DataFrame, cost: str) -> list[pd.DataFrame]:
+    """The plain models of one panel (``baseline`` at every preset, one line per settings), each line
+    by increasing cost: a compression method must lie above it to beat training a model of its size
+    directly (ShrinkBench's rule), not only above one preset's point."""
     plain = panel[(panel["method"] == BASELINE) & (panel["config"] == "")]
-    for _, line in plain.groupby("settings", sort=True):
-        line = line.sort_values([cost, "preset"], kind="stable")
-        ax.plot(line[cost], 100 * line["headline_mean"], color="0.1", lw=1.6, zorder=1)
+    return [line.sort_values([cost, "preset"], kind="stable") for _, line in plain.groupby("settings", sort=True)]
 
 
 def tradeoff_figure(summary: pd.DataFrame, dataset: str, cost: str, folder: Path) -> Figure | None:
@@ -119,7 +118,8 @@ def tradeoff_figure(summary: pd.DataFrame, dataset: str, cost: str, folder: Path
         ys = [100 * panel["headline_mean"].iloc[i] for i in front]
         ys.append(ys[-1])
         ax.plot(xs, ys, drawstyle="steps-post", color="0.2", ls="--", lw=1)
-        _plain_frontier(ax, panel, cost)
+        for line in plain_frontier(panel, cost):
+            ax.plot(line[cost], 100 * line["headline_mean"], color="0.1", lw=1.6, zorder=1)
         if panel[cost].max() > 20 * max(panel[cost].min(), 1e-12):
             ax.set_xscale("log")
         if cost == "macs":
