@@ -26,6 +26,7 @@ MAX_EXTRA_ROWS = 200  # rows shown per extra measurement table; the file keeps t
 FILTERS = ("backbone", "preset", "method")
 OPTIONAL_COSTS = ("flops", "size_bytes")  # shown when some row of the dataset has them
 DEPLOY_MEANS = ("latency_ratio", "latency_min_ms", "headline_onnx", "int8_macs", "float_macs")
+PAGE_COLUMNS = ("failed_run", "has_history", "headline", "headline_onnx")  # added for the page (with_run_columns)
 HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_ua", "lr", "seconds")
 CITATION = ("Re-Parameterization of Lightweight Transformer for On-Device Speech Emotion Recognition, "
             "arXiv:2411.09339, 2024")
@@ -64,10 +65,9 @@ def _slug(text: str) -> str:
     return plots.slug(text).lower()
 
 
-def leaderboard(dataset: str, rows: pd.DataFrame, runs: pd.DataFrame, curves: set[str]) -> dict:
-    """The leaderboard of one dataset: columns (headline metric first), rows of display cells, the
-    summary's warnings and the failed runs. ``curves``: names of the learning-curve figures drawn."""
-    headline = rows["headline_metric"].iloc[0]
+def board_columns(rows: pd.DataFrame, headline: str) -> list[tuple[str, str, str, str]]:
+    """The leaderboard's columns (key, label, type, title): headline first, optional ones only when
+    some row of the dataset has them."""
     label = LABELS.get(headline, headline)
     optional = [c for c in ("config", "settings") if rows[c].astype(bool).any()]
     costs = ["params", "macs", *(c for c in OPTIONAL_COSTS if rows[c].notna().any())]
@@ -97,6 +97,16 @@ def leaderboard(dataset: str, rows: pd.DataFrame, runs: pd.DataFrame, curves: se
     columns += [("runs", "runs", "num", "runs averaged (folds x seeds)")]
     columns += [("failed", "failed", "num", "runs that could not run: listed under the table, never averaged")] if has_failed else []
     columns += [("details", "details", "text", "per-run details and learning curves")]
+    return columns
+
+
+def leaderboard(dataset: str, rows: pd.DataFrame, runs: pd.DataFrame, curves: set[str]) -> dict:
+    """The leaderboard of one dataset: columns (headline metric first), rows of display cells and the
+    summary's warnings. ``curves``: names of the learning-curve figures drawn."""
+    headline = rows["headline_metric"].iloc[0]
+    label = LABELS.get(headline, headline)
+    columns = board_columns(rows, headline)
+    has_failed = any(c[0] == "failed" for c in columns)
     by_id = {str(rid): (fold, seed) for rid, fold, seed in zip(runs["run_id"], runs["fold"], runs["seed"])}
     body, warnings = [], []
     for _, row in rows.iterrows():
@@ -140,7 +150,8 @@ def leaderboard(dataset: str, rows: pd.DataFrame, runs: pd.DataFrame, curves: se
         run_ids = row["run_ids"].split()
         links = [(f"run-{rid}", "f{}·s{}".format(*map(_whole, by_id.get(rid, (math.nan, math.nan))))) for rid in run_ids]
         figure = plots.curves_name(dataset, row["backbone"])
-        if figure in curves and runs[runs["run_id"].isin(run_ids)]["has_history"].any():
+        drawn = runs[runs["run_id"].isin(run_ids) & runs["has_history"] & ~runs["failed_run"]]
+        if figure in curves and len(drawn):
             links.append((f"plot-{figure}", "curves"))
         cells["details"] = dict(_text(""), links=links, cls="text runs")
         attrs = [(k, row[k]) for k in ("dataset", "backbone", "preset", "method", "config", "settings")]
@@ -177,8 +188,7 @@ def run_details(runs: pd.DataFrame, histories: dict[str, list], curves: set[str]
         score = percent(run[headline]) if headline in run else MISSING
         config = f" [{run['config']}]" if run["config"] else ""
         fold, seed = _whole(run["fold"]), _whole(run["seed"])
-        fields = [(k, v) for k, v in run.items() if k not in ("confusion", "classes", "failed_run", "has_history", "headline",
-                                                              "headline_onnx")
+        fields = [(k, v) for k, v in run.items() if k not in ("confusion", "classes", *PAGE_COLUMNS)
                   and not (v is None or v == "" or (isinstance(v, float) and math.isnan(v)))]
         history = [epoch for epoch in histories.get(run["run_id"], []) if isinstance(epoch, dict)]
         figure = plots.curves_name(run["dataset"], run["backbone"])
@@ -196,7 +206,7 @@ def run_details(runs: pd.DataFrame, histories: dict[str, list], curves: set[str]
             "history_columns": [k for k in HISTORY_KEYS if any(k in epoch for epoch in history)],
             "history": [[_history_cell(epoch.get(k)) for k in HISTORY_KEYS if any(k in e for e in history)]
                         for epoch in history],
-            "curves": f"plot-{figure}" if history and figure in curves else "",
+            "curves": f"plot-{figure}" if history and figure in curves and not run["failed_run"] else "",
             "fields": sorted((str(k), str(v)) for k, v in fields)})
     return details
 
