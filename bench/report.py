@@ -41,7 +41,6 @@ class Report:
     summary: pd.DataFrame
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)  # the summary's, per row: comparisons not to trust
 
 
 def _value(v) -> str | None:
@@ -79,10 +78,10 @@ def board_columns(rows: pd.DataFrame, headline: str) -> list[tuple[str, str, str
     columns += [("backbone", "backbone", "text", ""), ("preset", "preset", "text", "deploy preset")]
     columns += [("settings", "settings", "text", "training/feature settings that differ")] if "settings" in optional else []
     columns += [("headline", f"{label} %", "num", f"headline metric {label}, mean ± std"),
-                ("light", "Δ light", "num", "paired difference to the lightweight baseline (same fold and seed), "
-                                            "points, over the pairs it rests on"),
+                ("light", "Δ light", "num", "paired mean difference to the lightweight baseline in points, over the "
+                                            "folds both ran (seeds averaged within a fold), with its 95 % interval"),
                 ("p", "p", "num", "Wilcoxon signed-rank p-value of the paired differences"),
-                ("large", "Δ large", "num", "difference to the large baseline, points")]
+                ("large", "Δ large", "num", "paired mean difference to the large baseline in points, over folds")]
     columns += [(m, f"{LABELS[m]} %", "num", "") for m in METRICS if m != headline]
     columns += [("onnx", f"{label} ONNX %", "num", "the exported ONNX model in ONNX Runtime on the test fold"),
                 ("onnx_status", "ONNX", "text", "export check against PyTorch predictions")] if has_onnx else []
@@ -114,13 +113,12 @@ def leaderboard(dataset: str, rows: pd.DataFrame, runs: pd.DataFrame, curves: se
         failed = float(pd.to_numeric(row.get("failed", 0), errors="coerce")) if has_failed else math.nan
         light = row["diff_mean"]
         light_cell = _num("ref" if row["role"] == "light" else signed_points(light), light)
+        folds = "" if row["role"] == "light" or math.isnan(row["pairs"]) else _plural(int(row["pairs"]), "fold")
         if not math.isnan(row["ci_low"]):
             significant = is_true(row["significant"])
-            light_cell["sub"] = (f"[{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]" + (" *" if significant else "")
-                                 + f" · {_plural(int(row['pairs']), 'pair')}")
+            light_cell["sub"] = f"[{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]" + (" *" if significant else "")
             light_cell["cls"] += (" sig" + (" down" if row["ci_high"] < 0 else "")) if significant else ""
-        elif row["role"] != "light" and not math.isnan(row["pairs"]):
-            light_cell["sub"] = _plural(int(row["pairs"]), "pair")
+        light_cell["sub"] = " · ".join(t for t in (light_cell["sub"], folds) if t)
         large = row[f"large_{headline}"]
         ratio = _num(MISSING if math.isnan(row["latency_ratio"]) else f"{row['latency_ratio']:.2f}×", row["latency_ratio"])
         if not math.isnan(row["latency_ratio_ci_low"]):
@@ -132,7 +130,9 @@ def leaderboard(dataset: str, rows: pd.DataFrame, runs: pd.DataFrame, curves: se
                                   cls="num headline"),
                  "light": light_cell,
                  "p": _num(MISSING if math.isnan(row["p_wilcoxon"]) else f"{row['p_wilcoxon']:.3f}", row["p_wilcoxon"]),
-                 "large": _num("ref" if row["role"] == "large" else signed_points(large), large),
+                 "large": dict(_num("ref" if row["role"] == "large" else signed_points(large), large),
+                               sub=_plural(int(row["large_pairs"]), "fold") if row["role"] != "large"
+                               and not math.isnan(row.get("large_pairs", math.nan)) else ""),
                  "onnx": _num(percent(row["headline_onnx"]), row["headline_onnx"]),
                  "onnx_status": dict(_text(row["onnx_status"]), title=row["onnx_reasons"],
                                      cls="text nowrap" + (" bad" if "failed" in row["onnx_status"] else "")),
@@ -167,7 +167,7 @@ def failed_runs(runs: pd.DataFrame) -> list[dict]:
     """The failed runs of one dataset, for the table under its leaderboard."""
     return [{"id": run["run_id"], "method": run["method"], "config": run["config"], "backbone": run["backbone"],
              "preset": run["preset"], "fold": _whole(run["fold"]), "seed": _whole(run["seed"]),
-             "reason": run["status_reason"] if isinstance(run.get("status_reason"), str) else MISSING}
+             "reason": run["status_reason"] if isinstance(run.get("status_reason"), str) and run["status_reason"] else MISSING}
             for _, run in runs[runs["failed_run"]].iterrows()]
 
 
@@ -385,7 +385,6 @@ def build_report(results_dir: Path, reports_dir: Path, light_preset: str = "ligh
                      + "; ".join(f"{r['method']} {r['backbone']}@{r['preset']} fold {_whole(r['fold'])} seed "
                                  f"{_whole(r['seed'])}" for _, r in failed.iterrows()))
     boards = [leaderboard(d, rows, runs[runs["dataset"] == d], curves) for d, rows in board.groupby("dataset", sort=True)]
-    warnings = [f"{b['dataset']} / {backbone}, {label}: {text}" for b in boards for label, backbone, text in b["warnings"]]
     empty = (f"No run records in {results_dir / 'records'}: run `bench run --results-dir {results_dir}` first."
              if not records else "")
     shown = {b["dataset"] for b in boards}
@@ -415,7 +414,7 @@ def build_report(results_dir: Path, reports_dir: Path, light_preset: str = "ligh
     }
     index = reports_dir / "index.html"
     atomic_write_text(index, render_page(context))
-    return Report(index, tables, summary, problems, notes + ([empty] if empty else []), warnings)
+    return Report(index, tables, summary, problems, notes + ([empty] if empty else []))
 
 
 @click.command("report")
@@ -436,8 +435,6 @@ def report_command(results_dir: Path, reports_dir: Path, light_preset: str, larg
         return
     for note in report.notes:
         click.echo(f"note: {note}")
-    for warning in report.warnings:
-        click.echo(f"warning: {warning}")
     if len(report.summary):
         click.echo(to_terminal(report.summary))
     click.echo(f"tables: {report.tables['summary.csv'].parent}  page: {report.index}")
