@@ -71,7 +71,7 @@ def board_columns(rows: pd.DataFrame, headline: str) -> list[tuple[str, str, str
     optional = [c for c in ("config", "settings") if rows[c].astype(bool).any()]
     costs = ["params", "macs", *(c for c in OPTIONAL_COSTS if rows[c].notna().any())]
     has_onnx = rows["headline_onnx"].notna().any() or rows["onnx_status"].ne(MISSING).any()
-    has_int8 = rows["int8_macs"].notna().any()
+    has_int8 = rows["int8_macs"].gt(0).any()  # every record may say 0 (float); the column is for quantized models
     has_failed = "failed" in rows and pd.to_numeric(rows["failed"], errors="coerce").fillna(0).gt(0).any()
     columns = [("method", "method", "text", "compression method")]
     columns += [("config", "config", "text", "method parameters that differ between runs")] if "config" in optional else []

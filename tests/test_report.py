@@ -117,6 +117,7 @@ def test_page_is_self_contained_and_regenerates_identically(report, tiny_grid_re
     assert references and all(r.startswith(("#", "data:")) for r in references)
     assert not re.search(r"https?://", html.replace("http://www.w3.org", ""))  # no remote URL anywhere
     assert headers(html)[:5] == ["method", "backbone", "preset", "headline", "light"]  # headline metric first
+    assert "int8" not in headers(html)  # no quantized model: no int8 column, even where records say 0
     rows = Leaderboard(html).rows
     summary = pd.read_csv(tiny_grid_results / "tables" / "summary.csv")
     assert len(rows) == len(summary)
@@ -270,6 +271,7 @@ FINGERPRINT = "toy-1a2b3c4d"
 REASON = "budget unreachable: 520,548 parameters at rank 1 > 355,844"
 ONNX_FAILURE = "failed: predictions differ from PyTorch on 4.2 % of test utterances"
 MEASURED = ("wa", "ua", "macro_f1", "weighted_f1", "confusion", "classes", "params", "macs", "flops", "size_bytes",
+            "int8_macs", "float_macs",
             "checksum")
 
 
@@ -304,7 +306,7 @@ def augment_records(source: Path, results: Path) -> dict[str, list[dict]]:
             record["ua"] = pair["ua"] - 0.05
         ratio = record["latency_ms"] / pair["latency_ms"]
         record.update(latency_ratio=ratio, latency_ratio_ci_low=0.97 * ratio, latency_ratio_ci_high=1.03 * ratio,
-                      ua_onnx=record["ua"], onnx_status="ok")
+                      ua_onnx=record["ua"], onnx_status="ok", int8_macs=0, float_macs=record["macs"])
         write(record)
         if record["method"] == "baseline" and record["preset"] == "lightweight":
             write(dict(record, preset="large", run_id=record["run_id"][:-2] + "lg", ua=pair["ua"] + 0.02,
@@ -420,7 +422,8 @@ def test_onnx_accuracy_and_failed_exports_are_visible(augmented):
     onnx = [r["ua_onnx"] for r in written["quant"]]
     assert float(quant["onnx"]["value"]) == pytest.approx(sum(onnx) / len(onnx))
     assert float(quant["int8"]["value"]) == 2_000_000 and "float 610k" in quant["int8"]["text"]
-    assert quant["quant_scheme"]["text"].strip() == "static" and hrf["int8"]["value"] is None
+    assert quant["quant_scheme"]["text"].strip() == "static"
+    assert float(hrf["int8"]["value"]) == 0 and hrf["int8"]["text"].startswith("0")  # float models say 0 int8 MACs
 
 
 def test_learning_curves_are_drawn_and_linked_from_each_run(augmented):
