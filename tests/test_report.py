@@ -271,8 +271,7 @@ FINGERPRINT = "toy-1a2b3c4d"
 REASON = "budget unreachable: 520,548 parameters at rank 1 > 355,844"
 ONNX_FAILURE = "failed: predictions differ from PyTorch on 4.2 % of test utterances"
 MEASURED = ("wa", "ua", "macro_f1", "weighted_f1", "confusion", "classes", "params", "macs", "flops", "size_bytes",
-            "int8_macs", "float_macs",
-            "checksum")
+            "int8_macs", "float_macs", "checksum")
 
 
 def history(record: dict, full: bool = True) -> list[dict]:
