@@ -75,8 +75,11 @@ def _save(fig, folder: Path, name: str) -> tuple[Path, Path]:
 
 
 def _styles(summary: pd.DataFrame) -> tuple[dict, dict]:
-    methods = sorted(set(summary["method"]))
-    presets = sorted(set(summary["preset"]))
+    """Colour per method and marker per preset, over the rows with a figure to draw (the same in
+    every figure of a report)."""
+    drawn = summary[summary["headline_mean"].notna()]
+    methods = sorted(set(drawn["method"]))
+    presets = sorted(set(drawn["preset"]))
     colours = dict(zip(methods, sns.color_palette("colorblind", max(len(methods), 1))))
     return colours, {p: MARKERS[i % len(MARKERS)] for i, p in enumerate(presets)}
 
