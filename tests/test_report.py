@@ -461,6 +461,14 @@ def test_plain_models_form_the_frontier_of_the_tradeoff_plots(augmented):
     for cost in ("macs", "latency_ratio", "latency_min_ms"):
         svg = (root / "reports" / "plots" / f"tradeoff-toy-{cost}.svg").read_text()
         assert "plain models (baseline per preset)" in svg and "Pareto front" in svg
+    # the drawn line (inside the axes, so clipped; the legend's sample is not): through the three plain
+    # models by increasing MACs; SVG y grows downwards, and UA is lightweight < tiny < large here
+    svg = (root / "reports" / "plots" / "tradeoff-toy-macs.svg").read_text()
+    [path] = re.findall(r'<path d="([^"]*)"\s+clip-path="[^"]*" style="fill: none; stroke: #1a1a1a; stroke-width: 1.6', svg)
+    points = [tuple(map(float, p.split())) for p in re.findall(r"[ML] ([\d.]+ [\d.]+)", path)]
+    assert len(points) == 3 and [x for x, _ in points] == sorted(x for x, _ in points)
+    tiny, lightweight, large = (y for _, y in points)
+    assert large < tiny < lightweight
 
 
 def test_per_fold_points_over_means(augmented):
