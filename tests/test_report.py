@@ -477,6 +477,8 @@ def test_per_fold_points_over_means(augmented):
     for label in ("fold 1", "fold 2", "baseline @tiny", "hrf @tiny", "kd @tiny", "quant @tiny", "UA %"):
         assert label in svg
     assert "lowrank @tiny" not in svg  # failed runs have no figure to draw
+    # one 95 % interval (a capped line) per row: baseline at three presets, hrf, kd, quant
+    assert len(re.findall(r'clip-path="[^"]*" style="fill: none; stroke: #1a1a1a; stroke-width: 1.2', svg)) == 6
     assert 'id="plot-folds-toy"' in html
 
 
