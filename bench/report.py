@@ -23,6 +23,7 @@ from bench.summary import (KEYS, LABELS, METRICS, MISSING, count, is_true, milli
                            signed_points, size, summary_table, to_latex, to_markdown, to_terminal)
 
 MAX_EXTRA_ROWS = 200  # rows shown per extra measurement table; the file keeps them all
+MAX_NAMED_FAILURES = 5  # failed runs named in the note; the tables under the leaderboards list them all
 FILTERS = ("backbone", "preset", "method")
 OPTIONAL_COSTS = ("flops", "size_bytes")  # shown when some row of the dataset has them
 DEPLOY_MEANS = ("latency_ratio", "latency_min_ms", "headline_onnx", "int8_macs", "float_macs")
@@ -380,10 +381,12 @@ def build_report(results_dir: Path, reports_dir: Path, light_preset: str = "ligh
     notes = notes_for(runs, summary, light_preset) if len(summary) else []
     failed = runs[runs["failed_run"]]
     if len(failed):
+        named = [f"{r['method']} {r['backbone']}@{r['preset']} fold {_whole(r['fold'])} seed {_whole(r['seed'])}"
+                 for _, r in failed.head(MAX_NAMED_FAILURES).iterrows()]
+        more = f"; and {len(failed) - len(named)} more" if len(failed) > len(named) else ""
         notes.append(f"{_plural(len(failed), 'run')} failed and {'is' if len(failed) == 1 else 'are'} listed under "
                      f"{'its' if failed['dataset'].nunique() == 1 else 'their'} leaderboard, never averaged: "
-                     + "; ".join(f"{r['method']} {r['backbone']}@{r['preset']} fold {_whole(r['fold'])} seed "
-                                 f"{_whole(r['seed'])}" for _, r in failed.iterrows()))
+                     + "; ".join(named) + more)
     boards = [leaderboard(d, rows, runs[runs["dataset"] == d], curves) for d, rows in board.groupby("dataset", sort=True)]
     empty = (f"No run records in {results_dir / 'records'}: run `bench run --results-dir {results_dir}` first."
              if not records else "")
