@@ -1,5 +1,7 @@
 """Report figures (PNG and SVG, Agg backend, colour-blind-safe palette): accuracy against MACs and
-latency with the Pareto front, per-backbone bars with error bars, and Optuna study plots.
+latency with the plain-model frontier and the Pareto front, per-fold points over means with bootstrap
+intervals (seaborn ``catplot``/``stripplot``), learning curves (seaborn ``relplot``), and Optuna study
+plots.
 
 Every figure is written deterministically (fixed SVG id salt, no dates), so that regenerating a
 report from the same records gives the same files.
@@ -16,23 +18,24 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import EngFormatter  # noqa: E402
+from matplotlib.ticker import EngFormatter, MaxNLocator  # noqa: E402
 
-from bench.summary import LABELS  # noqa: E402
+from bench.summary import BASELINE, LABELS  # noqa: E402
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-COSTS = {"macs": "MACs (5 s input)", "latency_ms": "latency ms (5 s input, median)"}
+COSTS = {"macs": "MACs (5 s input)", "latency_ratio": "latency / plain lightweight (interleaved)",
+         "latency_min_ms": "latency ms (5 s input, minimum)"}
+CURVES = {"train_loss": "train loss", "val_loss": "val loss", "val_ua": "val UA"}  # history keys drawn
 STYLE = {"svg.hashsalt": "hrf-bench", "svg.fonttype": "none", "font.size": 11, "axes.titlesize": 12,
          "axes.labelsize": 11, "legend.fontsize": 10, "xtick.labelsize": 10, "ytick.labelsize": 10}
 
 
 @dataclass(frozen=True)
 class Figure:
-    """One written figure: ``section`` is ``tradeoff``, ``bars`` or ``tune``."""
+    """One written figure: ``section`` is ``tradeoff``, ``folds``, ``curves`` or ``tune``."""
 
     section: str
     title: str
@@ -72,23 +75,34 @@ def _save(fig, folder: Path, name: str) -> tuple[Path, Path]:
 
 
 def _styles(summary: pd.DataFrame) -> tuple[dict, dict]:
-    methods = sorted(set(summary["method"]))
-    presets = sorted(set(summary["preset"]))
+    """Colour per method and marker per preset, over the rows with a figure to draw (the same in
+    every figure of a report)."""
+    drawn = summary[summary["headline_mean"].notna()]
+    methods = sorted(set(drawn["method"]))
+    presets = sorted(set(drawn["preset"]))
     colours = dict(zip(methods, sns.color_palette("colorblind", max(len(methods), 1))))
     return colours, {p: MARKERS[i % len(MARKERS)] for i, p in enumerate(presets)}
 
 
-def _legend(fig, colours: dict, markers: dict, with_front: bool) -> None:
+def _legend(fig, colours: dict, markers: dict) -> None:
     handles = [Line2D([], [], color=c, marker="o", ls="", label=m) for m, c in colours.items()]
     handles += [Line2D([], [], color="0.4", marker=mk, ls="", label=f"@{p}") for p, mk in markers.items()]
-    if with_front:
-        handles.append(Line2D([], [], color="0.2", ls="--", label="Pareto front"))
+    handles += [Line2D([], [], color="0.1", lw=1.6, label="plain models (baseline per preset)"),
+                Line2D([], [], color="0.2", ls="--", lw=1, label="Pareto front")]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+
+
+def plain_frontier(panel: pd.DataFrame, cost: str) -> list[pd.DataFrame]:
+    """The plain models of one panel (``baseline`` at every preset, one line per settings), each line
+    by increasing cost: a compression method must lie above it to beat training a model of its size
+    directly (ShrinkBench's rule), not only above one preset's point."""
+    plain = panel[(panel["method"] == BASELINE) & (panel["config"] == "")]
+    return [line.sort_values([cost, "preset"], kind="stable") for _, line in plain.groupby("settings", sort=True)]
 
 
 def tradeoff_figure(summary: pd.DataFrame, dataset: str, cost: str, folder: Path) -> Figure | None:
     """Headline metric (mean +- std over runs) against ``cost``, one panel per backbone, with the
-    Pareto front of the plotted points. None when no row has the cost."""
+    plain-model frontier and the Pareto front of the plotted points. None when no row has the cost."""
     rows = summary[(summary["dataset"] == dataset) & summary[cost].notna() & summary["headline_mean"].notna()]
     if rows.empty:
         return None
@@ -107,39 +121,92 @@ def tradeoff_figure(summary: pd.DataFrame, dataset: str, cost: str, folder: Path
         ys = [100 * panel["headline_mean"].iloc[i] for i in front]
         ys.append(ys[-1])
         ax.plot(xs, ys, drawstyle="steps-post", color="0.2", ls="--", lw=1)
+        for line in plain_frontier(panel, cost):
+            ax.plot(line[cost], 100 * line["headline_mean"], color="0.1", lw=1.6, zorder=1)
         if panel[cost].max() > 20 * max(panel[cost].min(), 1e-12):
             ax.set_xscale("log")
         if cost == "macs":
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 5M, 20M rather than an offset exponent
         ax.set(title=backbone, xlabel=COSTS[cost], ylabel=f"{headline} %")
-    _legend(fig, colours, markers, with_front=True)
+    _legend(fig, colours, markers)
     name = f"tradeoff-{slug(dataset)}-{slug(cost)}"
     svg, png = _save(fig, folder, name)
     return Figure("tradeoff", f"{dataset}: {headline} vs {COSTS[cost]}",
-                  f"Mean ± std over folds and seeds; dashed: Pareto front (nothing cheaper is better).", svg, png)
+                  "Mean ± std over folds and seeds. Solid line: the plain models (baseline trained directly at each "
+                  "preset); a compression method must lie above it, not only above one preset's point, to beat "
+                  "training a model of its size (ShrinkBench's rule). Dashed: Pareto front (nothing cheaper is "
+                  "better).", svg, png)
 
 
-def bars_figure(summary: pd.DataFrame, dataset: str, folder: Path) -> Figure | None:
-    """Per backbone, one bar per method x config x preset: headline mean with std error bars."""
-    rows = summary[(summary["dataset"] == dataset) & summary["headline_mean"].notna()]
-    if rows.empty:
+def folds_figure(runs: pd.DataFrame, dataset: str, folder: Path, seed: int = 0) -> Figure | None:
+    """Per backbone, one row per method x config x preset: each fold's headline (mean over its seeds)
+    as a point, over the mean of the folds with its 95 % bootstrap interval (folds resampled, the
+    unit the statistics use). None when no run of ``dataset`` has a headline figure."""
+    frame = runs[(runs["dataset"] == dataset) & runs["headline"].notna()]
+    if frame.empty:
         return None
-    headline = LABELS.get(rows["headline_metric"].iloc[0], rows["headline_metric"].iloc[0])
-    backbones = sorted(set(rows["backbone"]))
-    colours, _ = _styles(summary)
-    height = 1.2 + 0.38 * max(len(rows[rows["backbone"] == b]) for b in backbones)
-    fig, axes = plt.subplots(1, len(backbones), figsize=(5.2 * len(backbones), height), squeeze=False)
-    for ax, backbone in zip(axes[0], backbones):
-        panel = rows[rows["backbone"] == backbone].assign(label=lambda f: [row_label(r) for _, r in f.iterrows()])
-        panel = panel.sort_values("label", kind="stable")
-        positions = np.arange(len(panel))
-        ax.barh(positions, 100 * panel["headline_mean"], xerr=100 * panel["headline_std"].fillna(0.0),
-                color=[colours[m] for m in panel["method"]], capsize=3)
-        ax.set_yticks(positions, panel["label"])
-        ax.invert_yaxis()
-        ax.set(title=backbone, xlabel=f"{headline} % (mean ± std)")
-    svg, png = _save(fig, folder, f"bars-{slug(dataset)}")
-    return Figure("bars", f"{dataset}: {headline} per method", "Error bars: std over folds and seeds.", svg, png)
+    label = LABELS.get(frame["headline_metric"].iloc[0], frame["headline_metric"].iloc[0])
+    frame = frame.assign(label=[row_label(r) for _, r in frame.iterrows()], fold=frame["fold"].fillna(-1))
+    folds = (frame.groupby(["backbone", "label", "fold"], sort=True)["headline"].mean().mul(100)
+             .rename("value").reset_index())
+    folds["fold"] = [f"fold {f:.0f}" if f >= 0 else "fold ?" for f in folds["fold"]]
+    order = sorted(set(folds["label"]))
+    fold_order = sorted(set(folds["fold"]), key=lambda f: (len(f), f))
+    height = 1.4 + 0.34 * len(order)
+    grid = sns.catplot(data=folds, kind="point", x="value", y="label", col="backbone", order=order,
+                       col_order=sorted(set(folds["backbone"])), errorbar=("ci", 95), n_boot=2000, seed=seed,
+                       color="0.1", markers="D", markersize=6, linestyles="none", capsize=0.25,
+                       err_kws={"linewidth": 1.2}, height=height, aspect=4.8 / height)
+    grid.map_dataframe(sns.stripplot, x="value", y="label", order=order, hue="fold", hue_order=fold_order,
+                       palette=sns.color_palette("colorblind", len(fold_order)), jitter=False, size=6, alpha=0.8,
+                       zorder=4)
+    grid.add_legend(title="")
+    grid.set_titles("{col_name}")
+    grid.set_axis_labels(f"{label} %", "")
+    svg, png = _save(grid.figure, folder, f"folds-{slug(dataset)}")
+    return Figure("folds", f"{dataset}: {label} per fold",
+                  "Coloured points: each fold's figure (mean over its seeds). Black diamond: mean over folds, "
+                  "with its 95 % bootstrap interval over folds (seaborn, fixed seed).", svg, png)
+
+
+def curves_figure(runs: pd.DataFrame, histories: dict[str, list], dataset: str, backbone: str,
+                  folder: Path) -> Figure | None:
+    """Learning curves of one dataset x backbone: one column per method x config x preset, one row per
+    recorded quantity (train loss, val loss, val UA), one line per run, coloured by seed. None when no
+    run there recorded a history."""
+    rows = []
+    for _, run in runs[(runs["dataset"] == dataset) & (runs["backbone"] == backbone)].iterrows():
+        for epoch in histories.get(run["run_id"], []):
+            for key, name in CURVES.items():
+                value = epoch.get(key) if isinstance(epoch, dict) else None
+                if isinstance(value, (int, float)) and math.isfinite(value) and "epoch" in epoch:
+                    rows.append({"panel": row_label(run), "seed": f"seed {_number(run['seed'])}",
+                                 "run": run["run_id"], "epoch": epoch["epoch"], "measure": name, "value": value})
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows)
+    panels = sorted(set(frame["panel"]))
+    seeds = sorted(set(frame["seed"]), key=lambda s: (len(s), s))
+    grid = sns.relplot(data=frame, kind="line", x="epoch", y="value", hue="seed", hue_order=seeds, units="run",
+                       estimator=None, row="measure", row_order=[m for m in CURVES.values() if m in set(frame["measure"])],
+                       col="panel", col_order=panels, palette=sns.color_palette("colorblind", len(seeds)),
+                       height=1.9, aspect=1.3, marker="o", markersize=3, facet_kws={"sharey": "row", "margin_titles": True})
+    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
+    grid.set_axis_labels("epoch", "")
+    for ax in grid.axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    svg, png = _save(grid.figure, folder, curves_name(dataset, backbone))
+    return Figure("curves", f"{dataset} / {backbone}: learning curves",
+                  "Per method and preset, every run's recorded epochs (the training of its deploy model), seeds "
+                  "coloured, folds overlaid.", svg, png)
+
+
+def curves_name(dataset: str, backbone: str) -> str:
+    return f"curves-{slug(dataset)}-{slug(backbone)}"
+
+
+def _number(value) -> str:
+    return "?" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.0f}"
 
 
 def tune_figures(frame: pd.DataFrame, study: str, folder: Path) -> list[Figure]:
@@ -185,15 +252,19 @@ def tune_figures(frame: pd.DataFrame, study: str, folder: Path) -> list[Figure]:
     return figures
 
 
-def make_plots(summary: pd.DataFrame, studies: dict[str, pd.DataFrame], folder: Path) -> list[Figure]:
-    """All report figures under ``folder``; stale PNG/SVG files of earlier reports are removed."""
+def make_plots(summary: pd.DataFrame, runs: pd.DataFrame, histories: dict[str, list],
+               studies: dict[str, pd.DataFrame], folder: Path, seed: int = 0) -> list[Figure]:
+    """All report figures under ``folder``; stale PNG/SVG files of earlier reports are removed.
+    ``runs``: the finished runs, with a ``headline`` column; ``histories``: run id -> per-epoch dicts."""
     folder.mkdir(parents=True, exist_ok=True)
     figures = []
     with plt.rc_context(STYLE), sns.axes_style("whitegrid"):
         for dataset in sorted(set(summary["dataset"])):
             for cost in COSTS:
                 figures.append(tradeoff_figure(summary, dataset, cost, folder))
-            figures.append(bars_figure(summary, dataset, folder))
+            figures.append(folds_figure(runs, dataset, folder, seed))
+        for dataset, backbone in sorted(set(zip(runs["dataset"], runs["backbone"]))):
+            figures.append(curves_figure(runs, histories, dataset, backbone, folder))
         for study, frame in sorted(studies.items()):
             figures.extend(tune_figures(frame, study, folder))
     figures = [f for f in figures if f is not None]
