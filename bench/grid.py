@@ -65,9 +65,12 @@ class Grid:
     def method_names(self) -> list[str]:
         return self.methods or METHODS.names()
 
-    def specs(self) -> list[RunSpec]:
+    def specs(self, workspace: Workspace) -> list[RunSpec]:
+        """The grid's runs; ``workspace`` reads each dataset's corpus listing for its fingerprint
+        (part of every run's identity)."""
         runs = []
         for dataset in self.datasets:
+            fingerprint = workspace.fingerprint(dataset, self.dataset_params.get(dataset, {}))
             for backbone in self.backbones:
                 for method in self.method_names():
                     for preset in self.presets or DEFAULT_PRESETS.get(method, ("lightweight",)):
@@ -79,7 +82,7 @@ class Grid:
                                     method_params={c: self.method_params[c] for c in method.split("+")
                                                    if c in self.method_params},
                                     dataset_params=self.dataset_params.get(dataset, {}),
-                                    teacher_preset=self.teacher_preset))
+                                    teacher_preset=self.teacher_preset, corpus_fingerprint=fingerprint))
         return runs
 
 
@@ -125,8 +128,8 @@ def run_grid(grid: Grid, store: RecordStore, cache_dir: Path, force: bool = Fals
     this returns every run is recorded.
     """
     store.check_writable()
-    specs = grid.specs() if shard is None else shard.select(grid.specs())
     workspace = Workspace(cache_dir, grid.data_roots, progress, defer_latency=defer_latency)
+    specs = grid.specs(workspace) if shard is None else shard.select(grid.specs(workspace))
     todo = [s for s in specs if force or not store.has(s.run_id)]
     if len(todo) < len(specs):
         log.info("%d of %d runs already recorded; skipping them (use --force to re-run)", len(specs) - len(todo), len(specs))

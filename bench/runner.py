@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,12 +19,12 @@ from torch import nn
 
 from bench import measure
 from bench.checkpoint import model_checkpoint, resumable_fit, run_checkpoint
-from bench.corpus import Corpus
+from bench.corpus import Corpus, corpus_fingerprint
 from bench.env import environment, git_commit
 from bench.features import FeatureConfig, extract
 from bench.metrics import declared_scores
 from bench.models import build_backbone, preset_config
-from bench.registry import DATASETS, METHODS
+from bench.registry import DATASETS, METHODS, BenchError
 from bench.results import run_id
 from bench.train import FitResult, Split, TrainConfig, evaluate
 
@@ -47,6 +47,7 @@ class RunSpec:
     method_params: dict = field(default_factory=dict)  # {method name: {param: value}} (overrides)
     dataset_params: dict = field(default_factory=dict)
     teacher_preset: str = "large"
+    corpus_fingerprint: str = ""  # the corpus content (``Workspace.fingerprint``); filled in by ``execute``
 
     @property
     def components(self) -> list[str]:
@@ -60,6 +61,7 @@ class RunSpec:
     def key(self) -> dict:
         return {"method": self.method, "method_params": self.resolved_method_params(), "backbone": self.backbone,
                 "preset": self.preset, "dataset": self.dataset, "dataset_params": self.dataset_params,
+                "corpus_fingerprint": self.corpus_fingerprint,
                 "fold": self.fold, "seed": self.seed, "train": asdict(self.train), "features": asdict(self.features),
                 "teacher_preset": self.teacher_preset if self.uses_teacher() else None}
 
@@ -74,6 +76,7 @@ class RunSpec:
 @dataclass
 class FoldData:
     corpus: Corpus
+    fingerprint: str  # of the corpus content (``bench.corpus.corpus_fingerprint``)
     train: Split
     val: Split
     test: Split
@@ -88,7 +91,9 @@ class FoldData:
 
 
 class Workspace:
-    """Caches shared by the runs of one process: corpora, features, normalized fold splits."""
+    """Caches shared by the runs of one process: corpus listings and their fingerprints, features,
+    and the normalized splits of the latest fold (one fold at a time, so memory stays flat over a
+    long grid)."""
 
     def __init__(self, cache_dir: Path, data_roots: dict[str, Path] | None = None, progress: bool = True,
                  defer_latency: bool = False):
@@ -96,8 +101,9 @@ class Workspace:
         self.data_roots = data_roots or {}
         self.progress = progress
         self.defer_latency = defer_latency  # leave latency to the serialized ``bench measure`` stage
+        self._listings: dict = {}
         self._corpora: dict = {}
-        self._folds: dict = {}
+        self._fold: tuple | None = None  # (key, FoldData) of the latest fold
 
     def root_for(self, dataset: str) -> Path | None:
         if dataset in self.data_roots:
@@ -105,18 +111,33 @@ class Workspace:
         env = os.environ.get(f"HRF_BENCH_{dataset.upper().replace('-', '_')}_ROOT")
         return Path(env) if env else None
 
+    def listing(self, dataset: str, dataset_params: dict) -> tuple[Corpus, str]:
+        """The dataset's corpus (utterances, labels, folds; no features) and its fingerprint,
+        loaded once per process."""
+        key = (dataset, json.dumps(dataset_params, sort_keys=True))
+        if key not in self._listings:
+            entry = DATASETS.get(dataset)
+            corpus = entry.obj(self.root_for(dataset), self.cache_dir, entry.make_params(dataset_params))
+            self._listings[key] = (corpus, corpus_fingerprint(corpus, self.cache_dir))
+        return self._listings[key]
+
+    def fingerprint(self, dataset: str, dataset_params: dict) -> str:
+        return self.listing(dataset, dataset_params)[1]
+
     def corpus(self, dataset: str, dataset_params: dict, features: FeatureConfig) -> tuple[Corpus, dict]:
         key = (dataset, json.dumps(dataset_params, sort_keys=True), features)
         if key not in self._corpora:
-            entry = DATASETS.get(dataset)
-            corpus = entry.obj(self.root_for(dataset), self.cache_dir, entry.make_params(dataset_params))
-            self._corpora[key] = (corpus, extract(corpus, features, self.cache_dir, self.progress))
+            listing, fingerprint = self.listing(dataset, dataset_params)
+            corpus = replace(listing, skipped=list(listing.skipped))  # each feature setting lists its own skips
+            self._corpora[key] = (corpus, extract(corpus, features, self.cache_dir, self.progress, fingerprint))
         return self._corpora[key]
 
     def fold_data(self, spec: RunSpec) -> FoldData:
         key = (spec.dataset, json.dumps(spec.dataset_params, sort_keys=True), spec.features, spec.fold)
-        if key not in self._folds:
+        if self._fold is None or self._fold[0] != key:
+            self._fold = None  # free the previous fold's splits before building the next
             corpus, features = self.corpus(spec.dataset, spec.dataset_params, spec.features)
+            fingerprint = self.fingerprint(spec.dataset, spec.dataset_params)
             fold = corpus.fold(spec.fold)
             splits = {name: [i for i in getattr(fold, name) if corpus.utterances[i].id in features]
                       for name in ("train", "val", "test")}
@@ -130,8 +151,8 @@ class Workspace:
                              torch.tensor([corpus.label_index(u) for u in utts]),
                              [u.group or u.id for u in utts] if grouped else None)
 
-            self._folds[key] = FoldData(corpus, *(make(splits[n]) for n in ("train", "val", "test")))
-        return self._folds[key]
+            self._fold = (key, FoldData(corpus, fingerprint, *(make(splits[n]) for n in ("train", "val", "test"))))
+        return self._fold[1]
 
 
 class RunContext:
@@ -168,8 +189,8 @@ class RunContext:
         every method and later run that needs it (baselines, teachers, pruning sources)."""
         spec = self.spec
         key = json.dumps([spec.backbone, preset, preset_config(spec.backbone, preset), spec.dataset,
-                          spec.dataset_params, spec.fold, spec.seed, asdict(spec.train), asdict(spec.features)],
-                         sort_keys=True, default=str)
+                          spec.dataset_params, self.data.fingerprint, spec.fold, spec.seed, asdict(spec.train),
+                          asdict(spec.features)], sort_keys=True, default=str)
         path = self.workspace.cache_dir / "models" / f"{spec.backbone}-{preset}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
         model = self.new_model(preset)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -219,6 +240,11 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
     """Run ``spec`` and return its record (not yet written), with the deploy model under ``_deploy_model``."""
     started = time.perf_counter()
     data = workspace.fold_data(spec)
+    if spec.corpus_fingerprint != data.fingerprint:
+        if spec.corpus_fingerprint:  # expanded by another process, and the corpus changed since
+            raise BenchError(f"the {spec.dataset} corpus changed after the grid was expanded (fingerprint "
+                             f"{spec.corpus_fingerprint}, now {data.fingerprint}): run the grid again")
+        spec = replace(spec, corpus_fingerprint=data.fingerprint)
     ctx = RunContext(spec, data, workspace)
     model, train_params, method_figures = None, 0, {}
     for name in spec.components:
