@@ -117,7 +117,7 @@ def execute_claimed(spec: RunSpec, store: RecordStore, workspace: Workspace, wai
             log.info("run %s is held by %s; moving on", spec.run_id, holder(store, spec.run_id))
             return False
         path = store.path(spec.run_id)
-        if path.exists() and (rerun_before is None or path.stat().st_mtime >= rerun_before):
+        if path.exists() and (rerun_before is None or path.stat().st_mtime >= rerun_before) and store.read(path)[0]:
             return True  # recorded by another worker between our listing and our claim
         started = time.time()
         record = execute(spec, workspace)

@@ -40,6 +40,8 @@ def parse_ints(text: str | None, what: str) -> list[int] | None:
         try:
             if "-" in item[1:]:
                 low, high = item.split("-", 1)
+                if int(low) > int(high):
+                    raise BenchError(f"bad --{what} range {item!r}: it is empty; write it low-high, e.g. {high}-{low}")
                 values.extend(range(int(low), int(high) + 1))
             else:
                 values.append(int(item))
@@ -100,6 +102,10 @@ class BenchGroup(click.Group):
             return super().invoke(ctx)
         except BenchError as error:
             click.echo(f"error: {error}", err=True)
+            sys.exit(2)
+        except click.UsageError as error:  # e.g. --epochs abc: one line too, instead of click's usage block
+            command = f"bench {ctx.invoked_subcommand} --help" if ctx.invoked_subcommand else "bench --help"
+            click.echo(f"error: {error.format_message()} (see {command})", err=True)
             sys.exit(2)
 
 

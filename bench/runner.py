@@ -98,6 +98,9 @@ class Workspace:
     def __init__(self, cache_dir: Path, data_roots: dict[str, Path] | None = None, progress: bool = True,
                  defer_latency: bool = False):
         self.cache_dir = Path(cache_dir)
+        if self.cache_dir.exists() and not self.cache_dir.is_dir():
+            raise BenchError(f"cache folder {self.cache_dir} is a file: give a folder with --cache-dir "
+                             "or HRF_BENCH_CACHE")
         self.data_roots = data_roots or {}
         self.progress = progress
         self.defer_latency = defer_latency  # leave latency to the serialized ``bench measure`` stage
@@ -195,9 +198,8 @@ class RunContext:
         model = self.new_model(preset)
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(path.with_suffix(".lock")):  # concurrent workers needing this model train it once
-            if path.exists():
-                saved = torch.load(path, weights_only=False)
-                model.load_state_dict(saved["state_dict"])
+            saved = load_cached_model(path, model) if path.exists() else None
+            if saved is not None:
                 self.fits.append(FitResult(**saved["fit"]))
                 # The key holds settings, not code: say which code trained a reused model.
                 trained_by = saved.get("git_commit", "unknown")
@@ -220,6 +222,21 @@ class RunContext:
     def large_model(self) -> nn.Module:
         """The trained teacher / pruning source: the ``teacher_preset`` model (default ``large``)."""
         return self.trained_model(self.spec.teacher_preset)
+
+
+def load_cached_model(path: Path, model: nn.Module) -> dict | None:
+    """Load a cached plain model's weights into ``model`` and return the cache entry; None, with a
+    warning naming the file, when it is unreadable (truncated, junk, another architecture), so that
+    the model is trained again and the file replaced."""
+    try:
+        saved = torch.load(path, weights_only=False)
+        model.load_state_dict(saved["state_dict"])
+        FitResult(**saved["fit"])
+        return saved
+    except Exception as error:  # torch and pickle raise many types for a damaged file
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        log.warning("cached model %s is unreadable (%s); training it again", path, reason)
+        return None
 
 
 def measure_deploy(model: nn.Module, input_dim: int, frames: int, latency: bool = True) -> dict:
