@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from bench.corpus import Corpus, Utterance, corpus_fingerprint
 from bench.registry import BenchError
 
+log = logging.getLogger("bench")
 TARGET_RATE = 16000
 
 
@@ -129,7 +131,7 @@ def _read_cache(path: Path) -> dict | None:
         problem = "not a feature cache"
     except Exception as error:  # a truncated or foreign file: torch raises several types
         problem = str(error).splitlines()[0] if str(error) else type(error).__name__
-    tqdm.write(f"warning: feature cache {path} is unreadable ({problem}); extracting the features again")
+    log.warning("feature cache %s is unreadable (%s); extracting the features again", path, problem)
     return None
 
 
