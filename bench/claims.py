@@ -26,7 +26,7 @@ from filelock import FileLock, Timeout
 from bench.checkpoint import discard_run_checkpoints
 from bench.registry import BenchError
 from bench.results import RecordStore, atomic_write_text
-from bench.runner import RunSpec, Workspace, execute, save_model
+from bench.runner import RunSpec, Workspace, execute, release_memory, save_model
 
 log = logging.getLogger("bench")
 
@@ -124,6 +124,8 @@ def execute_claimed(spec: RunSpec, store: RecordStore, workspace: Workspace, wai
         record["worker"] = worker_name()
         save_model(record.pop("_deploy_model"), store.root / "models" / f"{spec.run_id}.pt")
         store.write(record)
+        del record
+        release_memory()
         discard_run_checkpoints(workspace.cache_dir, spec.run_id)
         log.info("recorded run %s (%s %s/%s %s fold %d seed %d) in %.1f s", spec.run_id, spec.method, spec.backbone,
                  spec.preset, spec.dataset, spec.fold, spec.seed, time.time() - started)

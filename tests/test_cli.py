@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from bench.cli import main
 from bench.corpus import FILE_HASHES, Corpus, Utterance, corpus_fingerprint
+from bench.results import RecordStore
 
 TINY = ["--datasets", "toy", "--presets", "tiny", "--folds", "1", "--seeds", "0", "--epochs", "2", "--quiet"]
 
@@ -55,9 +56,12 @@ def test_run_records_rows_then_skips_them_and_force_reruns(results):
     assert again.exit_code == 0
     assert record_file.read_bytes() == before  # skipped, not re-run
 
+    # Date the record back (validly): only a real re-run can make it current again.
+    RecordStore(results).write({k: v for k, v in json.loads(before).items() if k != "checksum"}
+                               | {"finished_at": "2000-01-01T00:00:00+00:00"})
     forced = invoke("run", "--methods", "baseline", "--results-dir", str(results), "--force", *TINY)
     assert forced.exit_code == 0
-    assert json.loads(record_file.read_text())["finished_at"] >= json.loads(before)["finished_at"]
+    assert json.loads(record_file.read_text())["finished_at"] >= json.loads(before)["finished_at"] > "2000"
     assert len(pd.read_csv(results / "runs.csv")) == 1  # still one row per run
 
 

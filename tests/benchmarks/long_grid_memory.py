@@ -56,7 +56,7 @@ def main() -> None:
         workspace = Workspace(Path(scratch) / "cache", grid.data_roots, progress=False)
         started = time.perf_counter()
         print(f"start: {rss_mb():.0f} MB", flush=True)
-        for number, spec in enumerate(sorted(grid.specs(), key=lambda s: s.fold), 1):
+        for number, spec in enumerate(sorted(grid.specs(workspace), key=lambda s: s.fold), 1):
             execute_claimed(spec, store, workspace)
             curve.append({"run": number, "method": spec.method, "preset": spec.preset, "fold": spec.fold,
                           "rss_mb": round(rss_mb()), "seconds": round(time.perf_counter() - started)})
