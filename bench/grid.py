@@ -17,7 +17,6 @@ from tqdm import tqdm
 
 from bench.claims import Shard, execute_claimed
 from bench.features import FeatureConfig
-from bench.models import preset_config
 from bench.registry import BACKBONES, DATASETS, METHODS, BenchError
 from bench.results import RecordStore
 from bench.runner import RunSpec, Workspace
@@ -73,6 +72,8 @@ class Grid:
                                  f"({', '.join(sorted(known))}): {hint}add it to the grid or drop the {option}")
         if any(f < 1 for f in self.folds):
             raise BenchError(f"folds are numbered from 1, got {self.folds}")
+        if any(s < 0 for s in self.seeds):
+            raise BenchError(f"seeds must be >= 0, got {self.seeds}")
 
     def method_names(self) -> list[str]:
         return self.methods or METHODS.names()
@@ -105,10 +106,8 @@ def check_preset(backbone: str, preset: str) -> None:
         close = difflib.get_close_matches(preset, presets, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise BenchError(f"unknown preset {preset!r} for backbone {backbone}.{hint} Available: {', '.join(presets)}")
-    preset_config(backbone, preset)
 
 
-# What each grid value must be (a grid file can hold any TOML/YAML type): name -> (check, description).
 def _list_of(kind):
     return lambda v: isinstance(v, list) and all(isinstance(x, kind) and not isinstance(x, bool) for x in v)
 
@@ -117,6 +116,7 @@ def _table_of_tables(v) -> bool:
     return isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, dict) for k, t in v.items())
 
 
+# What each grid value must be (a grid file can hold any TOML/YAML type): name -> (check, description).
 GRID_TYPES = {
     "methods": (_list_of(str), "a list of names"), "backbones": (_list_of(str), "a list of names"),
     "presets": (_list_of(str), "a list of names"), "datasets": (_list_of(str), "a list of names"),
@@ -147,18 +147,19 @@ def typed_settings(cls: type, values: dict, section: str):
     so that a grid file's ``batch_size = 2.5`` or ``lr = nan`` is an error before anything runs."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
+    checked = {}
     for name, value in values.items():
         if name not in names:
             raise BenchError(f"unknown {section} setting {name!r}; valid: {', '.join(names)}")
         kind = hints[name]
-        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            ok, values = True, dict(values, **{name: float(value)})
-        if not ok:
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
             raise BenchError(f"{section} setting {name}={value!r} must be {KIND_NAMES[kind]}")
         if kind is float and not math.isfinite(value):
             raise BenchError(f"{section} setting {name}={value!r} must be a finite number")
-    return cls(**values)
+        checked[name] = value
+    return cls(**checked)
 
 
 def load_config(path: Path) -> dict:

@@ -212,6 +212,8 @@ class RunContext:
                     log.warning("the cached %s %s model was trained by commit %s, this is %s; a fresh "
                                 "--cache-dir retrains it", spec.backbone, preset, trained_by, git_commit())
                 return model.eval()
+            if path.exists():  # a damaged file may have loaded part of its weights: start afresh
+                model = self.new_model(preset)
             checkpoint = model_checkpoint(self.workspace.cache_dir, path.stem)
             self.fit(model, desc=f"{spec.backbone}-{preset}", checkpoint=checkpoint)
             self.notes.update({f"{preset}_model_cache": "miss", f"{preset}_model_git_commit": git_commit()})
