@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,11 +107,10 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(world, args, message):
     assert snapshot(world) == before
 
 
-def bench(world: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    """``bench run`` in its own process (warnings go to its stderr)."""
-    env = dict(env, HRF_BENCH_CACHE=str(world / "cache"))
-    return subprocess.run([sys.executable, "-m", "bench.cli", "run", *args, "--quiet", "--results-dir",
-                           str(world / "results")], env=env, capture_output=True, text=True, timeout=300)
+def bench(world: Path, caplog, *args: str) -> tuple[int, str]:
+    """``bench run`` into the world's results; its exit status and everything it printed or logged."""
+    result = CliRunner().invoke(main, ["run", *args, "--quiet", "--results-dir", str(world / "results")])
+    return result.exit_code, result.stdout + result.stderr + caplog.text
 
 
 def only_changed(before: dict, after: dict, allowed: set[str]) -> None:
@@ -127,51 +124,51 @@ def record_file(world: Path) -> Path:
 
 
 @pytest.mark.parametrize("damage", ["truncated", "foreign"])
-def test_damaged_record_is_named_and_its_run_done_again(world, bench_env, damage):
+def test_damaged_record_is_named_and_its_run_done_again(world, caplog, damage):
     path = record_file(world)
     path.write_text(path.read_text()[:300] if damage == "truncated" else json.dumps({"hello": "world"}))
     before = snapshot(world)
-    result = bench(world, bench_env, *GRID, *RUN)
-    assert result.returncode == 0, result.stderr
-    assert f"{path}: " in result.stderr and "running" in result.stderr  # named, and run again
+    status, output = bench(world, caplog, *GRID, *RUN)
+    assert status == 0, output
+    assert f"{path}: " in output and "running" in output  # named, and run again
     records, problems = RecordStore(world / "results").load()
     assert not problems and [f"{r['run_id']}.json" for r in records] == [path.name]
     model = (world / "results" / "models" / path.name).with_suffix(".pt")
     only_changed(before, snapshot(world), {str(p.relative_to(world)) for p in (path, model)} | {"results/runs.csv"})
 
 
-def test_copied_record_counts_once_with_a_warning(world, bench_env):
+def test_copied_record_counts_once_with_a_warning(world, caplog):
     path = record_file(world)
     copy = path.with_name(f"{path.stem} (copy).json")
     shutil.copy(path, copy)
     before = snapshot(world)
-    result = bench(world, bench_env, *GRID, *RUN)
-    assert result.returncode == 0, result.stderr
-    assert f"{copy}: a second record of run {path.stem} (kept {path.name})" in result.stderr
+    status, output = bench(world, caplog, *GRID, *RUN)
+    assert status == 0, output
+    assert f"{copy}: a second record of run {path.stem} (kept {path.name})" in output
     records, problems = RecordStore(world / "results").load()
     assert len(records) == 1 and len(problems) == 1
     assert snapshot(world) == before  # nothing ran again
 
 
-def test_unreadable_feature_cache_is_extracted_again(world, bench_env):
+def test_unreadable_feature_cache_is_extracted_again(world, caplog):
     cache, = (world / "cache" / "features").glob("toy-*.pt")
     cache.write_bytes(cache.read_bytes()[:100])
     before = snapshot(world)
-    result = bench(world, bench_env, *GRID, *RUN[:2], "--seeds", "1", *RUN[4:])  # a new run needs the features
-    assert result.returncode == 0, result.stderr
-    assert f"feature cache {cache} is unreadable" in result.stderr
+    status, output = bench(world, caplog, *GRID, *RUN[:2], "--seeds", "1", *RUN[4:])  # a new run needs the features
+    assert status == 0, output
+    assert f"feature cache {cache} is unreadable" in output
     assert set(torch.load(cache)["features"]) == {f"s{s}_{i}" for s in range(6) for i in range(24)}
     assert before[str(cache.relative_to(world))] != cache.read_bytes()  # rebuilt
     only_changed(before, snapshot(world), {str(cache.relative_to(world)), "results/runs.csv"})
 
 
-def test_junk_in_a_cached_model_is_trained_again(world, bench_env):
+def test_junk_in_a_cached_model_is_trained_again(world, caplog):
     cached, = (world / "cache" / "models").glob("convtransformer-tiny-*.pt")
     cached.write_bytes(b"junk" * 100)
     before = snapshot(world)
-    result = bench(world, bench_env, "--methods", "quant", *GRID[2:], *RUN)  # quant starts from that model
-    assert result.returncode == 0, result.stderr
-    assert f"cached model {cached} is unreadable" in result.stderr
+    status, output = bench(world, caplog, "--methods", "quant", *GRID[2:], *RUN)  # quant starts from that model
+    assert status == 0, output
+    assert f"cached model {cached} is unreadable" in output
     assert "state_dict" in torch.load(cached, weights_only=False)
     quant = [r for r in RecordStore(world / "results").load()[0] if r["method"] == "quant"]
     assert quant[0]["tiny_model_cache"] == "miss"
@@ -191,14 +188,14 @@ def write_emodb(folder: Path) -> Path:
     return folder
 
 
-def test_wav_shorter_than_the_analysis_window_is_skipped_and_listed(world, bench_env):
+def test_wav_shorter_than_the_analysis_window_is_skipped_and_listed(world, caplog):
     root = write_emodb(world / "emodb")
     before = snapshot(world)
-    result = bench(world, bench_env, "--methods", "baseline", "--presets", "tiny", "--datasets", "emodb",
-                   "--data-root", str(root), "--dataset-param", "emodb.protocol=loso",
-                   "--dataset-param", "emodb.val_speakers=1", *RUN)
-    assert result.returncode == 0, result.stderr
+    status, output = bench(world, caplog, "--methods", "baseline", "--presets", "tiny", "--datasets", "emodb",
+                           "--data-root", str(root), "--dataset-param", "emodb.protocol=loso",
+                           "--dataset-param", "emodb.val_speakers=1", *RUN)
+    assert status == 0, output
     record = next(r for r in RecordStore(world / "results").load()[0] if r["dataset"] == "emodb")
     assert record["skipped_files"] == 1 and "03a02Wa.wav lasts 10 ms, shorter than" in record["skipped"][0]
-    assert "skipped: " in result.stdout + result.stderr
+    assert "skipped: " in output
     only_changed(before, snapshot(world), {"results/runs.csv"})
