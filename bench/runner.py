@@ -312,7 +312,7 @@ def release_memory() -> None:
     """Hand the memory freed by a finished run back to the system. ``bench`` runs with glibc's
     trimming threshold at 1 GB (``bench.probe.steady_allocator``, for steady latency), so without
     this the heap kept every run's freed tensors and a 40-run EmoDB grid grew from 1.2 GB to 2.4 GB
-    resident; trimmed after every run it stays flat (README, "Running at scale")."""
+    resident; trimmed after every run it stays at 0.84-0.91 GB (README, "Running at scale")."""
     gc.collect()  # models in reference cycles (hooks, pruning graphs) go first
     try:
         ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
