@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+import os
 import time
 import tomllib
 import typing
@@ -125,7 +126,7 @@ GRID_TYPES = {
     "features": (lambda v: isinstance(v, dict), "a table of feature settings"),
     "method_params": (_table_of_tables, "a table of tables, e.g. [method_params.hrf]"),
     "dataset_params": (_table_of_tables, "a table of tables, e.g. [dataset_params.emodb]"),
-    "data_roots": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+    "data_roots": (lambda v: isinstance(v, dict) and all(isinstance(x, (str, os.PathLike)) for x in v.values()),
                    "a table of NAME = \"PATH\""),
     "teacher_preset": (lambda v: isinstance(v, str), "a preset name"),
 }
