@@ -38,6 +38,8 @@ def parse_ints(text: str, what: str) -> list[int]:
         try:
             if "-" in item[1:]:
                 low, high = item.split("-", 1)
+                if int(low) > int(high):
+                    raise BenchError(f"bad {what} range {item!r}: it is empty; write it low-high, e.g. {high}-{low}")
                 values.extend(range(int(low), int(high) + 1))
             else:
                 values.append(int(item))

@@ -26,7 +26,7 @@ from filelock import FileLock, Timeout
 from bench.checkpoint import discard_run_checkpoints
 from bench.registry import BenchError
 from bench.results import RecordStore, atomic_write_text
-from bench.runner import RunSpec, Workspace, execute, save_model
+from bench.runner import RunSpec, Workspace, execute, release_memory, save_model
 
 log = logging.getLogger("bench")
 
@@ -117,7 +117,7 @@ def execute_claimed(spec: RunSpec, store: RecordStore, workspace: Workspace, wai
             log.info("run %s is held by %s; moving on", spec.run_id, holder(store, spec.run_id))
             return False
         path = store.path(spec.run_id)
-        if path.exists() and (rerun_before is None or path.stat().st_mtime >= rerun_before):
+        if path.exists() and (rerun_before is None or path.stat().st_mtime >= rerun_before) and store.read(path)[0]:
             return True  # recorded by another worker between our listing and our claim
         started = time.time()
         record = execute(spec, workspace)
@@ -128,6 +128,8 @@ def execute_claimed(spec: RunSpec, store: RecordStore, workspace: Workspace, wai
         else:  # a forced re-run that failed must not leave the old deploy model beside its record
             (store.root / "models" / f"{spec.run_id}.pt").unlink(missing_ok=True)
         store.write(record)
+        del record
+        release_memory()
         discard_run_checkpoints(workspace.cache_dir, spec.run_id)
         log.info("recorded run %s (%s %s/%s %s fold %d seed %d) in %.1f s", spec.run_id, spec.method, spec.backbone,
                  spec.preset, spec.dataset, spec.fold, spec.seed, time.time() - started)

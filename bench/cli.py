@@ -88,6 +88,10 @@ class BenchGroup(click.Group):
         except BenchError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
+        except click.UsageError as error:  # e.g. --epochs abc: one line too, instead of click's usage block
+            command = f"bench {ctx.invoked_subcommand} --help" if ctx.invoked_subcommand else "bench --help"
+            click.echo(f"error: {error.format_message()} (see {command})", err=True)
+            sys.exit(2)
 
 
 @click.group(cls=BenchGroup)

@@ -6,6 +6,9 @@ registered in ``bench.registry.DATASETS``. Folds index into ``Corpus.utterances`
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +54,7 @@ class Corpus:
     metrics: tuple[str, ...] = ("wa", "ua", "macro_f1")
     headline_metric: str = "ua"
     skipped: list[str] = field(default_factory=list)  # files that could not be read, never silently
-    fingerprint: str = ""  # identifies the exact content, for feature caching
+    fingerprint: str = ""  # set by generated corpora (embedded): identifies their content without reading it
 
     def label_index(self, utterance: Utterance) -> int:
         return self.classes.index(utterance.label)
@@ -61,6 +64,53 @@ class Corpus:
         if not 1 <= number <= len(self.folds):
             raise BenchError(f"fold {number} does not exist for {self.name}: choose from 1..{len(self.folds)}")
         return self.folds[number - 1]
+
+
+FILE_HASHES = "file-hashes.json"  # under the cache folder: path -> [size, mtime_ns, sha1 of the content]
+
+
+def _file_digest(path: Path, known: dict) -> str:
+    """sha1 of the file's content, taken from ``known`` while its size and mtime are unchanged."""
+    stat = os.stat(path)
+    key = str(Path(path).resolve())
+    entry = known.get(key)
+    if entry and entry[:2] == [stat.st_size, stat.st_mtime_ns]:
+        return entry[2]
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    known[key] = [stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
+    return known[key][2]
+
+
+def corpus_fingerprint(corpus: Corpus, cache_dir: Path) -> str:
+    """Identifies the corpus content a run reads: a sha1 over its name, classes, folds, every
+    utterance's id, label, speaker, group and segment, and the content (sha1) of every file it reads,
+    so that it changes when a label, a split or a file changes, and not when the corpus is copied
+    elsewhere. Content hashes are kept in ``<cache_dir>/file-hashes.json`` by path, size and mtime:
+    only the first use reads the files (EmoDB: 0.3 s), later ones stat them (35 ms). A corpus
+    with its own ``fingerprint`` (generated from its parameters) has its files' content replaced by it."""
+    from bench.results import atomic_write_text  # bench.results imports pandas: only when needed
+
+    store = Path(cache_dir) / FILE_HASHES
+    try:
+        known = json.loads(store.read_text()) if store.exists() else {}
+    except (OSError, ValueError):
+        known = {}  # an unreadable memo only costs hashing again
+    before = dict(known)
+    digest = hashlib.sha1(json.dumps([corpus.name, corpus.classes, corpus.fingerprint,
+                                      [[f.name, f.train, f.val, f.test] for f in corpus.folds]]).encode())
+    for u in corpus.utterances:
+        source = u.features or u.path
+        content = "" if corpus.fingerprint or source is None or not os.path.isfile(source) else _file_digest(source, known)
+        digest.update(json.dumps([u.id, u.label, u.speaker, u.group, u.start, u.end, content]).encode())
+    if known != before:
+        try:
+            atomic_write_text(store, json.dumps(known))
+        except OSError:
+            pass  # a read-only cache: the fingerprint is right, the next process hashes again
+    return digest.hexdigest()[:16]
 
 
 def speaker_folds(utterances: list[Utterance], test_groups: list[list[str]], val_speakers: int = 1,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,9 +16,10 @@ import torch
 import torchaudio
 from tqdm import tqdm
 
-from bench.corpus import Corpus, Utterance
+from bench.corpus import Corpus, Utterance, corpus_fingerprint
 from bench.registry import BenchError
 
+log = logging.getLogger("bench")
 TARGET_RATE = 16000
 
 
@@ -97,19 +99,11 @@ class _Frontend:
             return spec.T.contiguous().clone()
 
 
-def _fingerprint(corpus: Corpus) -> str:
-    if corpus.fingerprint:
-        return corpus.fingerprint
-    digest = hashlib.sha1()
-    for u in corpus.utterances:
-        source = u.features or u.path
-        stat = os.stat(source) if source is not None and os.path.exists(source) else None
-        digest.update(f"{u.id}|{source}|{u.start}|{u.end}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
-
-
-def cache_path(corpus: Corpus, config: FeatureConfig, cache_dir: Path) -> Path:
-    key = hashlib.sha1(json.dumps([corpus.name, _fingerprint(corpus), asdict(config)]).encode()).hexdigest()[:16]
+def cache_path(corpus: Corpus, config: FeatureConfig, cache_dir: Path, fingerprint: str | None = None) -> Path:
+    """Cache file of ``corpus``'s features with ``config``, keyed by the corpus fingerprint (computed
+    here unless given)."""
+    fingerprint = fingerprint or corpus_fingerprint(corpus, cache_dir)
+    key = hashlib.sha1(json.dumps([corpus.name, fingerprint, asdict(config)]).encode()).hexdigest()[:16]
     return Path(cache_dir) / "features" / f"{corpus.name}-{config.kind}-{key}.pt"
 
 
@@ -128,14 +122,39 @@ def _load_array(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.asarray(array, dtype=np.float32))
 
 
-def extract(corpus: Corpus, config: FeatureConfig, cache_dir: Path, progress: bool = True) -> dict[str, torch.Tensor]:
-    """Features per utterance id, ``(frames, dims)`` float32, read from the cache when present.
+def _read_cache(path: Path) -> dict | None:
+    """The cached features at ``path``, or None (said on stderr) when the file is unreadable."""
+    try:
+        cached = torch.load(path)
+        if isinstance(cached, dict) and isinstance(cached.get("features"), dict) and isinstance(cached.get("skipped"), list):
+            return cached
+        problem = "not a feature cache"
+    except Exception as error:  # a truncated or foreign file: torch raises several types
+        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+    log.warning("feature cache %s is unreadable (%s); extracting the features again", path, problem)
+    return None
+
+
+def _features(u: Utterance, frontend: _Frontend, config: FeatureConfig) -> torch.Tensor:
+    if u.features is not None:
+        return _load_array(u.features)
+    wave = read_audio(u)
+    if wave.numel() < config.n_fft:  # the centered STFT cannot pad a signal shorter than its window
+        raise BenchError(f"audio {u.path} lasts {1000 * wave.numel() / TARGET_RATE:.0f} ms, shorter than the "
+                         f"{config.win_ms:g} ms analysis window")
+    return frontend(wave)
+
+
+def extract(corpus: Corpus, config: FeatureConfig, cache_dir: Path, progress: bool = True,
+            fingerprint: str | None = None) -> dict[str, torch.Tensor]:
+    """Features per utterance id, ``(frames, dims)`` float32, read from the cache when present
+    (an unreadable cache file is extracted again, with a warning).
 
     Unreadable files are skipped; their names are appended to ``corpus.skipped`` and printed.
     """
-    path = cache_path(corpus, config, cache_dir)
-    if path.exists():
-        cached = torch.load(path)
+    path = cache_path(corpus, config, cache_dir, fingerprint)
+    cached = _read_cache(path) if path.exists() else None
+    if cached is not None:
         for message in cached["skipped"]:  # printed on every use, not only when first extracted
             tqdm.write(f"skipped: {message}")
         corpus.skipped.extend(cached["skipped"])
@@ -144,7 +163,7 @@ def extract(corpus: Corpus, config: FeatureConfig, cache_dir: Path, progress: bo
     features, skipped = {}, []
     for u in tqdm(corpus.utterances, desc=f"features {corpus.name}", disable=not progress, unit="utt"):
         try:
-            features[u.id] = _load_array(u.features) if u.features is not None else frontend(read_audio(u))
+            features[u.id] = _features(u, frontend, config)
         except BenchError as error:
             skipped.append(str(error))
     if not features:

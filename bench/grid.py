@@ -3,9 +3,13 @@ that executes the runs not yet recorded."""
 
 from __future__ import annotations
 
+import difflib
 import logging
+import math
+import os
 import time
 import tomllib
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -14,7 +18,6 @@ from tqdm import tqdm
 
 from bench.claims import Shard, execute_claimed
 from bench.features import FeatureConfig
-from bench.models import preset_config
 from bench.registry import BACKBONES, DATASETS, METHODS, BenchError
 from bench.results import RecordStore
 from bench.runner import RunSpec, Workspace
@@ -43,11 +46,13 @@ class Grid:
     teacher_preset: str = "large"
 
     def validate(self) -> None:
+        for axis in ("backbones", "datasets", "folds", "seeds"):
+            if not getattr(self, axis):
+                raise BenchError(f"the grid has no {axis}: give at least one")
         for name in self.backbones:
             BACKBONES.get(name)
-            for preset in self.presets:
-                preset_config(name, preset)
-            preset_config(name, self.teacher_preset)
+            for preset in [*self.presets, self.teacher_preset]:
+                check_preset(name, preset)
         for name in self.datasets:
             DATASETS.get(name).make_params(self.dataset_params.get(name))
         for method in self.method_names():
@@ -56,18 +61,30 @@ class Grid:
             early = [c for c in method.split("+")[:-1] if getattr(METHODS.get(c).obj, "must_be_last", False)]
             if early:  # e.g. quant: nothing trains or transforms its model further
                 raise BenchError(f"{early[0]} must come last in a composition, got {method!r}: e.g. hrf+{early[0]}")
-        unused = set(self.method_params) - {c for m in self.method_names() for c in m.split("+")}
-        if unused:
-            raise BenchError(f"parameters given for {sorted(unused)[0]!r}, which is not among the grid's methods")
+        components = {c for m in self.method_names() for c in m.split("+")}
+        for given, option, known, what in ((self.method_params, "-p", components, "methods"),
+                                           (self.dataset_params, "--dataset-param", self.datasets, "datasets"),
+                                           (self.data_roots, "--data-root", self.datasets, "datasets")):
+            unused = sorted(set(given) - set(known))
+            if unused:
+                close = difflib.get_close_matches(unused[0], sorted(known), n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise BenchError(f"{option} given for {unused[0]!r}, which is not among the grid's {what} "
+                                 f"({', '.join(sorted(known))}): {hint}add it to the grid or drop the {option}")
         if any(f < 1 for f in self.folds):
             raise BenchError(f"folds are numbered from 1, got {self.folds}")
+        if any(s < 0 for s in self.seeds):
+            raise BenchError(f"seeds must be >= 0, got {self.seeds}")
 
     def method_names(self) -> list[str]:
         return self.methods or METHODS.names()
 
-    def specs(self) -> list[RunSpec]:
+    def specs(self, workspace: Workspace) -> list[RunSpec]:
+        """The grid's runs; ``workspace`` reads each dataset's corpus listing for its fingerprint
+        (part of every run's identity)."""
         runs = []
         for dataset in self.datasets:
+            fingerprint = workspace.fingerprint(dataset, self.dataset_params.get(dataset, {}))
             for backbone in self.backbones:
                 for method in self.method_names():
                     for preset in self.presets or DEFAULT_PRESETS.get(method, ("lightweight",)):
@@ -79,8 +96,71 @@ class Grid:
                                     method_params={c: self.method_params[c] for c in method.split("+")
                                                    if c in self.method_params},
                                     dataset_params=self.dataset_params.get(dataset, {}),
-                                    teacher_preset=self.teacher_preset))
+                                    teacher_preset=self.teacher_preset, corpus_fingerprint=fingerprint))
         return runs
+
+
+def check_preset(backbone: str, preset: str) -> None:
+    """An unknown preset is a one-line error with a did-you-mean."""
+    presets = BACKBONES.get(backbone).extra["presets"]
+    if preset not in presets:
+        close = difflib.get_close_matches(preset, presets, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise BenchError(f"unknown preset {preset!r} for backbone {backbone}.{hint} Available: {', '.join(presets)}")
+
+
+def _list_of(kind):
+    return lambda v: isinstance(v, list) and all(isinstance(x, kind) and not isinstance(x, bool) for x in v)
+
+
+def _table_of_tables(v) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, dict) for k, t in v.items())
+
+
+# What each grid value must be (a grid file can hold any TOML/YAML type): name -> (check, description).
+GRID_TYPES = {
+    "methods": (_list_of(str), "a list of names"), "backbones": (_list_of(str), "a list of names"),
+    "presets": (_list_of(str), "a list of names"), "datasets": (_list_of(str), "a list of names"),
+    "folds": (_list_of(int), "a list of integers, e.g. [1, 2]"), "seeds": (_list_of(int), "a list of integers, e.g. [0, 1]"),
+    "train": (lambda v: isinstance(v, dict), "a table of training settings"),
+    "features": (lambda v: isinstance(v, dict), "a table of feature settings"),
+    "method_params": (_table_of_tables, "a table of tables, e.g. [method_params.hrf]"),
+    "dataset_params": (_table_of_tables, "a table of tables, e.g. [dataset_params.emodb]"),
+    "data_roots": (lambda v: isinstance(v, dict) and all(isinstance(x, (str, os.PathLike)) for x in v.values()),
+                   "a table of NAME = \"PATH\""),
+    "teacher_preset": (lambda v: isinstance(v, str), "a preset name"),
+}
+
+
+KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def check_grid_values(values: dict, source: str) -> None:
+    """Each grid value must have its type (see ``GRID_TYPES``): a one-line error naming it otherwise."""
+    for name, value in values.items():
+        check, description = GRID_TYPES[name]
+        if not isinstance(value, (TrainConfig, FeatureConfig)) and not check(value):
+            raise BenchError(f"{source}: {name} must be {description}, got {value!r}")
+
+
+def typed_settings(cls: type, values: dict, section: str):
+    """``cls(**values)`` after checking every value against the field's type (finite numbers only),
+    so that a grid file's ``batch_size = 2.5`` or ``lr = nan`` is an error before anything runs."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    checked = {}
+    for name, value in values.items():
+        if name not in names:
+            raise BenchError(f"unknown {section} setting {name!r}; valid: {', '.join(names)}")
+        kind = hints[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise BenchError(f"{section} setting {name}={value!r} must be {KIND_NAMES[kind]}")
+        if kind is float and not math.isfinite(value):
+            raise BenchError(f"{section} setting {name}={value!r} must be a finite number")
+        checked[name] = value
+    return cls(**checked)
 
 
 def load_config(path: Path) -> dict:
@@ -93,23 +173,25 @@ def load_config(path: Path) -> dict:
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
         raise BenchError(f"config {path} does not parse: {str(error).splitlines()[0]}") from None
     data = data or {}
+    if not isinstance(data, dict):
+        raise BenchError(f"config {path} must be a table of grid settings (methods = [...], folds = [...]), "
+                         f"not a {type(data).__name__}")
     known = {f.name for f in fields(Grid)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise BenchError(f"config {path}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}")
+    check_grid_values(data, f"config {path}")
     return data
 
 
 def make_grid(values: dict) -> Grid:
     """Grid from plain values (config file merged with CLI flags); nested settings become dataclasses."""
     values = dict(values)
-    try:
-        if isinstance(values.get("train"), dict):
-            values["train"] = TrainConfig(**values["train"])
-        if isinstance(values.get("features"), dict):
-            values["features"] = FeatureConfig(**values["features"])
-    except TypeError as error:
-        raise BenchError(f"invalid setting: {error}") from None
+    check_grid_values(values, "grid")
+    if isinstance(values.get("train"), dict):
+        values["train"] = typed_settings(TrainConfig, values["train"], "train")
+    if isinstance(values.get("features"), dict):
+        values["features"] = typed_settings(FeatureConfig, values["features"], "features")
     grid = Grid(**values)
     grid.validate()
     return grid
@@ -125,8 +207,8 @@ def run_grid(grid: Grid, store: RecordStore, cache_dir: Path, force: bool = Fals
     this returns every run is recorded.
     """
     store.check_writable()
-    specs = grid.specs() if shard is None else shard.select(grid.specs())
     workspace = Workspace(cache_dir, grid.data_roots, progress, defer_latency=defer_latency)
+    specs = grid.specs(workspace) if shard is None else shard.select(grid.specs(workspace))
     todo = [s for s in specs if force or not store.has(s.run_id)]
     if len(todo) < len(specs):
         log.info("%d of %d runs already recorded; skipping them (use --force to re-run)", len(specs) - len(todo), len(specs))
@@ -143,5 +225,7 @@ def run_grid(grid: Grid, store: RecordStore, cache_dir: Path, force: bool = Fals
     for spec in busy:
         execute_claimed(spec, store, workspace, wait=True, rerun_before=rerun_before)
     wanted = {s.run_id for s in specs}
-    records, _ = store.load()
+    records, problems = store.load()
+    for problem in problems:  # e.g. a copied record, counted once
+        log.warning("%s", problem)
     return [r for r in records if r["run_id"] in wanted]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -77,13 +78,17 @@ def _coerce(info: ParamInfo, value: Any) -> Any:
             return info.type(value)
         except ValueError:
             raise BenchError(f"parameter {info.name}={value!r} is not a valid {info.type.__name__}") from None
-    if info.type is float and isinstance(value, int):
+    if info.type is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if not isinstance(value, info.type) or (info.type is not bool and isinstance(value, bool)):  # e.g. from a grid file
+        raise BenchError(f"parameter {info.name}={value!r} is not a valid {info.type.__name__}")
     return value
 
 
 def validate_params(info: ParamInfo, value: Any) -> None:
-    """Raise BenchError when ``value`` lies outside the declared choices or range."""
+    """Raise BenchError when ``value`` lies outside the declared choices or range, or is not finite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BenchError(f"parameter {info.name}={value!r} must be a finite number")
     if info.choices is not None and value not in info.choices:
         raise BenchError(f"parameter {info.name}={value!r} must be one of {list(info.choices)}")
     if info.low is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -13,6 +14,7 @@ import pandas as pd
 
 from bench.registry import BenchError
 
+log = logging.getLogger("bench")
 SCHEMA_VERSION = 1
 
 
@@ -26,11 +28,21 @@ def checksum(record: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def default_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (usually 0644)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
+    """Write via a temporary file in the same folder and rename: readers never see half a file.
+    The file gets the umask's usual mode, not the temporary file's private 0600, so that a shared
+    results folder or a served report stays readable."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
@@ -50,6 +62,7 @@ class RecordStore:
         self.records_dir = self.root / "records"
 
     def check_writable(self) -> None:
+        """Before anything runs: the records folder takes files and ``runs.csv`` can be replaced."""
         try:
             self.records_dir.mkdir(parents=True, exist_ok=True)
             probe = tempfile.NamedTemporaryFile(dir=self.records_dir, prefix=".probe", delete=True)
@@ -57,12 +70,38 @@ class RecordStore:
         except OSError as error:
             raise BenchError(f"results folder {self.root} is not writable ({error.strerror}): "
                              f"choose another with --results-dir") from None
+        table = self.root / "runs.csv"
+        if table.exists() and not table.is_file():
+            raise BenchError(f"{table} is not a file, so the table cannot be written there: move it away")
 
     def path(self, rid: str) -> Path:
         return self.records_dir / f"{rid}.json"
 
+    def read(self, path: Path) -> tuple[dict | None, str | None]:
+        """The record in ``path``, or None and why it is no valid record (``file: reason``)."""
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            return None, f"{path}: unreadable JSON ({error})"
+        if not isinstance(record, dict) or record.get("schema_version") != SCHEMA_VERSION:
+            version = record.get("schema_version") if isinstance(record, dict) else None
+            return None, f"{path}: foreign record (schema_version {version!r}, expected {SCHEMA_VERSION})"
+        if record.get("checksum") != checksum(record):
+            return None, f"{path}: checksum mismatch (file modified or corrupted)"
+        return record, None
+
     def has(self, rid: str) -> bool:
-        return self.path(rid).exists()
+        """Whether run ``rid`` has a valid record. A file that is none (truncated, foreign, edited) is
+        named in a warning and does not count: the run is executed again and its record replaces it."""
+        path = self.path(rid)
+        if not path.exists():
+            return False
+        record, problem = self.read(path)
+        if record is not None and record.get("run_id") != rid:
+            problem = f"{path}: holds run {record.get('run_id')!r}, not {rid!r}"
+        if problem:
+            log.warning("%s; running %s again", problem, rid)
+        return problem is None
 
     def write(self, record: dict) -> Path:
         record = dict(record, schema_version=SCHEMA_VERSION)
@@ -72,22 +111,22 @@ class RecordStore:
         return path
 
     def load(self) -> tuple[list[dict], list[str]]:
-        """All valid records and a list of problems (``file: reason``) for corrupt or foreign ones."""
-        records, problems = [], []
-        for path in sorted(self.records_dir.glob("*.json")) if self.records_dir.exists() else []:
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as error:
-                problems.append(f"{path}: unreadable JSON ({error})")
+        """All valid records, one per run, and a list of problems (``file: reason``) for corrupt or
+        foreign ones and for copies of a record (``X (copy).json``), which are left out."""
+        by_run, problems = {}, []
+        paths = sorted(self.records_dir.glob("*.json")) if self.records_dir.exists() else []
+        for path in paths:
+            record, problem = self.read(path)
+            if problem:
+                problems.append(problem)
                 continue
-            if not isinstance(record, dict) or record.get("schema_version") != SCHEMA_VERSION:
-                version = record.get("schema_version") if isinstance(record, dict) else None
-                problems.append(f"{path}: foreign record (schema_version {version!r}, expected {SCHEMA_VERSION})")
-            elif record.get("checksum") != checksum(record):
-                problems.append(f"{path}: checksum mismatch (file modified or corrupted)")
-            else:
-                records.append(record)
-        return records, problems
+            kept = by_run.setdefault(record["run_id"], (path, record))[0]
+            if kept != path:
+                if path.stem == record["run_id"]:  # the record under its own name is the one kept
+                    by_run[record["run_id"]], (kept, path) = (path, record), (path, kept)
+                problems.append(f"{path}: a second record of run {record['run_id']} (kept {kept.name}); "
+                                f"delete the copy")
+        return [by_run[rid][1] for rid in sorted(by_run, key=lambda rid: by_run[rid][0])], problems
 
     def table(self) -> pd.DataFrame:
         records, _ = self.load()

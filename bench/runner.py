@@ -4,12 +4,15 @@ cached in memory and on disk so that methods starting from the same model do not
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import hashlib
 import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,13 +22,13 @@ from torch import nn
 
 from bench import measure
 from bench.checkpoint import model_checkpoint, resumable_fit, run_checkpoint
-from bench.corpus import Corpus
+from bench.corpus import Corpus, corpus_fingerprint
 from bench.env import environment, git_commit
 from bench.features import FeatureConfig, extract
 from bench.method import RunFailed
 from bench.metrics import declared_scores
 from bench.models import build_backbone, preset_config
-from bench.registry import DATASETS, METHODS
+from bench.registry import DATASETS, METHODS, BenchError
 from bench.results import run_id
 from bench.train import FitResult, Split, TrainConfig, evaluate
 
@@ -48,6 +51,7 @@ class RunSpec:
     method_params: dict = field(default_factory=dict)  # {method name: {param: value}} (overrides)
     dataset_params: dict = field(default_factory=dict)
     teacher_preset: str = "large"
+    corpus_fingerprint: str = ""  # the corpus content (``Workspace.fingerprint``); filled in by ``execute``
 
     @property
     def components(self) -> list[str]:
@@ -61,6 +65,7 @@ class RunSpec:
     def key(self) -> dict:
         return {"method": self.method, "method_params": self.resolved_method_params(), "backbone": self.backbone,
                 "preset": self.preset, "dataset": self.dataset, "dataset_params": self.dataset_params,
+                "corpus_fingerprint": self.corpus_fingerprint,
                 "fold": self.fold, "seed": self.seed, "train": asdict(self.train), "features": asdict(self.features),
                 "teacher_preset": self.teacher_preset if self.uses_teacher() else None}
 
@@ -75,6 +80,7 @@ class RunSpec:
 @dataclass
 class FoldData:
     corpus: Corpus
+    fingerprint: str  # of the corpus content (``bench.corpus.corpus_fingerprint``)
     train: Split
     val: Split
     test: Split
@@ -89,16 +95,22 @@ class FoldData:
 
 
 class Workspace:
-    """Caches shared by the runs of one process: corpora, features, normalized fold splits."""
+    """Caches shared by the runs of one process: corpus listings and their fingerprints, features,
+    and the normalized splits of the latest fold (one fold at a time, so memory stays flat over a
+    long grid)."""
 
     def __init__(self, cache_dir: Path, data_roots: dict[str, Path] | None = None, progress: bool = True,
                  defer_latency: bool = False):
         self.cache_dir = Path(cache_dir)
+        if self.cache_dir.exists() and not self.cache_dir.is_dir():
+            raise BenchError(f"cache folder {self.cache_dir} is a file: give a folder with --cache-dir "
+                             "or HRF_BENCH_CACHE")
         self.data_roots = data_roots or {}
         self.progress = progress
         self.defer_latency = defer_latency  # leave latency to the serialized ``bench measure`` stage
+        self._listings: dict = {}
         self._corpora: dict = {}
-        self._folds: dict = {}
+        self._fold: tuple | None = None  # (key, FoldData) of the latest fold
 
     def root_for(self, dataset: str) -> Path | None:
         if dataset in self.data_roots:
@@ -106,18 +118,33 @@ class Workspace:
         env = os.environ.get(f"HRF_BENCH_{dataset.upper().replace('-', '_')}_ROOT")
         return Path(env) if env else None
 
+    def listing(self, dataset: str, dataset_params: dict) -> tuple[Corpus, str]:
+        """The dataset's corpus (utterances, labels, folds; no features) and its fingerprint,
+        loaded once per process."""
+        key = (dataset, json.dumps(dataset_params, sort_keys=True))
+        if key not in self._listings:
+            entry = DATASETS.get(dataset)
+            corpus = entry.obj(self.root_for(dataset), self.cache_dir, entry.make_params(dataset_params))
+            self._listings[key] = (corpus, corpus_fingerprint(corpus, self.cache_dir))
+        return self._listings[key]
+
+    def fingerprint(self, dataset: str, dataset_params: dict) -> str:
+        return self.listing(dataset, dataset_params)[1]
+
     def corpus(self, dataset: str, dataset_params: dict, features: FeatureConfig) -> tuple[Corpus, dict]:
         key = (dataset, json.dumps(dataset_params, sort_keys=True), features)
         if key not in self._corpora:
-            entry = DATASETS.get(dataset)
-            corpus = entry.obj(self.root_for(dataset), self.cache_dir, entry.make_params(dataset_params))
-            self._corpora[key] = (corpus, extract(corpus, features, self.cache_dir, self.progress))
+            listing, fingerprint = self.listing(dataset, dataset_params)
+            corpus = replace(listing, skipped=list(listing.skipped))  # each feature setting lists its own skips
+            self._corpora[key] = (corpus, extract(corpus, features, self.cache_dir, self.progress, fingerprint))
         return self._corpora[key]
 
     def fold_data(self, spec: RunSpec) -> FoldData:
         key = (spec.dataset, json.dumps(spec.dataset_params, sort_keys=True), spec.features, spec.fold)
-        if key not in self._folds:
+        if self._fold is None or self._fold[0] != key:
+            self._fold = None  # free the previous fold's splits before building the next
             corpus, features = self.corpus(spec.dataset, spec.dataset_params, spec.features)
+            fingerprint = self.fingerprint(spec.dataset, spec.dataset_params)
             fold = corpus.fold(spec.fold)
             splits = {name: [i for i in getattr(fold, name) if corpus.utterances[i].id in features]
                       for name in ("train", "val", "test")}
@@ -131,8 +158,8 @@ class Workspace:
                              torch.tensor([corpus.label_index(u) for u in utts]),
                              [u.group or u.id for u in utts] if grouped else None)
 
-            self._folds[key] = FoldData(corpus, *(make(splits[n]) for n in ("train", "val", "test")))
-        return self._folds[key]
+            self._fold = (key, FoldData(corpus, fingerprint, *(make(splits[n]) for n in ("train", "val", "test"))))
+        return self._fold[1]
 
 
 class RunContext:
@@ -172,15 +199,14 @@ class RunContext:
         model it is) as its ``fit_seconds``."""
         spec = self.spec
         key = json.dumps([spec.backbone, preset, preset_config(spec.backbone, preset), spec.dataset,
-                          spec.dataset_params, spec.fold, spec.seed, asdict(spec.train), asdict(spec.features)],
-                         sort_keys=True, default=str)
+                          spec.dataset_params, self.data.fingerprint, spec.fold, spec.seed, asdict(spec.train),
+                          asdict(spec.features)], sort_keys=True, default=str)
         path = self.workspace.cache_dir / "models" / f"{spec.backbone}-{preset}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
         model = self.new_model(preset)
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(path.with_suffix(".lock")):  # concurrent workers needing this model train it once
-            if path.exists():
-                saved = torch.load(path, weights_only=False)
-                model.load_state_dict(saved["state_dict"])
+            saved = load_cached_model(path, model) if path.exists() else None
+            if saved is not None:
                 self.fits.append(FitResult(**saved["fit"]))
                 if reused:
                     self.reused_fits.append(self.fits[-1])
@@ -192,6 +218,8 @@ class RunContext:
                     log.warning("the cached %s %s model was trained by commit %s, this is %s; a fresh "
                                 "--cache-dir retrains it", spec.backbone, preset, trained_by, git_commit())
                 return model.eval()
+            if path.exists():  # a damaged file may have loaded part of its weights: start afresh
+                model = self.new_model(preset)
             checkpoint = model_checkpoint(self.workspace.cache_dir, path.stem)
             self.fit(model, desc=f"{spec.backbone}-{preset}", checkpoint=checkpoint)
             if reused:
@@ -207,6 +235,21 @@ class RunContext:
     def large_model(self) -> nn.Module:
         """The trained teacher / pruning source: the ``teacher_preset`` model (default ``large``)."""
         return self.trained_model(self.spec.teacher_preset)
+
+
+def load_cached_model(path: Path, model: nn.Module) -> dict | None:
+    """Load a cached plain model's weights into ``model`` and return the cache entry; None, with a
+    warning naming the file, when it is unreadable (truncated, junk, another architecture), so that
+    the model is trained again and the file replaced."""
+    try:
+        saved = torch.load(path, weights_only=False)
+        model.load_state_dict(saved["state_dict"])
+        FitResult(**saved["fit"])
+        return saved
+    except Exception as error:  # torch and pickle raise many types for a damaged file
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        log.warning("cached model %s is unreadable (%s); training it again", path, reason)
+        return None
 
 
 def measure_deploy(model: nn.Module, input_dim: int, frames: int, latency: bool = True) -> dict:
@@ -256,6 +299,11 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
     a run that a method declares impossible (:class:`RunFailed`) returns a failed record without one."""
     started = time.perf_counter()
     data = workspace.fold_data(spec)
+    if spec.corpus_fingerprint != data.fingerprint:
+        if spec.corpus_fingerprint:  # expanded by another process, and the corpus changed since
+            raise BenchError(f"the {spec.dataset} corpus changed after the grid was expanded (fingerprint "
+                             f"{spec.corpus_fingerprint}, now {data.fingerprint}): run the grid again")
+        spec = replace(spec, corpus_fingerprint=data.fingerprint)
     ctx = RunContext(spec, data, workspace)
     try:
         model, train_params, method_figures = deploy_model(ctx)
@@ -290,6 +338,18 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         "_deploy_model": model,  # taken out and saved by the caller
     }
     return record
+
+
+def release_memory() -> None:
+    """Hand the memory freed by a finished run back to the system. ``bench`` runs with glibc's
+    trimming threshold at 1 GB (``bench.probe.steady_allocator``, for steady latency), so without
+    this the heap kept every run's freed tensors and a 40-run EmoDB grid grew from 1.2 GB to 2.4 GB
+    resident; trimmed after every run it stays at 0.84-0.91 GB (README, "Running at scale")."""
+    gc.collect()  # models in reference cycles (hooks, pruning graphs) go first
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc: nothing to trim
+        pass
 
 
 def save_model(model: nn.Module, path: Path, record: dict) -> None:

@@ -55,6 +55,38 @@ def load_toy(root: Path | None, cache_dir: Path, params: ToyParams) -> Corpus:
                   fingerprint=f"toy-{params}")
 
 
+# Skips for want of what CI installs (.ci/run): there (CI=true) they fail, since a skip would hide a
+# broken install step; on a laptop without these they stay skips.
+CI_INSTALLS = ("EmoDB", "Chromium", "Playwright", "PostgreSQL")
+
+
+def required_in_ci(report) -> str | None:
+    """The skip reason of ``report`` when it is a skip that must fail in CI, else None."""
+    if not report.skipped or os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
+        return None
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return reason if any(name.lower() in reason.lower() for name in CI_INSTALLS) else None
+
+
+def fail_in_ci(report) -> None:
+    reason = required_in_ci(report)
+    if reason is not None:
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI (CI=true), where this must run: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    fail_in_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):  # a module-level skip (pytest.importorskip)
+    outcome = yield
+    fail_in_ci(outcome.get_result())
+
+
 @pytest.fixture
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")

@@ -16,6 +16,7 @@ import pytest
 
 from bench.grid import make_grid
 from bench.results import RecordStore
+from bench.runner import Workspace
 
 GRID = {"methods": ["baseline", "baseline+baseline"], "datasets": ["toy"], "presets": ["tiny"],
         "folds": [1, 2, 3], "seeds": [0], "train": {"epochs": 4}}
@@ -44,7 +45,7 @@ def wait_until(condition, what: str, timeout: float = 240) -> None:
 def test_two_workers_share_a_grid_each_run_recorded_once_and_a_dead_holders_run_taken_over(
         tmp_path, bench_env):
     results = tmp_path / "results"
-    specs = make_grid(GRID).specs()
+    specs = make_grid(GRID).specs(Workspace(tmp_path / "cache", progress=False))
     expected = {s.run_id for s in specs}
     held = specs[-1].run_id  # baseline+baseline, fold 3
 

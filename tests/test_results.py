@@ -66,3 +66,39 @@ def test_atomic_write_text_replaces_whole_file(tmp_path):
     atomic_write_text(path, "one")
     atomic_write_text(path, "two")
     assert path.read_text() == "two" and len(list(path.parent.iterdir())) == 1
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_generated_files_get_the_umasks_mode_not_0600(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        store = RecordStore(tmp_path)
+        written = [store.write(record("r1")), store.write_table()]
+        atomic_write_text(tmp_path / "reports" / "index.html", "<html></html>")
+    finally:
+        os.umask(old)
+    for path in [*written, tmp_path / "reports" / "index.html"]:
+        assert path.stat().st_mode & 0o777 == mode, path
+
+
+def test_a_copied_record_counts_once_and_is_named(tmp_path):
+    store = RecordStore(tmp_path)
+    store.write(record("r1"))
+    store.write(record("r2"))
+    copy = store.records_dir / "r1 (copy).json"
+    copy.write_bytes(store.path("r1").read_bytes())
+    records, problems = store.load()
+    assert sorted(r["run_id"] for r in records) == ["r1", "r2"]
+    assert problems == [f"{copy}: a second record of run r1 (kept r1.json); delete the copy"]
+    assert len(store.table()) == 2
+
+
+def test_a_damaged_record_does_not_count_as_recorded(tmp_path, caplog):
+    store = RecordStore(tmp_path)
+    store.write(record("r1"))
+    assert store.has("r1") and not store.has("r2")
+    store.path("r1").write_text(store.path("r1").read_text()[:50])
+    assert not store.has("r1") and f"{store.path('r1')}: unreadable JSON" in caplog.text
+    store.write(record("r1"))
+    store.path("r2").write_bytes(store.path("r1").read_bytes())  # another run's record under this name
+    assert not store.has("r2") and "holds run 'r1', not 'r2'" in caplog.text

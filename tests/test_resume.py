@@ -124,7 +124,7 @@ def wait_for_checkpoint(checkpoints: Path, process: subprocess.Popen, newer_than
 @pytest.mark.slow  # several real processes; still run by default
 def test_bench_run_killed_by_sigkill_then_sigint_finishes_every_run_once(tmp_path, cache_dir, bench_env):
     results, checkpoints = tmp_path / "results", cache_dir / "checkpoints"
-    expected = {spec.run_id for spec in make_grid(GRID).specs()}
+    expected = {spec.run_id for spec in make_grid(GRID).specs(Workspace(cache_dir, progress=False))}
 
     first = start_bench(results, bench_env)
     wait_for_checkpoint(checkpoints, first)

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from bench.cli import main
 from bench.grid import make_grid
 from bench.results import RecordStore
+from bench.runner import Workspace
 
 GRID = {"methods": ["baseline"], "datasets": ["toy"], "presets": ["tiny"], "folds": [1, 2, 3], "seeds": [0],
         "train": {"epochs": 1}}
@@ -25,8 +26,8 @@ def invoke(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-def test_two_shards_cover_the_grid_exactly_once(tmp_path):
-    expected = [spec.run_id for spec in make_grid(GRID).specs()]
+def test_two_shards_cover_the_grid_exactly_once(tmp_path, cache_dir):
+    expected = [spec.run_id for spec in make_grid(GRID).specs(Workspace(cache_dir, progress=False))]
     recorded = {}
     for shard, extra in (("1/2", ()), ("2/2", ("--defer-latency",))):
         result = invoke(*ARGS, "--shard", shard, *extra, "--results-dir", str(tmp_path / shard[0]))

@@ -1,0 +1,201 @@
+"""Hostile input to ``bench run``, as a new user would try it (issue 13.4): every case either stops
+with a one-line ``error: ...`` and exit status 2, leaving the records, ``runs.csv`` and the caches
+byte-identical, or recovers in the documented way and says so.
+
+Every case starts from a copy of one real recorded run (``baseline``, convtransformer ``tiny``,
+``toy``, 1 epoch) and its cache."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from click.testing import CliRunner
+
+from bench.cli import main
+from bench.results import RecordStore
+
+GRID = ["--methods", "baseline", "--datasets", "toy", "--presets", "tiny"]
+RUN = ["--folds", "1", "--seeds", "0", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> Path:
+    """``results/`` and ``cache/`` after one real run."""
+    root = tmp_path_factory.mktemp("hostile")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HRF_BENCH_CACHE", str(root / "cache"))
+        result = CliRunner().invoke(main, ["run", *GRID, *RUN, "--quiet", "--results-dir", str(root / "results")])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+@pytest.fixture
+def world(recorded, tmp_path, monkeypatch) -> Path:
+    """A private copy of the recorded run: ``results/``, ``cache/`` (also HRF_BENCH_CACHE)."""
+    for name in ("results", "cache"):
+        shutil.copytree(recorded / name, tmp_path / name)
+    monkeypatch.setenv("HRF_BENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def snapshot(world: Path) -> dict[str, bytes]:
+    """Every file of the results and the cache, by path (lock files hold nothing)."""
+    return {str(p.relative_to(world)): p.read_bytes() for folder in ("results", "cache")
+            for p in sorted((world / folder).rglob("*")) if p.is_file() and p.suffix != ".lock"}
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# (case id, extra arguments of `bench run` given the world folder, text of the one-line error)
+ERRORS = [
+    ("lr-nan", lambda w: [*GRID, *RUN, "--lr", "nan"], "lr=nan must be a finite number"),
+    ("lr-inf", lambda w: [*GRID, *RUN, "--lr", "inf"], "lr=inf must be a finite number"),
+    ("lr-negative", lambda w: [*GRID, *RUN, "--lr", "-1"], "learning rate must be > 0"),
+    ("epochs-word", lambda w: [*GRID, *RUN, "--epochs", "abc"], "'abc' is not a valid integer"),
+    ("epochs-negative", lambda w: [*GRID, *RUN, "--epochs", "-3"], "epochs must be >= 1"),
+    ("batch-size-zero", lambda w: [*GRID, *RUN, "--batch-size", "0"], "batch size must be >= 1"),
+    ("batch-size-fraction", lambda w: [*GRID, *RUN, "--batch-size", "2.5"], "'2.5' is not a valid integer"),
+    ("param-nan", lambda w: [*GRID, *RUN, "--methods", "hrf", "-p", "hrf.expansion_ratio=nan"],
+     "expansion_ratio=nan must be a finite number"),
+    ("config-folds-string", lambda w: [*GRID, "--config", str(write(w / "g.toml", 'folds = "1-2"\nseeds = [0]\n'))],
+     "folds must be a list of integers"),
+    ("config-folds-float", lambda w: [*GRID, "--config", str(write(w / "g.toml", "folds = [1.0]\n"))],
+     "folds must be a list of integers"),
+    ("config-batch-size-fraction",
+     lambda w: [*GRID, "--config", str(write(w / "g.toml", "folds = [1]\n[train]\nbatch_size = 2.5\n"))],
+     "batch_size=2.5 must be an integer"),
+    ("config-lr-nan", lambda w: [*GRID, "--config", str(write(w / "g.toml", "[train]\nlr = nan\n"))],
+     "lr=nan must be a finite number"),
+    ("config-param-list",
+     lambda w: [*GRID, "--methods", "hrf", "--config", str(write(w / "g.toml", "[method_params.hrf]\nexpansion_ratio = [2]\n"))],
+     "expansion_ratio=[2] is not a valid float"),
+    ("config-not-a-table", lambda w: [*GRID, "--config", str(write(w / "g.yaml", "- 1\n- 2\n"))],
+     "must be a table of grid settings"),
+    ("folds-reversed", lambda w: [*GRID, *RUN, "--folds", "3-1"], "range '3-1': it is empty"),
+    ("cache-dir-file", lambda w: [*GRID, *RUN, "--cache-dir", str(write(w / "cachefile", "x"))], "is a file"),
+    ("runs-csv-folder", lambda w: [*GRID, *RUN, "--seeds", "1"], "runs.csv is not a file"),
+    ("data-root-other-dataset", lambda w: [*GRID, *RUN, "--data-root", f"emodb={w}"],
+     "--data-root given for 'emodb', which is not among the grid's datasets"),
+    ("dataset-param-other-dataset", lambda w: [*GRID, *RUN, "--dataset-param", "emodb.protocol=loso"],
+     "--dataset-param given for 'emodb'"),
+    ("preset-typo", lambda w: [*GRID, *RUN, "--presets", "tinny"], "Did you mean 'tiny'?"),
+    ("param-owner-typo", lambda w: [*GRID, *RUN, "--methods", "hrf", "-p", "hfr.expansion_ratio=2"],
+     "did you mean 'hrf'?"),
+]
+
+
+@pytest.mark.parametrize("args, message", [case[1:] for case in ERRORS], ids=[case[0] for case in ERRORS])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(world, args, message):
+    if "runs.csv" in message:  # a folder where the table goes: found before anything trains
+        (world / "results" / "runs.csv").unlink()
+        (world / "results" / "runs.csv").mkdir()
+    full = ["run", *args(world), "--quiet", "--results-dir", str(world / "results")]
+    before = snapshot(world)
+    result = CliRunner().invoke(main, full)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert snapshot(world) == before
+
+
+def bench(world: Path, caplog, *args: str) -> tuple[int, str]:
+    """``bench run`` into the world's results; its exit status and everything it printed or logged."""
+    result = CliRunner().invoke(main, ["run", *args, "--quiet", "--results-dir", str(world / "results")])
+    return result.exit_code, result.stdout + result.stderr + caplog.text
+
+
+def only_changed(before: dict, after: dict, allowed: set[str]) -> None:
+    """Nothing disappeared, and no file but the ``allowed`` ones (rebuilt) changed."""
+    assert set(before) <= set(after)
+    assert {p for p in before if before[p] != after[p]} <= allowed
+
+
+def record_file(world: Path) -> Path:
+    return next((world / "results" / "records").glob("*.json"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_damaged_record_is_named_and_its_run_done_again(world, caplog, damage):
+    path = record_file(world)
+    path.write_text(path.read_text()[:300] if damage == "truncated" else json.dumps({"hello": "world"}))
+    before = snapshot(world)
+    status, output = bench(world, caplog, *GRID, *RUN)
+    assert status == 0, output
+    assert f"{path}: " in output and "running" in output  # named, and run again
+    records, problems = RecordStore(world / "results").load()
+    assert not problems and [f"{r['run_id']}.json" for r in records] == [path.name]
+    model = (world / "results" / "models" / path.name).with_suffix(".pt")
+    only_changed(before, snapshot(world), {str(p.relative_to(world)) for p in (path, model)} | {"results/runs.csv"})
+
+
+def test_copied_record_counts_once_with_a_warning(world, caplog):
+    path = record_file(world)
+    copy = path.with_name(f"{path.stem} (copy).json")
+    shutil.copy(path, copy)
+    before = snapshot(world)
+    status, output = bench(world, caplog, *GRID, *RUN)
+    assert status == 0, output
+    assert f"{copy}: a second record of run {path.stem} (kept {path.name})" in output
+    records, problems = RecordStore(world / "results").load()
+    assert len(records) == 1 and len(problems) == 1
+    assert snapshot(world) == before  # nothing ran again
+
+
+def test_unreadable_feature_cache_is_extracted_again(world, caplog):
+    cache, = (world / "cache" / "features").glob("toy-*.pt")
+    cache.write_bytes(cache.read_bytes()[:100])
+    before = snapshot(world)
+    status, output = bench(world, caplog, *GRID, *RUN[:2], "--seeds", "1", *RUN[4:])  # a new run needs the features
+    assert status == 0, output
+    assert f"feature cache {cache} is unreadable" in output
+    assert set(torch.load(cache)["features"]) == {f"s{s}_{i}" for s in range(6) for i in range(24)}
+    assert before[str(cache.relative_to(world))] != cache.read_bytes()  # rebuilt
+    only_changed(before, snapshot(world), {str(cache.relative_to(world)), "results/runs.csv"})
+
+
+def test_junk_in_a_cached_model_is_trained_again(world, caplog):
+    cached, = (world / "cache" / "models").glob("convtransformer-tiny-*.pt")
+    cached.write_bytes(b"junk" * 100)
+    before = snapshot(world)
+    status, output = bench(world, caplog, "--methods", "quant", *GRID[2:], *RUN)  # quant starts from that model
+    assert status == 0, output
+    assert f"cached model {cached} is unreadable" in output
+    assert "state_dict" in torch.load(cached, weights_only=False)
+    quant = [r for r in RecordStore(world / "results").load()[0] if r["method"] == "quant"]
+    assert quant[0]["tiny_model_cache"] == "miss"
+    only_changed(before, snapshot(world), {str(cached.relative_to(world)), "results/runs.csv"})
+
+
+def write_emodb(folder: Path) -> Path:
+    """An EmoDB-named folder: 5 speakers x 7 emotions of 0.3 s, plus one 10 ms file."""
+    (folder / "wav").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for speaker in ("03", "08", "09", "10", "11"):
+        for k, letter in enumerate("WLEAFTN"):
+            tone = np.sin(2 * np.pi * (120 + 40 * k) * np.arange(4800) / 16000)
+            soundfile.write(folder / "wav" / f"{speaker}a01{letter}a.wav",
+                            (0.3 * tone + 0.01 * rng.normal(size=4800)).astype(np.float32), 16000)
+    soundfile.write(folder / "wav" / "03a02Wa.wav", np.zeros(160, np.float32), 16000)
+    return folder
+
+
+def test_wav_shorter_than_the_analysis_window_is_skipped_and_listed(world, caplog):
+    root = write_emodb(world / "emodb")
+    before = snapshot(world)
+    status, output = bench(world, caplog, "--methods", "baseline", "--presets", "tiny", "--datasets", "emodb",
+                           "--data-root", str(root), "--dataset-param", "emodb.protocol=loso",
+                           "--dataset-param", "emodb.val_speakers=1", *RUN)
+    assert status == 0, output
+    record = next(r for r in RecordStore(world / "results").load()[0] if r["dataset"] == "emodb")
+    assert record["skipped_files"] == 1 and "03a02Wa.wav lasts 10 ms, shorter than" in record["skipped"][0]
+    assert "skipped: " in output
+    only_changed(before, snapshot(world), {"results/runs.csv"})
