@@ -79,9 +79,12 @@ class Grid:
     def method_names(self) -> list[str]:
         return self.methods or METHODS.names()
 
-    def specs(self, workspace: Workspace) -> list[RunSpec]:
-        """The grid's runs; ``workspace`` reads each dataset's corpus listing for its fingerprint
-        (part of every run's identity)."""
+    def specs(self, workspace: Workspace | None = None) -> list[RunSpec]:
+        """The grid's runs; ``workspace`` (default: one on the default cache folder) reads each dataset's
+        corpus listing for its fingerprint (part of every run's identity)."""
+        if workspace is None:
+            from bench.api import default_cache_dir
+            workspace = Workspace(default_cache_dir(), self.data_roots, progress=False)
         runs = []
         for dataset in self.datasets:
             fingerprint = workspace.fingerprint(dataset, self.dataset_params.get(dataset, {}))

@@ -80,6 +80,8 @@ def _coerce(info: ParamInfo, value: Any) -> Any:
             raise BenchError(f"parameter {info.name}={value!r} is not a valid {info.type.__name__}") from None
     if info.type is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if info.type is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # a text parameter that also takes numbers, e.g. a budget ratio = 0.5 in a grid file
     if not isinstance(value, info.type) or (info.type is not bool and isinstance(value, bool)):  # e.g. from a grid file
         raise BenchError(f"parameter {info.name}={value!r} is not a valid {info.type.__name__}")
     return value
