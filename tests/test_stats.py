@@ -313,7 +313,7 @@ def test_real_runs_pair_on_the_folds_both_ran_and_a_failed_run_is_listed(tiny_gr
     # baseline @lightweight (the "large" reference here) kept on fold 1 only; its fold 2 seed 0 run failed
     kept = [r for r, light in zip(records, is_light) if not light or r["fold"] == 1]
     lost = next(r for r, light in zip(records, is_light) if light and r["fold"] == 2 and r["seed"] == 0)
-    identity = ("run_id", "method", "method_params", "backbone", "preset", "dataset", "fold", "seed")
+    identity = ("run_id", "method", "method_params", "backbone", "preset", "dataset", "corpus_fingerprint", "fold", "seed")
     kept.append({k: v for k, v in lost.items() if k in identity or k.startswith(("train_", "features_"))}
                 | {"status": "failed", "status_reason": "budget unreachable"})
     table = summary_table(runs_frame(kept), light_preset="tiny", large_preset="lightweight")
