@@ -222,8 +222,9 @@ def parse_seconds(text: str) -> list[float]:
     return values
 
 
-def ort_session(path: Path, threads: int):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads, sequential execution."""
+def ort_session(path: Path | bytes, threads: int):
+    """An ONNX Runtime CPU session (of a file, or a serialized model) with ``threads`` intra-op threads,
+    sequential execution."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -232,10 +233,12 @@ def ort_session(path: Path, threads: int):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
+                                    providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own pybind types (InvalidProtobuf, Fail, NoSuchFile...)
         reason = (str(error).strip().splitlines() or [type(error).__name__])[-1][:160]
-        raise ProbeError(f"{path} is not a readable ONNX model ({reason}): give a folder written by "
+        what = "the serialized model" if isinstance(path, bytes) else path
+        raise ProbeError(f"{what} is not a readable ONNX model ({reason}): give a folder written by "
                          f"`bench export --out DIR` or an .onnx file") from None
 
 

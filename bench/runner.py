@@ -17,7 +17,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from bench import measure
+from bench import measure, onnx_io
 from bench.checkpoint import model_checkpoint, resumable_fit, run_checkpoint
 from bench.corpus import Corpus
 from bench.env import environment, git_commit
@@ -232,8 +232,13 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
     model.eval()
     test = evaluate(model, data.test, data.num_classes)
     val = evaluate(model, data.val, data.num_classes)
-    figures = measure_deploy(model, data.input_dim, spec.features.frames(LATENCY_SECONDS),
-                             latency=not workspace.defer_latency)
+    frames = spec.features.frames(LATENCY_SECONDS)
+    figures = measure_deploy(model, data.input_dim, frames, latency=not workspace.defer_latency)
+    # The ONNX model that ships, evaluated in ONNX Runtime; an int8 one's scores are the headline.
+    shipped, shipped_test = onnx_io.shipped_figures(model, data, frames, workspace.cache_dir / "onnx-graphs")
+    torch_ua = test["ua"]
+    if shipped_test is not None:
+        test = shipped_test
     record = {
         "run_id": spec.run_id,
         **{k: v for k, v in spec.key().items() if k not in ("train", "features", "method_params", "dataset_params")},
@@ -249,7 +254,9 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         "val_ua": val["ua"], "val_wa": val["wa"],
         "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
         "skipped_files": len(data.corpus.skipped), "skipped": data.corpus.skipped,
-        "train_params": train_params, **figures, **method_figures, **ctx.notes,
+        "ua_torch": torch_ua, "accuracy_runtime": "pytorch" if shipped_test is None else "onnxruntime int8",
+        "train_params": train_params, **figures, "int8_macs": 0, "float_macs": figures["macs"],
+        **method_figures, **shipped, **ctx.notes,
         "best_epoch": ctx.fits[-1].best_epoch if ctx.fits else None,
         "fit_seconds": sum(f.train_seconds for f in ctx.fits),
         "wall_seconds": time.perf_counter() - started,
@@ -263,6 +270,11 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
 def save_model(model: nn.Module, path: Path) -> None:
     """Save the whole deploy model, so that ``bench measure`` can re-measure it without retraining."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    int8 = model.__dict__.pop(onnx_io.INT8_ATTRIBUTE, None)  # quant's int8 graph: saved beside, as ONNX
+    if int8 is not None:
+        onnx_tmp = path.with_suffix(f".int8.tmp{os.getpid()}")
+        onnx_tmp.write_bytes(int8)
+        os.replace(onnx_tmp, path.with_suffix(".int8.onnx"))
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(model, tmp)
     os.replace(tmp, path)
