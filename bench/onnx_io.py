@@ -299,3 +299,19 @@ def shipped_figures(model: nn.Module, data, frames: int, graph_cache: Path | Non
     costs = graph_macs(int8, data.input_dim, frames)
     figures.update(costs, flops=2 * costs["macs"], size_bytes=len(int8), size_format="int8 onnx")
     return figures, scores
+
+
+def peak_graphs() -> dict[str, bytes]:
+    """Two one-node graphs for :func:`bench.probe.peak_gflops`: fp32 ``MatMul`` and int8 ``MatMulInteger``
+    (uint8 x int8 -> int32, the kernel ONNX Runtime's int8 models run), both of ``a`` (m, k) and ``b`` (k, n)."""
+    from onnx import TensorProto, helper
+
+    def one_node(op: str, a: int, b: int, out: int) -> bytes:
+        graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["c"])], f"peak-{op}",
+                                  [helper.make_tensor_value_info("a", a, ["m", "k"]),
+                                   helper.make_tensor_value_info("b", b, ["k", "n"])],
+                                  [helper.make_tensor_value_info("c", out, ["m", "n"])])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+    return {"fp32": one_node("MatMul", TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT),
+            "int8": one_node("MatMulInteger", TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32)}

@@ -201,15 +201,20 @@ class RunContext:
         return self.trained_model(self.spec.teacher_preset)
 
 
-def measure_deploy(model: nn.Module, input_dim: int, frames: int, latency: bool = True) -> dict:
+def measure_deploy(model: nn.Module, input_dim: int, frames: int, latency: bool = True,
+                   reference: nn.Module | None = None, graph_cache: Path | None = None) -> dict:
     """Deploy-model figures for the record, kept cheap: costs (params, MACs, FLOPs, size, peak memory)
-    and eager 1-thread latency at LATENCY_SECONDS; ``bench measure`` covers runtimes, threads and
-    durations. Without ``latency`` the record is marked ``latency_deferred`` for ``bench measure``."""
+    and 1-thread latency at LATENCY_SECONDS, timed against ``reference`` (the plain lightweight model
+    of the backbone); ``bench measure`` covers runtimes, threads and durations. Without ``latency`` the
+    record is marked ``latency_deferred`` for ``bench measure``."""
     figures = {"input_seconds": LATENCY_SECONDS, "input_frames": frames, "input_dim": input_dim,
                **measure.cost_figures(model, input_dim, frames)}
     if latency:
+        int8 = onnx_io.int8_graph(model)
+        macs = onnx_io.graph_macs(int8, input_dim, frames) if int8 else {"float_macs": figures["macs"]}
         with measure.exclusive():  # one timing at a time on this machine (see ``bench measure``)
-            figures.update(measure.latency(model, input_dim, frames, threads=1, audio_seconds=LATENCY_SECONDS))
+            figures.update(measure.deploy_latency(model, reference, input_dim, frames, macs, graph_cache,
+                                                  audio_seconds=LATENCY_SECONDS))
     else:
         figures["latency_deferred"] = True
     return figures
@@ -233,7 +238,10 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
     test = evaluate(model, data.test, data.num_classes)
     val = evaluate(model, data.val, data.num_classes)
     frames = spec.features.frames(LATENCY_SECONDS)
-    figures = measure_deploy(model, data.input_dim, frames, latency=not workspace.defer_latency)
+    with torch.random.fork_rng():  # latency reference: the plain lightweight model (its weights do not matter)
+        reference = build_backbone(spec.backbone, "lightweight", data.input_dim, data.num_classes).eval()
+    figures = measure_deploy(model, data.input_dim, frames, not workspace.defer_latency, reference,
+                             workspace.cache_dir / "onnx-graphs")
     # The ONNX model that ships, evaluated in ONNX Runtime; an int8 one's scores are the headline.
     shipped, shipped_test = onnx_io.shipped_figures(model, data, frames, workspace.cache_dir / "onnx-graphs")
     torch_ua = test["ua"]
