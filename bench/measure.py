@@ -215,8 +215,9 @@ def eager_runner(model: nn.Module, input_dim: int, frames: int):
 
 
 def ort_runner(graph: bytes | Path, input_dim: int, frames: int, threads: int):
-    """A ``clocked`` ONNX Runtime run of ``graph`` on one utterance of ``frames`` frames."""
-    session = ort_session(graph, threads)
+    """A ``clocked`` ONNX Runtime run of ``graph`` on one utterance of ``frames`` frames (its idle threads
+    do not spin: it is timed in alternation with another session)."""
+    session = ort_session(graph, threads, spinning=False)
     features, lengths = example_input(input_dim, frames)
     feed = {"features": features.numpy(), "lengths": lengths.numpy()}
     return lambda: clocked(lambda: session.run(None, feed))

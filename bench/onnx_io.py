@@ -268,36 +268,43 @@ def predict_graph(graph: bytes | Path, split) -> np.ndarray:
 
 
 def shipped_figures(model: nn.Module, data, frames: int, graph_cache: Path | None) -> tuple[dict, dict | None]:
-    """Record figures of the ONNX model that ships for ``model``, evaluated in ONNX Runtime on the test
-    split: ``onnx_status``, ``ua_onnx`` and ``<headline>_onnx``, and the share of test utterances whose
-    prediction differs from PyTorch's. A float export that differs on more than 0.5 % is a failed
-    export. For an int8 model (``quant``) the graph is the one attached to it, its MACs by precision
-    and size are the record's, and its test scores (returned second) are the headline; else None."""
+    """Record figures of the ONNX model that ships for ``model``: its int8 graph (``quant``), or else
+    its float export (a failed export is recorded as ``onnx_status: "failed: ..."``); see
+    :func:`onnx_figures`."""
+    int8 = int8_graph(model)
+    if int8 is not None:
+        return onnx_figures(int8, model, data, frames, quantized=True)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        try:
+            export_onnx(model, data.input_dim, path, graph_cache=graph_cache)
+        except BenchError as error:
+            return {"onnx_status": f"failed: {error}"}, None
+        return onnx_figures(path.read_bytes(), model, data, frames, quantized=False)
+
+
+def onnx_figures(graph: bytes, model: nn.Module, data, frames: int, quantized: bool) -> tuple[dict, dict | None]:
+    """``graph`` (the ONNX model of ``model``) evaluated in ONNX Runtime on the test split:
+    ``onnx_status``, ``ua_onnx``, ``<headline>_onnx`` and the share of test utterances whose prediction
+    differs from PyTorch's (``onnx_prediction_mismatch``). A float graph that differs on more than
+    0.5 % is a failed export. For an int8 graph, its MACs by precision and size are the record's, and
+    its test scores (returned second) are the headline, because it is what ships; else None."""
     from bench.metrics import declared_scores
     from bench.train import predict, scores_of
 
-    int8 = int8_graph(model)
-    if int8 is None:
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "model.onnx"
-            try:
-                export_onnx(model, data.input_dim, path, graph_cache=graph_cache)
-            except BenchError as error:
-                return {"onnx_status": f"failed: {error}"}, None
-            graph = path.read_bytes()
-    probs = predict_graph(int8 or graph, data.test)
+    probs = predict_graph(graph, data.test)
     mismatch = float(np.mean(probs.argmax(1) != predict(model, data.test)[0].argmax(1)))
     scores = scores_of(probs, data.test, data.num_classes)
     headline = data.corpus.headline_metric
     figures = {"onnx_status": "ok", "onnx_prediction_mismatch": mismatch, "ua_onnx": scores["ua"],
                f"{headline}_onnx": declared_scores(scores, (headline,), data.corpus.classes)[headline]}
-    if int8 is None:
+    if not quantized:
         if mismatch > MAX_PREDICTION_MISMATCH:
             figures["onnx_status"] = (f"failed: the ONNX export's predictions differ from PyTorch's on {mismatch:.1%} "
                                       f"of the test utterances (at most {MAX_PREDICTION_MISMATCH:.1%} allowed)")
         return figures, None
-    costs = graph_macs(int8, data.input_dim, frames)
-    figures.update(costs, flops=2 * costs["macs"], size_bytes=len(int8), size_format="int8 onnx")
+    costs = graph_macs(graph, data.input_dim, frames)
+    figures.update(costs, flops=2 * costs["macs"], size_bytes=len(graph), size_format="int8 onnx")
     return figures, scores
 
 

@@ -320,12 +320,15 @@ def parse_seconds(text: str) -> list[float]:
     return values
 
 
-def ort_session(path: Path | bytes, threads: int):
+def ort_session(path: Path | bytes, threads: int, spinning: bool = True):
     """An ONNX Runtime CPU session (of a file, or a serialized model) with ``threads`` intra-op threads,
-    sequential execution."""
+    sequential execution. Without ``spinning`` its idle worker threads sleep at once instead of
+    spinning for more work: two sessions timed in alternation must not steal each other's cores."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -96,6 +96,9 @@ class Workspace:
         self.data_roots = data_roots or {}
         self.progress = progress
         self.defer_latency = defer_latency  # leave latency to the serialized ``bench measure`` stage
+        # Evaluate every run's float ONNX export in ONNX Runtime (int8 models always are): a fresh
+        # export per new architecture costs 10 s to minutes, see the README.
+        self.onnx_check = os.environ.get("HRF_BENCH_ONNX_CHECK", "0") not in ("", "0")
         self._corpora: dict = {}
         self._folds: dict = {}
 
@@ -243,7 +246,9 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
     figures = measure_deploy(model, data.input_dim, frames, not workspace.defer_latency, reference,
                              workspace.cache_dir / "onnx-graphs")
     # The ONNX model that ships, evaluated in ONNX Runtime; an int8 one's scores are the headline.
-    shipped, shipped_test = onnx_io.shipped_figures(model, data, frames, workspace.cache_dir / "onnx-graphs")
+    shipped, shipped_test = {"onnx_status": "not exported"}, None
+    if workspace.onnx_check or onnx_io.int8_graph(model) is not None:
+        shipped, shipped_test = onnx_io.shipped_figures(model, data, frames, workspace.cache_dir / "onnx-graphs")
     torch_ua = test["ua"]
     if shipped_test is not None:
         test = shipped_test
