@@ -19,8 +19,10 @@ evaluates that graph in ONNX Runtime, and its figures are the run's headline (wh
 
 from __future__ import annotations
 
+import io
 import logging
 import tempfile
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +36,6 @@ from bench.registry import METHODS, BenchError, param
 
 __all__ = ["Quant", "QuantParams", "quantize_graph"]
 
-log = logging.getLogger("bench")
 SCHEMES = ("static", "dynamic")
 # The compute nodes quantized; data-movement nodes (Reshape, Transpose...) stay float, because a
 # quantize/dequantize pair around each costs more than it saves at these sizes.
@@ -68,7 +69,7 @@ def quantize_graph(float_graph: Path, scheme: str, calibration: list[torch.Tenso
             return {"features": features[None].numpy().astype(np.float32),
                     "lengths": np.array([features.shape[0]], dtype=np.int64)}
 
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, _quiet_quantizer():
         prepared, quantized = Path(folder) / "prepared.onnx", Path(folder) / "int8.onnx"
         # Folds constants (the exporter's weight transposes) so the quantizer sees constant weights;
         # ORT's symbolic shape inference cannot follow the exporter's shape arithmetic, so it is skipped.
@@ -84,6 +85,18 @@ def quantize_graph(float_graph: Path, scheme: str, calibration: list[torch.Tenso
                                 op_types_to_quantize=STATIC_OPS, per_channel=True,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         return quantized.read_bytes()
+
+
+@contextmanager
+def _quiet_quantizer():
+    """The quantizer logs a line per tensor it leaves float on the root logger, and its preprocessing
+    prints its optimizer's steps: keep the run's output readable."""
+    logging.disable(logging.INFO)
+    try:
+        with redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 @METHODS.register("quant", "post-training int8 quantization of the ONNX graph with ONNX Runtime (static QDQ "
