@@ -185,9 +185,6 @@ def measure_run(entry: dict, model: torch.nn.Module, device: str, runtimes: list
             if runtime == probe.RUNTIME_ORT:
                 rows += _onnx_rows(entry, model, reference, device, threads, rule, onnx_dir, graph_cache, env)
                 continue
-            if int8_graph(model) is not None:
-                log.warning("no %s rows for run %s: its int8 model runs in onnxruntime only", runtime, entry["run_id"])
-                continue
             for count in [1] if runtime == measure.RUNTIME_CUDA else threads:
                 for item in entry["inputs"]:
                     if runtime == measure.RUNTIME_CUDA:
@@ -288,7 +285,9 @@ def measure_command(results_dir, runs, seconds, runtimes, threads, device, max_s
     for number, (record, model) in enumerate(chosen, 1):
         have = {(r["runtime"], int(r["threads"]), float(r["input_seconds"]))
                 for r in latency.rows(tag, record["run_id"])}
-        todo = [r for r in chosen_runtimes if force or any(
+        # an int8 model runs in onnxruntime only: PyTorch has no int8 path for it
+        runnable = [r for r in chosen_runtimes if int8_graph(model) is None or r == probe.RUNTIME_ORT]
+        todo = [r for r in runnable if force or any(
             (r, c, s) not in have for c in ([1] if r == measure.RUNTIME_CUDA else counts) for s in durations)]
         click.echo(f"[{number}/{len(chosen)}] {record['run_id']} {record.get('method')} "
                    f"{record.get('backbone')}/{record.get('preset')}: " + (", ".join(todo) or "already measured"))
