@@ -126,9 +126,8 @@ def load_model(path: Path) -> torch.nn.Module:
                          f"re-run that run with `bench run --force`")
     int8 = path.with_suffix(".int8.onnx")
     if int8.exists():
-        graph = int8.read_bytes()
-        _checked(probe.ort_session, graph, 1)  # a damaged file is named now, not halfway through
-        attach_int8(model, graph)
+        _checked(probe.ort_session, int8, 1)  # a damaged file is named now, not halfway through
+        attach_int8(model, int8.read_bytes())
     return model.eval()
 
 
