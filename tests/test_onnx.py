@@ -63,6 +63,9 @@ def test_deploy_model_round_trips_through_onnx(backbone, method, workspace, grap
     path = tmp_path / "model.onnx"
     reported = export_onnx(model, TOY_DIM, path, check_frames=(40, 120), graph_cache=graph_cache)
     assert reported <= 1e-4
+    # the record's MACs (PyTorch's counter, or the int8 graph's) equal the exported graph's own count
+    assert graph_macs(path.read_bytes(), TOY_DIM, record["input_frames"])["macs"] == record["macs"]
+    assert record["flops"] == 2 * record["macs"]
     assert onnx_vs_torch(model, path, 57, 57) <= 1e-4  # neither the traced length nor a checked one
     assert onnx_vs_torch(model, path, 200, 200) <= 1e-4  # a multiple of every window and merge size
     assert onnx_vs_torch(model, path, 3 * EXPORT_FRAMES, 100) <= 1e-4  # mostly padding
@@ -104,3 +107,14 @@ def test_a_float_graph_whose_predictions_differ_from_pytorch_is_a_failed_export(
     figures, _ = onnx_figures(graph, other, data, 64, quantized=False)
     assert figures["onnx_prediction_mismatch"] > 0.005
     assert figures["onnx_status"].startswith("failed: the ONNX export's predictions differ from PyTorch's on")
+
+
+def test_a_low_rank_models_recorded_macs_equal_its_graphs_count(workspace, graph_cache, tmp_path):
+    spec = RunSpec(method="lowrank", backbone="convtransformer", preset="tiny", dataset="toy", fold=1, seed=0,
+                   train=TrainConfig(epochs=1), teacher_preset="tiny", method_params={"lowrank": HALF_BUDGET})
+    record = execute(spec, workspace)
+    export_onnx(record["_deploy_model"], TOY_DIM, tmp_path / "model.onnx", check_frames=(40, 120),
+                graph_cache=graph_cache)
+    counted = graph_macs((tmp_path / "model.onnx").read_bytes(), TOY_DIM, record["input_frames"])
+    assert record["macs"] == counted["macs"] == record["float_macs"] and record["flops"] == 2 * counted["macs"]
+    assert record["onnx_status"] == "ok" and record["onnx_prediction_mismatch"] <= 0.005
