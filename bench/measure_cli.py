@@ -139,7 +139,8 @@ def describe(record: dict, model: torch.nn.Module, seconds: list[float]) -> dict
     input_dim = int(record.get("input_dim") or features.dim)
     entry = {k: record.get(k) for k in ("run_id", "method", "backbone", "preset", "dataset", "fold", "seed")}
     entry["input_dim"] = input_dim
-    entry["num_classes"] = len(record.get("classes") or []) or None
+    with torch.inference_mode():
+        entry["num_classes"] = int(model(*measure.example_input(input_dim, 32)).shape[-1])
     int8 = int8_graph(model)
     inputs = []
     for duration in seconds:
@@ -162,15 +163,14 @@ def check_frames(entry: dict) -> tuple[int, int]:
     return frames[0], max(frames[-1], 2 * frames[0])
 
 
-def reference_model(entry: dict, model: torch.nn.Module) -> torch.nn.Module:
+def reference_model(entry: dict) -> torch.nn.Module:
     """The plain lightweight model of the run's backbone (freshly initialized: latency does not depend
     on the weights), against which every latency is timed."""
     from bench.models import build_backbone
 
-    classes = entry["num_classes"] or int(model(*measure.example_input(entry["input_dim"], 32)).shape[-1])
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        return build_backbone(entry["backbone"], "lightweight", entry["input_dim"], classes).eval()
+        return build_backbone(entry["backbone"], "lightweight", entry["input_dim"], entry["num_classes"]).eval()
 
 
 def measure_run(entry: dict, model: torch.nn.Module, device: str, runtimes: list[str], threads: list[int],
@@ -178,7 +178,7 @@ def measure_run(entry: dict, model: torch.nn.Module, device: str, runtimes: list
     """Rows of one deploy model for every runtime x thread count x duration (under the machine lock),
     each timed in alternating blocks with the plain lightweight reference of its backbone."""
     env = {**probe.probe_environment(), **environment()}
-    reference, rows = reference_model(entry, model), []
+    reference, rows = reference_model(entry), []
     with measure.exclusive():
         for runtime in runtimes:
             if runtime == probe.RUNTIME_ORT:
@@ -385,7 +385,12 @@ def _export_models(chosen, folder: Path, durations: list[float], skip_unexportab
             output = _checked(probe.ort_session, folder / f"{rid}.onnx", 1).run(
                 None, {"features": features.numpy(), "lengths": lengths.numpy()})[0]
             logits, atol = output.tolist(), INT8_CHECK_RTOL * float(np.abs(output).max()) + probe.CHECK_ATOL
+        reference = Path("references") / f"{entry['backbone']}-lightweight-{entry['input_dim']}x{entry['num_classes']}.onnx"
+        if not (folder / reference).exists():  # the probe times every model against it, as bench measure does
+            export_onnx(reference_model(entry), entry["input_dim"], folder / reference, check_frames(entry),
+                        "the plain reference model", graph_cache)
         entries.append({**entry, "file": f"{rid}.onnx", "onnx_bytes": (folder / f"{rid}.onnx").stat().st_size,
+                        "reference": str(reference),
                         "check": {"input": str(check), "logits": logits, "atol": atol,
                                   "export_max_abs_diff": difference}})
     return entries, skipped

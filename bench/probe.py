@@ -382,26 +382,34 @@ def check_output(session, model: dict, folder: Path) -> float | None:
 
 def measure_model(folder: Path, model: dict, device: str, threads_list: list[int], seconds: list[float] | None,
                   rule: TimingRule, environment: dict, peaks: dict | None = None) -> list[dict]:
-    """Rows for one manifest entry: every thread count x input duration (with the roofline ratio at 1
-    thread, given the core's ``peaks``)."""
+    """Rows for one manifest entry: every thread count x input duration, timed against the entry's
+    ``reference`` graph (the plain lightweight model of its backbone) when the export has one, with
+    the roofline ratio at 1 thread given the core's ``peaks``."""
     path = folder / model["file"]
-    if not path.exists():
-        raise ProbeError(f"{path} is missing: copy the whole export folder to the device")
+    reference = folder / model["reference"] if model.get("reference") else None
+    for needed in filter(None, (path, reference)):
+        if not needed.exists():
+            raise ProbeError(f"{needed} is missing: copy the whole export folder to the device")
     rows, difference = [], None
     wanted = [e for e in model["inputs"] if seconds is None or any(abs(e["seconds"] - s) < 1e-9 for s in seconds)]
     if not wanted:
         raise ProbeError(f"no exported duration matches --seconds; {model['run_id']} has "
                          f"{', '.join(str(e['seconds']) for e in model['inputs'])}")
     for threads in threads_list:
-        session = ort_session(path, threads)
+        session = ort_session(path, threads, spinning=reference is None)
+        baseline = ort_session(reference, threads, spinning=False) if reference else None
         if difference is None:
             difference = check_output(session, model, folder)
         for entry in wanted:
             rng = np.random.default_rng(0)
             feed = {"features": rng.standard_normal((1, entry["frames"], model["input_dim"]), dtype=np.float32),
                     "lengths": np.array([entry["frames"]], dtype=np.int64)}
-            samples = time_adaptively(lambda: clocked(lambda: session.run(None, feed)), rule)
-            stats = summarize(samples, entry["seconds"], rule)
+            run = functools.partial(clocked, functools.partial(session.run, None, feed))
+            if baseline is None:
+                stats = summarize(time_adaptively(run, rule), entry["seconds"], rule)
+            else:
+                reference_run = functools.partial(clocked, functools.partial(baseline.run, None, feed))
+                stats = ratio_figures(time_interleaved(run, reference_run, rule), entry["seconds"], rule)
             if threads == 1 and peaks:
                 stats.update(roofline(stats["latency_ms"], entry.get("float_macs", entry.get("macs")),
                                       entry.get("int8_macs"), peaks))

@@ -74,6 +74,7 @@ def test_export_writes_models_manifest_and_the_probe(exported, results):
     assert (exported / model["file"]).stat().st_size > 4 * model["params"]
     assert len(model["check"]["logits"][0]) == 4 and (exported / model["check"]["input"]).exists()
     assert (exported / "probe.py").read_text() == Path(probe.__file__).read_text()
+    assert (exported / model["reference"]).stat().st_size > 0  # the plain lightweight model, to time against
 
 
 @pytest.mark.slow
@@ -205,6 +206,8 @@ def test_an_int8_model_exports_and_is_probed_in_a_bare_venv(probe_python, result
     assert probed.returncode == 0, probed.stderr
     row, = json.loads((out / "latency-testpi.json").read_text())["rows"]
     assert row["check_ok"] and row["int8_macs"] == row["macs"] and row["roofline_ratio"] > 1
+    assert row["latency_ratio_ci_low"] <= row["latency_ratio"] <= row["latency_ratio_ci_high"]
+    assert row["latency_ratio"] < 1 and row["reference_latency_ms"] > 0  # tiny int8 against the lightweight model
     assert row["peak_gflops_int8"] > 0 and row["peak_gflops"] == pytest.approx(row["peak_gflops_int8"])
 
 
