@@ -240,7 +240,8 @@ def timing_options(command):
         click.option("--max-seconds", type=float, default=probe.TimingRule.max_seconds, show_default=True,
                      help="time cap per model x runtime x threads x duration"),
         click.option("--target-rel-ci", type=float, default=probe.TimingRule.target_rel_ci, show_default=True,
-                     help="stop when the 95% interval of the latency ratio to the reference (of the median without one) is within this fraction of it"),
+                     help="stop when the 95% interval of the latency ratio to the reference (of the median "
+                          "without one) is within this fraction of it"),
     ]):
         command = option(command)
     return command

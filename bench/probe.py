@@ -490,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=TimingRule.max_seconds,
                         help="time cap per model, thread count and duration (default: %(default)s)")
     parser.add_argument("--target-rel-ci", type=float, default=TimingRule.target_rel_ci,
-                        help="stop when the 95%% interval of the latency ratio to the reference (of the median without one) is within this fraction (default: %(default)s)")
+                        help="stop when the 95%% interval of the latency ratio to the reference (of the median "
+                             "without one) is within this fraction (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="rows file (default: TARGET/latency-<device>.json)")
     parser.add_argument("--frames-per-second", type=float, default=100.0, help="for a bare .onnx file only")
     args = parser.parse_args(argv)
