@@ -7,6 +7,7 @@ so that every runtime is timed and reported alike.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import tempfile
@@ -19,7 +20,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.probe import TimingRule, clocked, summarize, time_adaptively
+from bench.probe import (RUNTIME_ORT, TimingRule, clocked, ort_session, peak_gflops, ratio_figures, roofline,
+                         summarize, time_adaptively, time_interleaved)
 
 RUNTIME_EAGER = "torch-eager"
 RUNTIME_CUDA = "torch-cuda"
@@ -28,6 +30,9 @@ PEAK_MEMORY_METHOD = "torch.profiler CPU allocator events"  # recorded beside ev
 MACHINE_LOCK = Path(tempfile.gettempdir()) / "hrf-bench-measure.lock"
 QUICK_RULE = TimingRule(warmup_runs=3, warmup_seconds=0.1, min_samples=10, min_seconds=0.25, max_seconds=0.5,
                         target_rel_ci=0.02)
+# In-run ratio against the reference: at least 1 s of alternating blocks (8 pairs), at most 2 s.
+IN_RUN_RULE = TimingRule(warmup_runs=3, warmup_seconds=0.1, min_samples=8, min_seconds=1.0, max_seconds=2.0,
+                         target_rel_ci=0.02)
 
 
 def count_params(model: nn.Module) -> int:
@@ -193,6 +198,63 @@ def _copy_to(model: nn.Module, device: torch.device) -> nn.Module:
     torch.save(model, buffer)
     buffer.seek(0)
     return torch.load(buffer, weights_only=False, map_location=device).eval()
+
+
+@functools.cache
+def peak_rates() -> dict:
+    """The core's peak GEMM rate per precision at 1 thread (GFLOP/s), measured once per process."""
+    from bench.onnx_io import peak_graphs
+    return peak_gflops(peak_graphs(), 1)
+
+
+def eager_runner(model: nn.Module, input_dim: int, frames: int):
+    """A ``clocked`` eager forward pass of ``model`` on one utterance of ``frames`` frames."""
+    features, lengths = example_input(input_dim, frames)
+    model.eval()
+    return lambda: clocked(lambda: model(features, lengths))
+
+
+def ort_runner(graph: bytes | Path, input_dim: int, frames: int, threads: int):
+    """A ``clocked`` ONNX Runtime run of ``graph`` on one utterance of ``frames`` frames (its idle threads
+    do not spin: it is timed in alternation with another session)."""
+    session = ort_session(graph, threads, spinning=False)
+    features, lengths = example_input(input_dim, frames)
+    feed = {"features": features.numpy(), "lengths": lengths.numpy()}
+    return lambda: clocked(lambda: session.run(None, feed))
+
+
+def latency_against(run_model, run_reference, threads: int, rule: TimingRule, audio_seconds: float | None,
+                    macs: dict | None = None) -> dict:
+    """Latency of ``run_model`` timed in alternating blocks with ``run_reference`` (the plain lightweight
+    model of the same backbone, same runtime) at ``threads`` threads: the model's latency figures,
+    ``latency_ratio`` with its interval, and, at 1 thread with ``macs`` (``float_macs``, ``int8_macs``),
+    the roofline ratio against this core's peak GEMM rates."""
+    with torch_threads(threads), torch.inference_mode():
+        figures = ratio_figures(time_interleaved(run_model, run_reference, rule), audio_seconds, rule)
+    if threads == 1 and macs:
+        figures.update(roofline(figures["latency_ms"], macs.get("float_macs"), macs.get("int8_macs"), peak_rates()))
+    return figures
+
+
+def deploy_latency(model: nn.Module, reference: nn.Module, input_dim: int, frames: int, macs: dict,
+                   graph_cache: Path | None = None, rule: TimingRule = IN_RUN_RULE,
+                   audio_seconds: float | None = None) -> dict:
+    """The run record's latency at 1 thread against ``reference``: eager PyTorch, or for an int8 model
+    (``quant``, which has no eager int8 path) ONNX Runtime, against the reference's float export."""
+    from bench.onnx_io import export_onnx, int8_graph
+
+    int8 = int8_graph(model)
+    if int8 is None:
+        runners = eager_runner(model, input_dim, frames), eager_runner(reference, input_dim, frames)
+        runtime = RUNTIME_EAGER
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "reference.onnx"
+            export_onnx(reference, input_dim, path, what="the plain reference model", graph_cache=graph_cache)
+            runners = ort_runner(int8, input_dim, frames, 1), ort_runner(path, input_dim, frames, 1)
+        runtime = RUNTIME_ORT
+    figures = latency_against(*runners, 1, rule, audio_seconds, macs)
+    return {**figures, "latency_threads": 1, "latency_runtime": runtime}
 
 
 def latency(model: nn.Module, input_dim: int, frames: int, threads: int = 1, rule: TimingRule = QUICK_RULE,

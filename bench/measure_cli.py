@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
+import os
 import shutil
 from dataclasses import fields
 from datetime import datetime, timezone
@@ -23,11 +25,13 @@ import torch
 from bench import measure, probe
 from bench.env import environment
 from bench.features import FeatureConfig
+from bench.onnx_io import attach_int8, export_onnx, graph_macs, int8_graph, peak_graphs
 from bench.registry import BenchError
 from bench.results import RecordStore, atomic_write_text
 
 log = logging.getLogger("bench")
 RUNTIMES = (measure.RUNTIME_EAGER, probe.RUNTIME_ORT, measure.RUNTIME_CUDA)
+INT8_CHECK_RTOL = 0.05  # an int8 model's check tolerance, relative to its largest logit
 
 
 def _checked(call, *args):
@@ -52,13 +56,17 @@ class LatencyStore:
         path = self.path(device, run_id)
         return json.loads(path.read_text())["rows"] if path.exists() else []
 
-    def merge(self, device: str, run_id: str, rows: list[dict]) -> Path:
-        """Add ``rows`` (replacing same runtime/threads/duration); a device tag holds one machine only."""
-        old = self.rows(device, run_id)
-        machines = {(r.get("env_host"), r.get("env_cpu")) for r in old + rows}
+    def check_machine(self, device: str, run_id: str, rows: list[dict]) -> None:
+        """A device tag holds one machine only: refuse ``rows`` of another one."""
+        machines = {(r.get("env_host"), r.get("env_cpu")) for r in self.rows(device, run_id) + rows}
         if len(machines) > 1:
             raise BenchError(f"device tag {device!r} already holds rows of another machine ({sorted(machines)[0]}): "
                              f"give these rows their own tag with --device")
+
+    def merge(self, device: str, run_id: str, rows: list[dict]) -> Path:
+        """Add ``rows`` (replacing same runtime/threads/duration) after :meth:`check_machine`."""
+        self.check_machine(device, run_id, rows)
+        old = self.rows(device, run_id)
         key = lambda r: (r["runtime"], int(r["threads"]), float(r["input_seconds"]))  # noqa: E731
         merged = {key(r): r for r in old} | {key(r): r for r in rows}
         document = {"schema": probe.SCHEMA, "schema_version": probe.SCHEMA_VERSION, "device": device,
@@ -81,8 +89,10 @@ class LatencyStore:
         return self.root / "latency.csv"
 
 
-def select_runs(store: RecordStore, runs: str | None) -> list[tuple[dict, Path]]:
-    """Recorded runs (all, or those whose id starts with one of ``runs``) that have a saved deploy model."""
+def select_runs(store: RecordStore, runs: str | None) -> list[tuple[dict, torch.nn.Module]]:
+    """Recorded runs (all, or those whose id starts with one of ``runs``) that have a saved deploy
+    model, each with that model loaded: every file is read before anything is measured or written,
+    so that a damaged one stops the command with one line instead of partway through."""
     records, _ = store.load()
     wanted = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
     if wanted:
@@ -98,29 +108,43 @@ def select_runs(store: RecordStore, runs: str | None) -> list[tuple[dict, Path]]
     chosen = [(r, path) for r, path in chosen if path.exists()]
     if not chosen:
         raise BenchError(f"no recorded run with a deploy model under {store.root / 'models'}: run `bench run` first")
-    return chosen
+    return [(r, load_model(path)) for r, path in chosen]
 
 
 def load_model(path: Path) -> torch.nn.Module:
+    """The saved deploy model (see :mod:`bench.model_store`), with its int8 graph attached if any; a
+    damaged int8 graph is named now, not halfway through the measurements."""
     from bench.model_store import load_deploy_model
 
-    return load_deploy_model(path)
+    model = load_deploy_model(path)
+    int8 = path.with_suffix(".int8.onnx")
+    if int8.exists():
+        _checked(probe.ort_session, int8, 1)
+    return model
 
 
 def describe(record: dict, model: torch.nn.Module, seconds: list[float]) -> dict:
-    """A run's deploy model as a manifest entry: identity, sizes, and costs per input duration."""
+    """A run's deploy model as a manifest entry: identity, sizes, and costs per input duration (for
+    an int8 model, MACs by precision and size of its int8 graph)."""
     features = FeatureConfig(**{f.name: record[f"features_{f.name}"] for f in fields(FeatureConfig)
                                 if f"features_{f.name}" in record})
     input_dim = int(record.get("input_dim") or features.dim)
     entry = {k: record.get(k) for k in ("run_id", "method", "backbone", "preset", "dataset", "fold", "seed")}
     entry["input_dim"] = input_dim
+    with torch.inference_mode():
+        entry["num_classes"] = int(model(*measure.example_input(input_dim, 32)).shape[-1])
+    int8 = int8_graph(model)
     inputs = []
     for duration in seconds:
         frames = features.frames(duration)
         costs = measure.cost_figures(model, input_dim, frames)
+        costs |= {"int8_macs": 0, "float_macs": costs["macs"]}
+        if int8 is not None:
+            costs |= graph_macs(int8, input_dim, frames) | {"size_bytes": len(int8), "size_format": "int8 onnx"}
+            costs["flops"] = 2 * costs["macs"]
         entry.update({k: costs[k] for k in ("params", "nonzero_params", "size_bytes", "size_format")})
         inputs.append({"seconds": duration, "frames": frames,
-                       **{k: costs.get(k) for k in ("macs", "flops", "peak_memory_bytes")}})
+                       **{k: costs.get(k) for k in ("macs", "flops", "int8_macs", "float_macs", "peak_memory_bytes")}})
     entry["inputs"] = inputs
     return entry
 
@@ -131,40 +155,73 @@ def check_frames(entry: dict) -> tuple[int, int]:
     return frames[0], max(frames[-1], 2 * frames[0])
 
 
+def reference_model(entry: dict) -> torch.nn.Module:
+    """The plain lightweight model of the run's backbone (freshly initialized: latency does not depend
+    on the weights), against which every latency is timed."""
+    from bench.models import build_backbone
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return build_backbone(entry["backbone"], "lightweight", entry["input_dim"], entry["num_classes"]).eval()
+
+
 def measure_run(entry: dict, model: torch.nn.Module, device: str, runtimes: list[str], threads: list[int],
                 rule: probe.TimingRule, onnx_dir: Path, graph_cache: Path) -> list[dict]:
-    """Rows of one deploy model for every runtime x thread count x duration (under the machine lock)."""
+    """Rows of one deploy model for every runtime x thread count x duration (under the machine lock),
+    each timed in alternating blocks with the plain lightweight reference of its backbone."""
     env = {**probe.probe_environment(), **environment()}
-    rows = []
+    reference, rows = reference_model(entry), []
     with measure.exclusive():
         for runtime in runtimes:
             if runtime == probe.RUNTIME_ORT:
-                rows += _onnx_rows(entry, model, device, threads, rule, onnx_dir, graph_cache, env)
+                rows += _onnx_rows(entry, model, reference, device, threads, rule, onnx_dir, graph_cache, env)
                 continue
-            counts = [1] if runtime == measure.RUNTIME_CUDA else threads
-            for count in counts:
+            for count in [1] if runtime == measure.RUNTIME_CUDA else threads:
                 for item in entry["inputs"]:
                     if runtime == measure.RUNTIME_CUDA:
-                        samples = measure.time_cuda(model, entry["input_dim"], item["frames"], rule)
+                        stats = probe.summarize(measure.time_cuda(model, entry["input_dim"], item["frames"], rule),
+                                                item["seconds"], rule)
                     else:
-                        samples = measure.time_eager(model, entry["input_dim"], item["frames"], count, rule)
-                    rows.append(probe.make_row(entry, device, runtime, torch.__version__, count, item,
-                                               probe.summarize(samples, item["seconds"], rule), rule, env))
+                        stats = measure.latency_against(
+                            measure.eager_runner(model, entry["input_dim"], item["frames"]),
+                            measure.eager_runner(reference, entry["input_dim"], item["frames"]),
+                            count, rule, item["seconds"], item)
+                    rows.append(probe.make_row(entry, device, runtime, torch.__version__, count, item, stats, rule, env))
     return rows
 
 
-def _onnx_rows(entry, model, device, threads, rule, onnx_dir, graph_cache, env) -> list[dict]:
-    from bench.onnx_io import export_onnx
-
-    onnx_path = onnx_dir / f"{entry['run_id']}.onnx"
+def _onnx_rows(entry, model, reference, device, threads, rule, onnx_dir, graph_cache, env) -> list[dict]:
     try:
-        difference = export_onnx(model, entry["input_dim"], onnx_path, check_frames(entry), f"run {entry['run_id']}",
-                                 graph_cache)
+        difference = _write_onnx(entry, model, onnx_dir / f"{entry['run_id']}.onnx", graph_cache)
+        reference_path = onnx_dir / f"reference-{entry['backbone']}-{entry['input_dim']}.onnx"
+        export_onnx(reference, entry["input_dim"], reference_path, check_frames(entry), "the plain reference model",
+                    graph_cache)
     except BenchError as error:
         log.warning("no onnxruntime rows: %s", error)
         return []
-    rows = _checked(probe.measure_model, onnx_dir, {**entry, "file": onnx_path.name}, device, threads, None, rule, env)
-    return [r | {"check_max_abs_diff": difference, "check_ok": difference <= probe.CHECK_ATOL} for r in rows]
+    rows = []
+    for count in threads:
+        for item in entry["inputs"]:
+            stats = measure.latency_against(
+                measure.ort_runner(onnx_dir / f"{entry['run_id']}.onnx", entry["input_dim"], item["frames"], count),
+                measure.ort_runner(reference_path, entry["input_dim"], item["frames"], count),
+                count, rule, item["seconds"], item)
+            rows.append(probe.make_row(entry, device, probe.RUNTIME_ORT, probe.probe_environment()["env_onnxruntime"],
+                                       count, item, stats, rule, env, check_max_abs_diff=difference,
+                                       check_ok=difference is None or difference <= probe.CHECK_ATOL))
+    return rows
+
+
+def _write_onnx(entry: dict, model: torch.nn.Module, path: Path, graph_cache: Path | None) -> float | None:
+    """Write the run's ONNX model (its int8 graph, or the float model exported and checked against
+    PyTorch); returns the export's largest difference from PyTorch (None for an int8 graph)."""
+    int8 = int8_graph(model)
+    if int8 is None:
+        return export_onnx(model, entry["input_dim"], path, check_frames(entry), f"run {entry['run_id']} "
+                           f"({entry.get('method')})", graph_cache)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(int8)
+    return None
 
 
 def timing_options(command):
@@ -175,7 +232,8 @@ def timing_options(command):
         click.option("--max-seconds", type=float, default=probe.TimingRule.max_seconds, show_default=True,
                      help="time cap per model x runtime x threads x duration"),
         click.option("--target-rel-ci", type=float, default=probe.TimingRule.target_rel_ci, show_default=True,
-                     help="stop when the median's 95% interval is within this fraction of it"),
+                     help="stop when the 95% interval of the latency ratio to the reference (of the median "
+                          "without one) is within this fraction of it"),
     ]):
         command = option(command)
     return command
@@ -216,16 +274,17 @@ def measure_command(results_dir, runs, seconds, runtimes, threads, device, max_s
                          f"drop it from --runtimes")
     store, latency = RecordStore(results_dir), LatencyStore(results_dir)
     chosen = select_runs(store, runs)
-    for number, (record, path) in enumerate(chosen, 1):
+    for number, (record, model) in enumerate(chosen, 1):
         have = {(r["runtime"], int(r["threads"]), float(r["input_seconds"]))
                 for r in latency.rows(tag, record["run_id"])}
-        todo = [r for r in chosen_runtimes if force or any(
+        # an int8 model runs in onnxruntime only: PyTorch has no int8 path for it
+        runnable = [r for r in chosen_runtimes if int8_graph(model) is None or r == probe.RUNTIME_ORT]
+        todo = [r for r in runnable if force or any(
             (r, c, s) not in have for c in ([1] if r == measure.RUNTIME_CUDA else counts) for s in durations)]
         click.echo(f"[{number}/{len(chosen)}] {record['run_id']} {record.get('method')} "
                    f"{record.get('backbone')}/{record.get('preset')}: " + (", ".join(todo) or "already measured"))
         if not todo:
             continue
-        model = load_model(path)
         entry = describe(record, model, durations)
         rows = measure_run(entry, model, tag, todo, counts, rule, results_dir / "onnx",
                            default_cache_dir() / "onnx-graphs")
@@ -234,29 +293,74 @@ def measure_command(results_dir, runs, seconds, runtimes, threads, device, max_s
 
 
 @click.command("export")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="folder to write (created)")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="folder to write (created; an existing one only with --replace)")
 @RESULTS
 @RUNS
 @SECONDS
 @click.option("--skip-unexportable", is_flag=True, help="leave out deploy models ONNX cannot express")
-def export_command(out, results_dir, runs, seconds, skip_unexportable) -> None:
-    """Write the recorded deploy models as ONNX plus manifest.json and the standalone probe.py."""
+@click.option("--replace", is_flag=True, help="replace an earlier export folder at --out as a whole")
+def export_command(out, results_dir, runs, seconds, skip_unexportable, replace) -> None:
+    """Write the recorded deploy models as ONNX (int8 ones as quantized) plus manifest.json and the
+    standalone probe.py. The folder is written beside --out and moved into place when complete."""
     from bench.cli import default_cache_dir
-    from bench.onnx_io import export_onnx
 
     durations = _checked(probe.parse_seconds, seconds)
+    _check_export_target(out, replace)
     chosen = select_runs(RecordStore(results_dir), runs)
-    out.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.export-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        entries, skipped = _export_models(chosen, staging, durations, skip_unexportable,
+                                          default_cache_dir() / "onnx-graphs")
+        manifest = {"schema": probe.MANIFEST_SCHEMA, "schema_version": probe.MANIFEST_VERSION,
+                    "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "inputs": {"features": "float32 (1, frames, input_dim)", "lengths": "int64 (1,)"},
+                    "outputs": {"logits": "float32 (1, classes)"}, "exported_on": environment(), "models": entries}
+        atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=1, default=str))
+        shutil.copyfile(Path(probe.__file__), staging / "probe.py")
+        for precision, graph in peak_graphs().items():  # the probe measures the core's peak GEMM rates with these
+            (staging / "peak").mkdir(exist_ok=True)
+            (staging / "peak" / f"gemm-{precision}.onnx").write_bytes(graph)
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        if out.exists():
+            out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if skipped:
+        click.echo(f"left out (not exportable): {', '.join(skipped)}")
+    click.echo(f"exported {len(entries)} model(s) to {out}; on the device: python {out.name}/probe.py {out.name}")
+
+
+def _check_export_target(out: Path, replace: bool) -> None:
+    """``--out`` must be a new (or empty) folder, or with ``--replace`` an earlier export folder."""
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {out} is a file: give a folder to create, e.g. --out pi-models")
+    if out.is_dir() and any(out.iterdir()):
+        if not replace:
+            raise BenchError(f"--out {out} already exists and is not empty: give a new folder, or --replace to "
+                             f"replace an earlier export as a whole")
+        if not (out / "manifest.json").exists():
+            raise BenchError(f"--out {out} is not an earlier export (it has no manifest.json): "
+                             f"give a new folder; --replace only replaces export folders")
+
+
+def _export_models(chosen, folder: Path, durations: list[float], skip_unexportable: bool,
+                   graph_cache: Path) -> tuple[list[dict], list[str]]:
+    """Write each run's ONNX model and check input into ``folder``; the manifest entries, and the runs
+    left out. Float models' check logits are PyTorch's; an int8 model's are ONNX Runtime's own at export
+    (other CPUs' int8 kernels may round differently, so its tolerance is relative to the logits)."""
     entries, skipped = [], []
-    for number, (record, path) in enumerate(chosen, 1):
+    for number, (record, model) in enumerate(chosen, 1):
         rid = record["run_id"]
         click.echo(f"[{number}/{len(chosen)}] {rid} {record.get('method')} "
                    f"{record.get('backbone')}/{record.get('preset')}")
-        model = load_model(path)
         entry = describe(record, model, durations)
         try:
-            difference = export_onnx(model, entry["input_dim"], out / f"{rid}.onnx", check_frames(entry),
-                                     f"run {rid} ({record.get('method')})", default_cache_dir() / "onnx-graphs")
+            difference = _write_onnx(entry, model, folder / f"{rid}.onnx", graph_cache)
         except BenchError:
             if not skip_unexportable:
                 raise
@@ -265,22 +369,24 @@ def export_command(out, results_dir, runs, seconds, skip_unexportable) -> None:
         frames = check_frames(entry)[0]
         features, lengths = measure.example_input(entry["input_dim"], frames)
         check = Path("checks") / f"input-{entry['input_dim']}x{frames}.npy"
-        (out / check).parent.mkdir(exist_ok=True)
-        np.save(out / check, features.numpy())
-        with torch.inference_mode():
-            logits = model(features, lengths).tolist()
-        entries.append({**entry, "file": f"{rid}.onnx", "onnx_bytes": (out / f"{rid}.onnx").stat().st_size,
-                        "check": {"input": str(check), "logits": logits, "atol": probe.CHECK_ATOL,
+        (folder / check).parent.mkdir(exist_ok=True)
+        np.save(folder / check, features.numpy())
+        if int8_graph(model) is None:
+            with torch.inference_mode():
+                logits, atol = model(features, lengths).tolist(), probe.CHECK_ATOL
+        else:
+            output = _checked(probe.ort_session, folder / f"{rid}.onnx", 1).run(
+                None, {"features": features.numpy(), "lengths": lengths.numpy()})[0]
+            logits, atol = output.tolist(), INT8_CHECK_RTOL * float(np.abs(output).max()) + probe.CHECK_ATOL
+        reference = Path("references") / f"{entry['backbone']}-lightweight-{entry['input_dim']}x{entry['num_classes']}.onnx"
+        if not (folder / reference).exists():  # the probe times every model against it, as bench measure does
+            export_onnx(reference_model(entry), entry["input_dim"], folder / reference, check_frames(entry),
+                        "the plain reference model", graph_cache)
+        entries.append({**entry, "file": f"{rid}.onnx", "onnx_bytes": (folder / f"{rid}.onnx").stat().st_size,
+                        "reference": str(reference),
+                        "check": {"input": str(check), "logits": logits, "atol": atol,
                                   "export_max_abs_diff": difference}})
-    manifest = {"schema": probe.MANIFEST_SCHEMA, "schema_version": probe.MANIFEST_VERSION,
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "inputs": {"features": "float32 (1, frames, input_dim)", "lengths": "int64 (1,)"},
-                "outputs": {"logits": "float32 (1, classes)"}, "exported_on": environment(), "models": entries}
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, default=str))
-    shutil.copyfile(Path(probe.__file__), out / "probe.py")
-    if skipped:
-        click.echo(f"left out (not exportable): {', '.join(skipped)}")
-    click.echo(f"exported {len(entries)} model(s) to {out}; on the device: python {out.name}/probe.py {out.name}")
+    return entries, skipped
 
 
 @click.command("probe")
@@ -316,7 +422,30 @@ def read_rows(path: Path) -> tuple[list[dict], str | None]:
     if foreign:
         raise BenchError(f"{path} has latency schema version {foreign[0]}, this bench reads "
                          f"{probe.SCHEMA_VERSION}: re-measure with the probe.py of a fresh `bench export`")
+    for number, row in enumerate(document["rows"], 1):
+        problem = row_problem(row)
+        if problem:
+            raise BenchError(f"{path} row {number} {problem}: nothing was imported; re-measure with probe.py")
     return document["rows"], document.get("device")
+
+
+def row_problem(row) -> str | None:
+    """What makes a latency row unusable (None when it is fine): the fields the table is keyed and
+    compared on must be present and sensible, so that a bad row never replaces a good one."""
+    if not isinstance(row, dict):
+        return "is not an object"
+    if not isinstance(row.get("run_id"), str) or not probe.DEVICE_TAG.match(row["run_id"]):
+        return f"has run_id={row.get('run_id')!r} (letters, digits, '.', '_' or '-' are needed)"
+    if not isinstance(row.get("runtime"), str) or not row["runtime"]:
+        return "has no runtime"
+    threads = row.get("threads")
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Real) or not threads >= 1 or threads != int(threads):
+        return f"has threads={threads!r} (a positive integer is needed)"
+    for name in ("input_seconds", "latency_ms"):
+        value = row.get(name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
+            return f"has {name}={value!r} (a positive number is needed)"
+    return None
 
 
 @click.command("import-latency")
@@ -336,6 +465,8 @@ def import_latency_command(file, results_dir, device) -> None:
     by_run: dict[str, list[dict]] = {}
     for row in rows:
         by_run.setdefault(str(row["run_id"]), []).append(row | {"device": tag})
+    for run_id, run_rows in by_run.items():  # every check before the first write
+        latency.check_machine(tag, run_id, run_rows)
     for run_id, run_rows in by_run.items():
         latency.merge(tag, run_id, run_rows)
     strangers = sorted(set(by_run) - known)

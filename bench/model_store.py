@@ -165,22 +165,40 @@ def build_saved(document: dict) -> nn.Module:
 
 
 def load_deploy_model(path: Path) -> nn.Module:
-    """A saved deploy model; an older file holding a whole pickled module still loads, with a note."""
+    """A saved deploy model, with quant's int8 graph (``<run_id>.int8.onnx`` beside it) attached if any;
+    an older file holding a whole pickled module still loads, with a note."""
+    damaged = f"{path} is not a deploy model saved by hrf-bench: re-run its run with `bench run --force`"
     try:
         with warnings.catch_warnings():  # int8 tensors unpickle through torch's deprecated TypedStorage
             warnings.simplefilter("ignore")
             document = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError:  # weights_only refuses module classes: the old whole-module format
+        document = None
+    except Exception:  # noqa: BLE001 - a damaged file raises anything from EOFError to RuntimeError
+        raise BenchError(damaged) from None
+    if document is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = torch.load(path, weights_only=False, map_location="cpu")
+        except Exception:  # noqa: BLE001 - see above
+            raise BenchError(damaged) from None
+        if not isinstance(model, nn.Module):
+            raise BenchError(damaged)
         log.warning("deprecated: %s is a pickled module (hrf-bench before 0.2); it still loads, but re-run "
                     "the run with `bench run --force` to save it as data", path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.load(path, weights_only=False, map_location="cpu").eval()
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise BenchError(f"{path} is not a deploy model saved by hrf-bench: re-run its run with `bench run --force`")
-    if document["version"] > VERSION:
-        raise BenchError(f"{path} was saved by a newer hrf-bench (format {document['version']}): upgrade hrf-bench")
-    return build_saved(document)
+    else:
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise BenchError(damaged)
+        if document["version"] > VERSION:
+            raise BenchError(f"{path} was saved by a newer hrf-bench (format {document['version']}): upgrade hrf-bench")
+        model = build_saved(document)
+    int8 = Path(path).with_suffix(".int8.onnx")
+    if int8.exists():
+        from bench.onnx_io import attach_int8
+
+        attach_int8(model, int8.read_bytes())
+    return model.eval()
 
 
 def find_model(run_id: str, results_dir: Path) -> Path:

@@ -10,6 +10,10 @@ unoptimized, so every weight is an initializer named after its state-dict entry;
 constants when it loads it). The cache lives in this process and, given ``graph_cache``, on disk,
 keyed also by the source code of the model's modules and of this exporter, and the torch version. Every exported file is
 checked against PyTorch at two lengths; a reused graph that failed the check is exported afresh.
+
+It also counts an ONNX graph's multiply-accumulates by precision (:func:`graph_macs`), which is how
+int8 models (``quant``) are costed, and evaluates a graph in ONNX Runtime on a test split
+(:func:`evaluate_graph`): the accuracy of the artifact that ships.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import io
 import inspect
 import logging
 import os
+import tempfile
 import warnings
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
@@ -27,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.measure import example_input, is_quantized
+from bench.measure import example_input
 from bench.probe import CHECK_ATOL, ProbeError, ort_session
 from bench.registry import BenchError
 
@@ -36,6 +41,8 @@ INPUT_NAMES, OUTPUT_NAMES = ["features", "lengths"], ["logits"]
 # The traced example: prime frame count and (padded) length, so that no length-dependent branch
 # (padding to a window multiple, say) is traced in its special case.
 EXPORT_FRAMES, EXPORT_LENGTH = 227, 163
+MAX_PREDICTION_MISMATCH = 0.005  # a float export may disagree with PyTorch on at most this share of utterances
+INT8_ATTRIBUTE = "int8_onnx"  # the int8 graph ``quant`` attaches to the float deploy model
 _graphs: dict[str, bytes] = {}  # architecture fingerprint -> serialized ModelProto (this process)
 
 
@@ -123,9 +130,6 @@ def export_onnx(model: nn.Module, input_dim: int, path: Path, check_frames: tupl
     over ``check_frames`` (at least 1e-4 apart is an error). Unsupported models raise a one-line
     BenchError naming ``what``."""
     model = model.eval()
-    if is_quantized(model):
-        raise BenchError(f"cannot export {what} to ONNX: it is dynamically quantized (torch.ao packed int8 "
-                         f"weights have no ONNX export); measure it with --runtimes torch-eager")
     key = architecture(model, input_dim)
     graph = _cached_graph(key, graph_cache)
     if graph is not None:
@@ -171,3 +175,150 @@ def round_trip_difference(model: nn.Module, path: Path, input_dim: int, check_fr
             actual = session.run(None, {"features": features.numpy(), "lengths": lengths.numpy()})[0]
             worst = max(worst, float(np.max(np.abs(actual - expected))))
     return worst
+
+
+# Nodes that multiply-accumulate, and those among them that do it in integers.
+INTEGER_OPS = {"MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "DynamicQuantizeMatMul",
+               "MatMulIntegerToFloat"}
+FLOAT_OPS = {"MatMul", "Gemm", "Conv"}
+
+
+def graph_macs(graph: bytes, input_dim: int, frames: int) -> dict:
+    """Multiply-accumulates of one pass over ``frames`` frames of the ONNX ``graph``, split by the
+    precision its nodes compute in: ``int8_macs`` (integer nodes, and float MatMul/Gemm/Conv whose
+    data inputs both come from DequantizeLinear, which ONNX Runtime runs as integer kernels: the QDQ
+    format) and ``float_macs`` (the rest). Shapes are read by running the graph once with every such
+    node's operands exposed as outputs, so they are exact at this length."""
+    import onnx
+
+    proto = onnx.ModelProto.FromString(graph)
+    producers = {out: node.op_type for node in proto.graph.node for out in node.output}
+    nodes = [n for n in proto.graph.node if n.op_type in INTEGER_OPS | FLOAT_OPS]
+    known = {v.name for v in proto.graph.output}
+    wanted = list(dict.fromkeys(name for n in nodes for name in (n.input[0], n.input[1], n.output[0])))
+    for name in wanted:
+        if name not in known:
+            proto.graph.output.append(onnx.ValueInfoProto(name=name))
+    names = [o.name for o in proto.graph.output]
+    session = _plain_session(proto.SerializeToString())
+    features, lengths = example_input(input_dim, frames)
+    values = dict(zip(names, session.run(names, {"features": features.numpy(), "lengths": lengths.numpy()})))
+    shapes = {name: values[name].shape for name in wanted}
+    constant = {i.name: tuple(i.dims) for i in proto.graph.initializer}
+    int8 = float_ = 0
+    for node in nodes:
+        macs = _node_macs(node, shapes, constant)
+        data = [node.input[0], node.input[1]] if node.op_type in FLOAT_OPS else []
+        if node.op_type in INTEGER_OPS or all(producers.get(name) == "DequantizeLinear" for name in data):
+            int8 += macs
+        else:
+            float_ += macs
+    return {"int8_macs": int8, "float_macs": float_, "macs": int8 + float_}
+
+
+def _node_macs(node, shapes: dict, constant: dict) -> int:
+    """MACs of one MatMul/Gemm/Conv-like node from its operand and output shapes."""
+    out = int(np.prod(shapes[node.output[0]]))
+    if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
+        weight = shapes.get(node.input[3 if node.op_type == "QLinearConv" else 1])
+        return out * int(np.prod(weight[1:]))  # each output: (in channels / groups) x kernel MACs
+    first = shapes[node.input[0]]
+    if node.op_type == "Gemm":
+        trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
+        return out * int(first[0] if trans_a else first[-1])
+    return out * int(first[-1])  # every MatMul variant: (..., M, K) x (..., K, N)
+
+
+def _plain_session(graph: bytes):
+    """A 1-thread session without graph optimizations, so that every node of ``graph`` runs as written."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+
+def attach_int8(model: nn.Module, graph: bytes) -> nn.Module:
+    """Let ``model`` (the float deploy model) carry its int8 ONNX graph, as a plain attribute: the
+    runner saves it beside the model (``<run_id>.int8.onnx``) and evaluates and times it."""
+    model.__dict__[INT8_ATTRIBUTE] = graph
+    return model
+
+
+def int8_graph(model: nn.Module) -> bytes | None:
+    return model.__dict__.get(INT8_ATTRIBUTE)
+
+
+def predict_graph(graph: bytes | Path, split) -> np.ndarray:
+    """Class probabilities ``(N, C)`` of the ONNX model on every utterance of ``split``, one at a
+    time at its own length (batch 1, as on a device)."""
+    try:
+        session = ort_session(graph, threads=1)
+    except ProbeError as error:
+        raise BenchError(str(error)) from None
+    rows = []
+    for features in split.features:
+        logits = session.run(None, {"features": features[None].numpy().astype(np.float32),
+                                    "lengths": np.array([features.shape[0]], dtype=np.int64)})[0][0]
+        exp = np.exp(logits - logits.max())
+        rows.append(exp / exp.sum())
+    return np.stack(rows)
+
+
+def shipped_figures(model: nn.Module, data, frames: int, graph_cache: Path | None) -> tuple[dict, dict | None]:
+    """Record figures of the ONNX model that ships for ``model``: its int8 graph (``quant``), or else
+    its float export (a failed export is recorded as ``onnx_status: "failed: ..."``); see
+    :func:`onnx_figures`."""
+    int8 = int8_graph(model)
+    if int8 is not None:
+        return onnx_figures(int8, model, data, frames, quantized=True)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        try:
+            export_onnx(model, data.input_dim, path, graph_cache=graph_cache)
+        except BenchError as error:
+            return {"onnx_status": f"failed: {error}"}, None
+        return onnx_figures(path.read_bytes(), model, data, frames, quantized=False)
+
+
+def onnx_figures(graph: bytes, model: nn.Module, data, frames: int, quantized: bool) -> tuple[dict, dict | None]:
+    """``graph`` (the ONNX model of ``model``) evaluated in ONNX Runtime on the test split:
+    ``onnx_status``, ``ua_onnx``, ``<headline>_onnx`` and the share of test utterances whose prediction
+    differs from PyTorch's (``onnx_prediction_mismatch``). A float graph that differs on more than
+    0.5 % is a failed export. For an int8 graph, its MACs by precision and size are the record's, and
+    its test scores (returned second) are the headline, because it is what ships; else None."""
+    from bench.metrics import declared_scores
+    from bench.train import predict, scores_of
+
+    probs = predict_graph(graph, data.test)
+    mismatch = float(np.mean(probs.argmax(1) != predict(model, data.test)[0].argmax(1)))
+    scores = scores_of(probs, data.test, data.num_classes)
+    headline = data.corpus.headline_metric
+    figures = {"onnx_status": "ok", "onnx_prediction_mismatch": mismatch, "ua_onnx": scores["ua"],
+               f"{headline}_onnx": declared_scores(scores, (headline,), data.corpus.classes)[headline]}
+    if not quantized:
+        if mismatch > MAX_PREDICTION_MISMATCH:
+            figures["onnx_status"] = (f"failed: the ONNX export's predictions differ from PyTorch's on {mismatch:.1%} "
+                                      f"of the test utterances (at most {MAX_PREDICTION_MISMATCH:.1%} allowed)")
+        return figures, None
+    costs = graph_macs(graph, data.input_dim, frames)
+    figures.update(costs, flops=2 * costs["macs"], size_bytes=len(graph), size_format="int8 onnx")
+    return figures, scores
+
+
+def peak_graphs() -> dict[str, bytes]:
+    """Two one-node graphs for :func:`bench.probe.peak_gflops`: fp32 ``MatMul`` and int8 ``MatMulInteger``
+    (uint8 x int8 -> int32, the kernel ONNX Runtime's int8 models run), both of ``a`` (m, k) and ``b`` (k, n)."""
+    from onnx import TensorProto, helper
+
+    def one_node(op: str, a: int, b: int, out: int) -> bytes:
+        graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["c"])], f"peak-{op}",
+                                  [helper.make_tensor_value_info("a", a, ["m", "k"]),
+                                   helper.make_tensor_value_info("b", b, ["k", "n"])],
+                                  [helper.make_tensor_value_info("c", out, ["m", "n"])])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+    return {"fp32": one_node("MatMul", TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT),
+            "int8": one_node("MatMulInteger", TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32)}

@@ -149,6 +149,104 @@ def summarize(samples: list[tuple[float, float | None]], audio_seconds: float | 
             "rtf": median / 1000 / audio_seconds if audio_seconds else None}
 
 
+BLOCK_SECONDS = 0.03  # one block of runs of one model; the machine's speed drifts over seconds, not this
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def ratio_interval(ratios: list[float]) -> tuple[float, float, float]:
+    """Median of per-pair latency ratios and its 95 % percentile-bootstrap interval (resampling pairs;
+    seeded, so the same pairs give the same interval)."""
+    values = np.asarray(ratios, dtype=float)
+    rng = np.random.default_rng(0)
+    medians = np.median(values[rng.integers(0, len(values), (BOOTSTRAP_RESAMPLES, len(values)))], axis=1)
+    low, high = np.percentile(medians, [2.5, 97.5])
+    return float(np.median(values)), float(low), float(high)
+
+
+def time_interleaved(sample, reference, rule: TimingRule) -> dict:
+    """Time ``sample()`` (the model) and ``reference()`` (the plain reference model) in alternating
+    blocks of about ``BLOCK_SECONDS`` each (the order swapped every pair: ABBA, so that a steady drift
+    cancels), until the 95 % interval of the median per-pair ratio of block medians is within
+    ``rule.target_rel_ci`` of it, after at least ``rule.min_seconds`` (capped by ``rule.max_seconds``).
+    A shared machine's speed changes the model's and the reference's times alike within a pair, so
+    the ratio stays where absolute times drift. Returns both sample lists and the pair ratios."""
+    steady_allocator()
+    runs = {}
+    for name, call in (("model", sample), ("reference", reference)):
+        started, count = time.perf_counter(), 0
+        while count < rule.warmup_runs or time.perf_counter() - started < rule.warmup_seconds / 2:
+            call()
+            count += 1
+        runs[name] = max(1, round(BLOCK_SECONDS / max((time.perf_counter() - started) / count, 1e-6)))
+    samples: dict[str, list] = {"model": [], "reference": []}
+    ratios: list[float] = []
+    calls = {"model": sample, "reference": reference}
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        started = time.perf_counter()
+        while True:
+            order = ("model", "reference") if len(ratios) % 2 == 0 else ("reference", "model")
+            block = {}
+            for name in order:
+                block[name] = [calls[name]() for _ in range(runs[name])]
+                samples[name] += block[name]
+            ratios.append(float(np.median([w for w, _ in block["model"]]) / np.median([w for w, _ in block["reference"]])))
+            elapsed = time.perf_counter() - started
+            if elapsed >= rule.max_seconds and len(ratios) >= 3:
+                break
+            if len(ratios) >= rule.min_samples and elapsed >= min(rule.min_seconds, rule.max_seconds):
+                ratio, low, high = ratio_interval(ratios)
+                if (high - low) / 2 <= rule.target_rel_ci * ratio:
+                    break
+    finally:
+        if enabled:
+            gc.enable()
+    return {"model": samples["model"], "reference": samples["reference"], "ratios": ratios}
+
+
+def ratio_figures(timed: dict, audio_seconds: float | None, rule: TimingRule) -> dict:
+    """:func:`summarize` of the model's samples plus ``latency_ratio`` (model / reference, median of the
+    pair ratios) with its interval, and the reference's median latency."""
+    ratio, low, high = ratio_interval(timed["ratios"])
+    return {**summarize(timed["model"], audio_seconds, rule), "latency_ratio": ratio, "latency_ratio_ci_low": low,
+            "latency_ratio_ci_high": high, "latency_ratio_pairs": len(timed["ratios"]),
+            "reference_latency_ms": float(np.median([w for w, _ in timed["reference"]]))}
+
+
+PEAK_GEMM_SIZE = 512  # square GEMM: large enough for the kernels' steady rate, 268 MFLOP per run
+PEAK_SECONDS = 0.3
+
+
+def peak_gflops(graphs: dict, threads: int = 1) -> dict:
+    """The core's peak GEMM rate in GFLOP/s per precision (``fp32``: MatMul, ``int8``: MatMulInteger of
+    uint8 x int8), from ``graphs`` (precision -> ONNX file or bytes taking ``a``, ``b``): the fastest of
+    repeated ``PEAK_GEMM_SIZE`` cubed products over ``PEAK_SECONDS`` each."""
+    rng, n = np.random.default_rng(0), PEAK_GEMM_SIZE
+    feeds = {"fp32": {"a": rng.standard_normal((n, n), dtype=np.float32), "b": rng.standard_normal((n, n), dtype=np.float32)},
+             "int8": {"a": rng.integers(0, 256, (n, n), dtype=np.uint8), "b": rng.integers(-128, 128, (n, n), dtype=np.int8)}}
+    rates = {}
+    for precision, graph in graphs.items():
+        session, feed = ort_session(graph, threads), feeds[precision]
+        session.run(None, feed)
+        best, started = math.inf, time.perf_counter()
+        while time.perf_counter() - started < PEAK_SECONDS:
+            best = min(best, clocked(lambda: session.run(None, feed))[0])
+        rates[precision] = 2 * n ** 3 / (best / 1000) / 1e9
+    return rates
+
+
+def roofline(latency_ms: float, float_macs: float | None, int8_macs: float | None, peaks: dict) -> dict:
+    """``roofline_ratio``: measured time over the time its FLOPs take at the peak rate of their precision,
+    and ``peak_gflops``, the peak that bound implies for this mix of float and int8 work."""
+    if not float_macs and not int8_macs or not peaks:
+        return {}
+    bound = 2 * (float_macs or 0) / (peaks["fp32"] * 1e9) + 2 * (int8_macs or 0) / (peaks["int8"] * 1e9)
+    return {"roofline_ratio": latency_ms / 1000 / bound,
+            "peak_gflops": 2 * ((float_macs or 0) + (int8_macs or 0)) / bound / 1e9,
+            "peak_gflops_fp32": peaks["fp32"], "peak_gflops_int8": peaks["int8"]}
+
+
 def clocked(run) -> tuple[float, float]:
     """Wall and process CPU milliseconds of one ``run()``. On a shared machine the CPU time (all of
     this process's threads) is what other jobs cannot stretch: at 1 thread it is the latency the run
@@ -222,20 +320,26 @@ def parse_seconds(text: str) -> list[float]:
     return values
 
 
-def ort_session(path: Path, threads: int):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads, sequential execution."""
+def ort_session(path: Path | bytes, threads: int, spinning: bool = True):
+    """An ONNX Runtime CPU session (of a file, or a serialized model) with ``threads`` intra-op threads,
+    sequential execution. Without ``spinning`` its idle worker threads sleep at once instead of
+    spinning for more work: two sessions timed in alternation must not steal each other's cores."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
+                                    providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own pybind types (InvalidProtobuf, Fail, NoSuchFile...)
         reason = (str(error).strip().splitlines() or [type(error).__name__])[-1][:160]
-        raise ProbeError(f"{path} is not a readable ONNX model ({reason}): give a folder written by "
+        what = "the serialized model" if isinstance(path, bytes) else path
+        raise ProbeError(f"{what} is not a readable ONNX model ({reason}): give a folder written by "
                          f"`bench export --out DIR` or an .onnx file") from None
 
 
@@ -277,29 +381,42 @@ def check_output(session, model: dict, folder: Path) -> float | None:
 
 
 def measure_model(folder: Path, model: dict, device: str, threads_list: list[int], seconds: list[float] | None,
-                  rule: TimingRule, environment: dict) -> list[dict]:
-    """Rows for one manifest entry: every thread count x input duration."""
+                  rule: TimingRule, environment: dict, peaks: dict | None = None) -> list[dict]:
+    """Rows for one manifest entry: every thread count x input duration, timed against the entry's
+    ``reference`` graph (the plain lightweight model of its backbone) when the export has one, with
+    the roofline ratio at 1 thread given the core's ``peaks``."""
     path = folder / model["file"]
-    if not path.exists():
-        raise ProbeError(f"{path} is missing: copy the whole export folder to the device")
+    reference = folder / model["reference"] if model.get("reference") else None
+    for needed in filter(None, (path, reference)):
+        if not needed.exists():
+            raise ProbeError(f"{needed} is missing: copy the whole export folder to the device")
     rows, difference = [], None
     wanted = [e for e in model["inputs"] if seconds is None or any(abs(e["seconds"] - s) < 1e-9 for s in seconds)]
     if not wanted:
         raise ProbeError(f"no exported duration matches --seconds; {model['run_id']} has "
                          f"{', '.join(str(e['seconds']) for e in model['inputs'])}")
     for threads in threads_list:
-        session = ort_session(path, threads)
+        session = ort_session(path, threads, spinning=reference is None)
+        baseline = ort_session(reference, threads, spinning=False) if reference else None
         if difference is None:
             difference = check_output(session, model, folder)
         for entry in wanted:
             rng = np.random.default_rng(0)
             feed = {"features": rng.standard_normal((1, entry["frames"], model["input_dim"]), dtype=np.float32),
                     "lengths": np.array([entry["frames"]], dtype=np.int64)}
-            samples = time_adaptively(lambda: clocked(lambda: session.run(None, feed)), rule)
+            run = functools.partial(clocked, functools.partial(session.run, None, feed))
+            if baseline is None:
+                stats = summarize(time_adaptively(run, rule), entry["seconds"], rule)
+            else:
+                reference_run = functools.partial(clocked, functools.partial(baseline.run, None, feed))
+                stats = ratio_figures(time_interleaved(run, reference_run, rule), entry["seconds"], rule)
+            if threads == 1 and peaks:
+                stats.update(roofline(stats["latency_ms"], entry.get("float_macs", entry.get("macs")),
+                                      entry.get("int8_macs"), peaks))
+            atol = model["check"].get("atol", CHECK_ATOL) if model.get("check") else CHECK_ATOL
             rows.append(make_row(model, device, RUNTIME_ORT, environment["env_onnxruntime"], threads, entry,
-                                 summarize(samples, entry["seconds"], rule), rule, environment,
-                                 check_max_abs_diff=difference,
-                                 check_ok=None if difference is None else difference <= CHECK_ATOL,
+                                 stats, rule, environment, check_max_abs_diff=difference,
+                                 check_ok=None if difference is None else difference <= atol,
                                  onnx_bytes=path.stat().st_size))
     return rows
 
@@ -348,13 +465,17 @@ def run_probe(target: Path, device: str | None = None, threads: str = "1,all", s
     else:
         raise ProbeError(f"{target} does not exist: give the folder written by `bench export --out DIR`")
     environment, rows = probe_environment(), []
+    gemms = {p: folder / "peak" / f"gemm-{p}.onnx" for p in ("fp32", "int8")}
+    peaks = peak_gflops(gemms, 1) if all(g.exists() for g in gemms.values()) else None
+    if peaks:
+        log(f"peak GEMM rate at 1 thread: {peaks['fp32']:.0f} GFLOP/s fp32, {peaks['int8']:.0f} GFLOP/s int8")
     for number, model in enumerate(manifest["models"], 1):
         log(f"[{number}/{len(manifest['models'])}] {model['run_id']} {model.get('method', '')} "
             f"{model.get('backbone', '')}/{model.get('preset', '')}")
-        rows += measure_model(folder, model, tag, threads_list, durations, rule, environment)
+        rows += measure_model(folder, model, tag, threads_list, durations, rule, environment, peaks)
     bad = sorted({r["run_id"] for r in rows if r.get("check_ok") is False})
     if bad:
-        log(f"warning: ONNX output differs from PyTorch by more than {CHECK_ATOL} for {', '.join(bad)}")
+        log(f"warning: ONNX output differs from the output recorded at export beyond its tolerance for {', '.join(bad)}")
     path, table = write_rows(rows, tag, out or folder / f"latency-{tag}.json")
     log(f"rows: {path}  table: {table}")
     return rows, path
@@ -369,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=TimingRule.max_seconds,
                         help="time cap per model, thread count and duration (default: %(default)s)")
     parser.add_argument("--target-rel-ci", type=float, default=TimingRule.target_rel_ci,
-                        help="stop when the median's 95%% interval is within this fraction (default: %(default)s)")
+                        help="stop when the 95%% interval of the latency ratio to the reference (of the median "
+                             "without one) is within this fraction (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="rows file (default: TARGET/latency-<device>.json)")
     parser.add_argument("--frames-per-second", type=float, default=100.0, help="for a bare .onnx file only")
     args = parser.parse_args(argv)

@@ -20,7 +20,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from bench import measure
+from bench import measure, onnx_io
 from bench.checkpoint import model_checkpoint, resumable_fit, run_checkpoint
 from bench.corpus import Corpus, corpus_fingerprint
 from bench.env import environment, git_commit
@@ -109,6 +109,9 @@ class Workspace:
         self.progress = progress
         self.defer_latency = defer_latency  # leave latency to the serialized ``bench measure`` stage
         self._listings: dict = {}
+        # Evaluate every run's float ONNX export in ONNX Runtime (int8 models always are): a fresh
+        # export per new architecture costs 10 s to minutes, see the README.
+        self.onnx_check = os.environ.get("HRF_BENCH_ONNX_CHECK", "0") not in ("", "0")
         self._corpora: dict = {}
         self._fold: tuple | None = None  # (key, FoldData) of the latest fold
 
@@ -252,15 +255,20 @@ def load_cached_model(path: Path, model: nn.Module) -> dict | None:
         return None
 
 
-def measure_deploy(model: nn.Module, input_dim: int, frames: int, latency: bool = True) -> dict:
+def measure_deploy(model: nn.Module, input_dim: int, frames: int, latency: bool = True,
+                   reference: nn.Module | None = None, graph_cache: Path | None = None) -> dict:
     """Deploy-model figures for the record, kept cheap: costs (params, MACs, FLOPs, size, peak memory)
-    and eager 1-thread latency at LATENCY_SECONDS; ``bench measure`` covers runtimes, threads and
-    durations. Without ``latency`` the record is marked ``latency_deferred`` for ``bench measure``."""
+    and 1-thread latency at LATENCY_SECONDS, timed against ``reference`` (the plain lightweight model
+    of the backbone); ``bench measure`` covers runtimes, threads and durations. Without ``latency`` the
+    record is marked ``latency_deferred`` for ``bench measure``."""
     figures = {"input_seconds": LATENCY_SECONDS, "input_frames": frames, "input_dim": input_dim,
                **measure.cost_figures(model, input_dim, frames)}
     if latency:
+        int8 = onnx_io.int8_graph(model)
+        macs = onnx_io.graph_macs(int8, input_dim, frames) if int8 else {"float_macs": figures["macs"]}
         with measure.exclusive():  # one timing at a time on this machine (see ``bench measure``)
-            figures.update(measure.latency(model, input_dim, frames, threads=1, audio_seconds=LATENCY_SECONDS))
+            figures.update(measure.deploy_latency(model, reference, input_dim, frames, macs, graph_cache,
+                                                  audio_seconds=LATENCY_SECONDS))
     else:
         figures["latency_deferred"] = True
     return figures
@@ -315,8 +323,18 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **environment()}
     test = evaluate(model, data.test, data.num_classes)
     val = evaluate(model, data.val, data.num_classes)
-    figures = measure_deploy(model, data.input_dim, spec.features.frames(LATENCY_SECONDS),
-                             latency=not workspace.defer_latency)
+    frames = spec.features.frames(LATENCY_SECONDS)
+    with torch.random.fork_rng():  # latency reference: the plain lightweight model (its weights do not matter)
+        reference = build_backbone(spec.backbone, "lightweight", data.input_dim, data.num_classes).eval()
+    figures = measure_deploy(model, data.input_dim, frames, not workspace.defer_latency, reference,
+                             workspace.cache_dir / "onnx-graphs")
+    # The ONNX model that ships, evaluated in ONNX Runtime; an int8 one's scores are the headline.
+    shipped, shipped_test = {"onnx_status": "not exported"}, None
+    if workspace.onnx_check or onnx_io.int8_graph(model) is not None:
+        shipped, shipped_test = onnx_io.shipped_figures(model, data, frames, workspace.cache_dir / "onnx-graphs")
+    torch_ua = test["ua"]
+    if shipped_test is not None:
+        test = shipped_test
     own_fits = [f for f in ctx.fits if not any(f is reused for reused in ctx.reused_fits)]
     record = {
         **run_identity(spec), "status": "ok",
@@ -328,7 +346,9 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         "val_ua": val["ua"], "val_wa": val["wa"],
         "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
         "skipped_files": len(data.corpus.skipped), "skipped": data.corpus.skipped,
-        "train_params": train_params, **figures, **method_figures, **ctx.notes,
+        "ua_torch": torch_ua, "accuracy_runtime": "pytorch" if shipped_test is None else "onnxruntime int8",
+        "train_params": train_params, **figures, "int8_macs": 0, "float_macs": figures["macs"],
+        **method_figures, **shipped, **ctx.notes,
         "best_epoch": ctx.fits[-1].best_epoch if ctx.fits else None,
         "fit_seconds": sum(f.train_seconds for f in own_fits),  # the method's own training
         "reused_fit_seconds": sum(f.train_seconds for f in ctx.reused_fits),  # cached models it built on
@@ -354,8 +374,16 @@ def release_memory() -> None:
 
 def save_model(model: nn.Module, path: Path, record: dict) -> None:
     """Save ``record``'s deploy model as data (see :mod:`bench.model_store`), so that ``bench measure``
-    and ``bench.load_model`` use it without retraining."""
+    and ``bench.load_model`` use it without retraining; quant's int8 graph goes beside it as ONNX
+    (``<run_id>.int8.onnx``)."""
     from bench.model_store import save_deploy_model
+
+    int8 = model.__dict__.pop(onnx_io.INT8_ATTRIBUTE, None)
+    if int8 is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx_tmp = path.with_suffix(f".int8.tmp{os.getpid()}")
+        onnx_tmp.write_bytes(int8)
+        os.replace(onnx_tmp, path.with_suffix(".int8.onnx"))
 
     save_deploy_model(model, path, record["backbone"], record["input_dim"], len(record["classes"]),
                       [record["preset"], record.get("teacher_preset") or record["preset"]])

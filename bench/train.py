@@ -91,7 +91,12 @@ def predict(model: nn.Module, split: Split, batch_size: int = 16) -> tuple[np.nd
 
 def evaluate(model: nn.Module, split: Split, num_classes: int) -> dict:
     """Scores of ``model`` on ``split``; with groups, probabilities are averaged per group first."""
-    probs, preds = predict(model, split)
+    return scores_of(predict(model, split)[0], split, num_classes)
+
+
+def scores_of(probs: np.ndarray, split: Split, num_classes: int) -> dict:
+    """Scores of class probabilities ``(N, C)`` in the split's order (see :func:`evaluate`)."""
+    preds = probs.argmax(1)
     labels = split.labels.numpy()
     if split.groups is not None:
         groups = sorted(set(split.groups))

@@ -1,74 +1,107 @@
-"""``quant``: post-training dynamic int8 quantization of the deploy model's ``nn.Linear`` layers
-(weights int8 per tensor, activations quantized on the fly; ``torch.ao.quantization.quantize_dynamic``,
-CPU kernels of the ``fbgemm``/``qnnpack`` engines).
+"""``quant``: post-training int8 quantization of the exported ONNX graph with ONNX Runtime
+(``onnxruntime.quantization``), so that the int8 model is what ships and what the probe times.
+
+- ``scheme=static`` (default): QDQ format, activation ranges calibrated (min/max) on training
+  utterances only (``calibration_utterances`` of them, drawn with the run seed); every convolution,
+  matmul and Gemm becomes int8, attention's activation x activation matmuls included.
+- ``scheme=dynamic``: MatMul/Gemm weights int8, activations quantized at run time; convolutions
+  stay float.
 
 Alone it quantizes the trained plain model of the run's preset (the cached baseline model); composed
-(``hrf+quant``, ``kd+quant``, ``prune+quant``) it quantizes the previous method's deploy model. It
-must come last in a composition: nothing trains a quantized model further.
+(``hrf+quant``, ``kd+quant``, ``prune+quant``, ``lowrank+quant``) it quantizes the previous method's
+deploy model. It must come last in a composition: nothing trains a quantized model further.
 
-What it changes and what it does not: parameter count and MACs stay (an int8 multiply-accumulate is
-still one); the serialized size drops and so, where the int8 kernels win, does latency. The MACs in
-its record are counted on the float model just before quantization, because the FLOP counter does
-not see the quantized kernels. PyTorch's dynamic quantization does not reach the projections inside
-``nn.MultiheadAttention``, so each attention is first rebuilt with ``nn.Linear`` projections (same
-function, still an ``nn.MultiheadAttention``); the record counts int8 and float linear layers.
+The deploy model stays the float PyTorch model (saved as usual); the int8 graph travels with it
+(:func:`bench.onnx_io.attach_int8`) and is saved beside it as ``<run_id>.int8.onnx``. The runner
+evaluates that graph in ONNX Runtime, and its figures are the run's headline (what ships); its
+``int8_macs`` and ``float_macs`` come from the quantized graph's own nodes.
 """
 
 from __future__ import annotations
 
-import copy
 import io
-import warnings
+import logging
+import tempfile
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
-from torch.ao.nn.quantized import dynamic as quantized_dynamic
 
-from bench import measure
 from bench.method import Method
-from bench.registry import METHODS, BenchError
-from methods.lowrank import LowRankAttention
+from bench.onnx_io import attach_int8, export_onnx, int8_graph
+from bench.registry import METHODS, BenchError, param
 
-__all__ = ["Quant", "quantize_linear_int8", "serialized_size"]
+__all__ = ["Quant", "QuantParams", "quantize_graph"]
 
-
-def serialized_size(model: nn.Module) -> int:
-    """Bytes of ``torch.save(model.state_dict())``: what shipping the weights costs."""
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return buffer.tell()
-
-
-def is_quantized(model: nn.Module) -> bool:
-    return any(isinstance(m, quantized_dynamic.Linear) for m in model.modules())
+SCHEMES = ("static", "dynamic")
+# The compute nodes quantized; data-movement nodes (Reshape, Transpose...) stay float, because a
+# quantize/dequantize pair around each costs more than it saves at these sizes.
+STATIC_OPS = ["Conv", "MatMul", "Gemm"]
+DYNAMIC_OPS = ["MatMul", "Gemm"]
 
 
-def with_module_projections(model: nn.Module) -> nn.Module:
-    """``model`` with every plain ``nn.MultiheadAttention`` replaced by the same attention computing its
-    projections with ``nn.Linear`` modules (:class:`methods.lowrank.LowRankAttention` at full width),
-    so that dynamic quantization reaches them; the function is unchanged."""
-    for name, attn in [(n, m) for n, m in model.named_modules() if type(m) is nn.MultiheadAttention]:
-        if attn._qkv_same_embed_dim and attn.bias_k is None and not attn.add_zero_attn:
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child,
-                    LowRankAttention.from_attention(attn, None, None))
-    return model
+@dataclass
+class QuantParams:
+    scheme: str = param("static", "static: QDQ int8 calibrated on training utterances (convolutions and attention "
+                        "matmuls too); dynamic: int8 MatMul/Gemm weights, activations quantized at run time",
+                        choices=SCHEMES)
+    calibration_utterances: int = param(64, "training utterances for static calibration", low=1)
 
 
-def quantize_linear_int8(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (eval mode) with every ``nn.Linear``, attention projections included,
-    dynamically quantized to int8."""
-    if is_quantized(model):
-        raise BenchError("the model is already quantized: use quant once, as the last method of a composition")
-    model = with_module_projections(copy.deepcopy(model).eval())
-    with warnings.catch_warnings():  # torch.ao's deprecation notice (torchao is its successor, not installed here)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+def quantize_graph(float_graph: Path, scheme: str, calibration: list[torch.Tensor] | None = None) -> bytes:
+    """The int8 ONNX graph of ``float_graph`` (a file written by :func:`bench.onnx_io.export_onnx`).
+    ``calibration``: training utterances ``(frames, dims)`` for the static scheme's activation ranges."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Utterances(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(calibration or [])
+
+        def get_next(self):
+            features = next(self.items, None)
+            if features is None:
+                return None
+            return {"features": features[None].numpy().astype(np.float32),
+                    "lengths": np.array([features.shape[0]], dtype=np.int64)}
+
+    with tempfile.TemporaryDirectory() as folder, _quiet_quantizer():
+        prepared, quantized = Path(folder) / "prepared.onnx", Path(folder) / "int8.onnx"
+        # Folds constants (the exporter's weight transposes) so the quantizer sees constant weights;
+        # ORT's symbolic shape inference cannot follow the exporter's shape arithmetic, so it is skipped.
+        quant_pre_process(str(float_graph), str(prepared), skip_symbolic_shape=True)
+        if scheme == "dynamic":
+            quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=DYNAMIC_OPS)
+        else:
+            if not calibration:
+                raise BenchError("static quantization needs calibration utterances: give quant.calibration_utterances >= 1")
+            with np.errstate(all="ignore"):  # ranges of all-zero tensors divide by zero inside the quantizer
+                quantize_static(str(prepared), str(quantized), Utterances(), quant_format=QuantFormat.QDQ,
+                                op_types_to_quantize=STATIC_OPS, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        return quantized.read_bytes()
 
 
-@METHODS.register("quant", "post-training dynamic int8 quantization of every linear layer (attention projections "
-                  "included); alone on the plain preset model, or last in a composition (hrf+quant, kd+quant)")
+@contextmanager
+def _quiet_quantizer():
+    """The quantizer logs a line per tensor it leaves float on the root logger, and its preprocessing
+    prints its optimizer's steps: keep the run's output readable."""
+    logging.disable(logging.INFO)
+    try:
+        with redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+@METHODS.register("quant", "post-training int8 quantization of the ONNX graph with ONNX Runtime (static QDQ "
+                  "calibrated on training utterances, or dynamic); alone on the plain preset model, or last in a "
+                  "composition (hrf+quant, kd+quant, prune+quant, lowrank+quant)", params=QuantParams)
 class Quant(Method):
     must_be_last = True  # checked when a grid is validated
 
@@ -80,26 +113,24 @@ class Quant(Method):
         return model  # post-training: nothing to train
 
     def deploy(self, model: nn.Module, ctx) -> nn.Module:
-        from bench.runner import LATENCY_SECONDS  # the runner imports the method plug-ins
+        if int8_graph(model) is not None:
+            raise BenchError("the model is already quantized: use quant once, as the last method of a composition")
         model.eval()
-        frames = ctx.spec.features.frames(LATENCY_SECONDS)
-        try:
-            self.float_macs = measure.count_macs(model, ctx.data.input_dim, frames)
-        except Exception:  # noqa: BLE001 - as the runner: a counter failure is never fatal
-            self.float_macs = None
-        self.float_nonzero = measure.count_nonzero_params(model)
-        self.float_size = serialized_size(model)
-        quantized = quantize_linear_int8(model)
-        self.int8_size = serialized_size(quantized)
-        self.int8_layers = sum(isinstance(m, quantized_dynamic.Linear) for m in quantized.modules())
-        self.float_layers = sum(isinstance(m, nn.Linear) for m in quantized.modules())
-        return quantized
+        train = ctx.data.train.features
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(ctx.spec.seed))
+        calibration = [train[i] for i in order[:self.params.calibration_utterances].tolist()]
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "float.onnx"
+            export_onnx(model, ctx.data.input_dim, path, what=f"the {self.source} to quantize",
+                        graph_cache=ctx.workspace.cache_dir / "onnx-graphs")
+            self.float_size = path.stat().st_size
+            graph = quantize_graph(path, self.params.scheme, calibration)
+        self.int8_size = len(graph)
+        self.calibrated_on = len(calibration) if self.params.scheme == "static" else 0
+        return attach_int8(model, graph)
 
     def record(self) -> dict:
-        return {"quant_source": self.source, "quant_dtype": "qint8 weights, dynamic int8 activations",
-                "quant_int8_linear_layers": self.int8_layers, "quant_float_linear_layers": self.float_layers,
+        return {"quant_source": self.source, "quant_scheme": self.params.scheme,
+                "quant_runtime": "onnxruntime", "quant_calibration_utterances": self.calibrated_on,
                 "size_float32_bytes": self.float_size, "size_int8_bytes": self.int8_size,
-                "size_ratio": self.int8_size / self.float_size,
-                "macs": self.float_macs, "nonzero_params": self.float_nonzero,
-                "macs_note": "MACs counted on the float model before quantization: int8 kernels do the same "
-                             "multiply-accumulates, and the FLOP counter does not see them"}
+                "size_ratio": self.int8_size / self.float_size}

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from click.testing import CliRunner
 
 from bench import measure, probe
@@ -50,18 +49,58 @@ def test_costs_flops_are_twice_macs_and_size_and_peak_memory_are_sensible():
     assert short["peak_memory_bytes"] < long["peak_memory_bytes"]
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
-def test_quantized_model_is_sized_in_int8_and_keeps_its_macs():
-    model = build_backbone("convtransformer", "lightweight", FEATURES.dim, 4).eval()
-    frames = FEATURES.frames(2.0)
-    float_costs = measure.cost_figures(model, FEATURES.dim, frames)
-    quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    costs = measure.cost_figures(quantized, FEATURES.dim, frames)
-    assert costs["size_format"] == "int8"
-    # FFN, projection and head weights shrink 4x; attention's own projections stay float32
-    assert 0.25 * float_costs["size_bytes"] < costs["size_bytes"] < 0.75 * float_costs["size_bytes"]
-    assert costs["params"] == float_costs["params"]
-    assert costs["macs"] == float_costs["macs"] and costs["flops"] == 2 * costs["macs"]
+@pytest.fixture(scope="module")
+def quant_results(tmp_path_factory) -> Path:
+    """A results folder holding one real ``quant`` run (static int8 through ONNX Runtime, toy, tiny)."""
+    results, cache = tmp_path_factory.mktemp("quant") / "results", tmp_path_factory.mktemp("quant-cache")
+    done = invoke("run", "--methods", "quant", "--datasets", "toy", "--presets", "tiny", "--folds", "1",
+                  "--seeds", "0", "--epochs", "1", "--quiet", "--defer-latency", "--results-dir", str(results),
+                  "--cache-dir", str(cache))
+    assert done.exit_code == 0, done.output
+    return results
+
+
+def test_quantized_model_is_sized_and_costed_from_its_int8_graph_and_measured_in_onnxruntime(quant_results, tmp_path):
+    results = Path(shutil.copytree(quant_results, tmp_path / "results"))
+    record, = (json.loads(p.read_text()) for p in (results / "records").glob("*.json"))
+    model = build_backbone("convtransformer", "tiny", 16, 4)
+    # costed on the quantized graph's nodes, and equal to an independent count of the float model's shapes
+    assert record["int8_macs"] == record["macs"] == measure.count_macs(model, 16, record["input_frames"])
+    assert record["float_macs"] == 0 and record["flops"] == 2 * record["macs"]
+    assert record["size_format"] == "int8 onnx" and record["size_bytes"] < record["size_float32_bytes"]
+    done = invoke("measure", "--results-dir", str(results), "--threads", "1", "--seconds", "2", "--max-seconds", "0.3")
+    assert done.exit_code == 0, done.output
+    row, = pd.read_csv(results / "latency.csv").to_dict("records")  # no eager row: there is no eager int8 model
+    assert row["runtime"] == "onnxruntime" and row["size_format"] == "int8 onnx"
+    assert row["int8_macs"] == row["macs"] > 0 and row["float_macs"] == 0 and row["flops"] == 2 * row["macs"]
+    assert row["latency_ratio_ci_low"] <= row["latency_ratio"] <= row["latency_ratio_ci_high"]
+    assert row["roofline_ratio"] > 1 and row["peak_gflops"] == pytest.approx(row["peak_gflops_int8"])
+
+
+def test_interleaved_timing_recovers_a_known_ratio():
+    def spin(milliseconds):
+        def run():
+            end = time.perf_counter() + milliseconds / 1000
+            while time.perf_counter() < end:
+                pass
+        return lambda: probe.clocked(run)
+
+    rule = probe.TimingRule(warmup_runs=1, warmup_seconds=0.02, min_samples=8, min_seconds=0.4, max_seconds=1.0)
+    timed = probe.time_interleaved(spin(2.0), spin(1.0), rule)
+    figures = probe.ratio_figures(timed, 2.0, rule)
+    assert 1.8 < figures["latency_ratio"] < 2.1, figures
+    assert figures["latency_ratio_ci_low"] <= figures["latency_ratio"] <= figures["latency_ratio_ci_high"]
+    assert figures["latency_ratio_pairs"] >= 8 and figures["latency_min_ms"] <= figures["latency_p5_ms"] <= figures["latency_ms"]
+    assert 0.9 < figures["reference_latency_ms"] < 1.5
+
+
+def test_peak_gemm_rates_and_the_roofline_bound():
+    from bench.onnx_io import peak_graphs
+    peaks = probe.peak_gflops(peak_graphs(), 1)
+    assert set(peaks) == {"fp32", "int8"} and all(rate > 0.5 for rate in peaks.values())
+    # 1 GFLOP float at 100 GFLOP/s and 2 GFLOP int8 at 400 GFLOP/s take 15 ms at best: measured 30 ms is 2x
+    bound = probe.roofline(30.0, 0.5e9, 1e9, {"fp32": 100.0, "int8": 400.0})
+    assert bound["roofline_ratio"] == pytest.approx(2.0) and bound["peak_gflops"] == pytest.approx(200.0)
 
 
 def test_timing_rule_stops_on_a_stable_median_and_respects_its_caps():
@@ -128,12 +167,17 @@ def test_steady_allocator_stops_page_faults_on_every_inference():
     assert faults["steady"] < faults["default"] / 50, faults
 
 
-def test_run_records_costs_and_cheap_latency(recorded_run):
+def test_run_records_costs_and_latency_against_the_lightweight_reference(recorded_run):
     record, = (json.loads(p.read_text()) for p in (recorded_run / "records").glob("*.json"))
-    assert record["flops"] == 2 * record["macs"] > 0
+    assert record["flops"] == 2 * record["macs"] > 0 and record["float_macs"] == record["macs"]
+    assert record["int8_macs"] == 0 and record["onnx_status"] == "not exported"
     assert record["size_bytes"] > 4 * record["params"] and record["peak_memory_bytes"] > 0
     assert record["latency_ms"] > 0 and record["latency_threads"] == 1 and record["input_seconds"] == 5.0
+    assert record["latency_runtime"] == "torch-eager" and record["latency_min_ms"] <= record["latency_p5_ms"]
     assert record["rtf"] == pytest.approx(record["latency_ms"] / 1000 / 5.0)
+    # the tiny model against the plain lightweight one: clearly faster, with an interval around the ratio
+    assert record["latency_ratio_ci_low"] <= record["latency_ratio"] <= record["latency_ratio_ci_high"] < 1
+    assert record["roofline_ratio"] > 1 and record["peak_gflops"] == pytest.approx(record["peak_gflops_fp32"])
     assert record["env_allocator"] == probe.steady_allocator()
 
 
@@ -152,6 +196,12 @@ def test_measure_rows_per_runtime_threads_and_duration_then_skips_and_keeps_devi
     assert (table.latency_p90_ms >= table.latency_ms).all() and (table.latency_iqr_ms >= 0).all()
     onnx_rows = table[table.runtime == "onnxruntime"]
     assert onnx_rows.check_ok.all() and (onnx_rows.check_max_abs_diff <= 1e-4).all()
+    assert (table.latency_ratio_ci_low <= table.latency_ratio).all() and (table.reference_latency_ms > 0).all()
+    assert (table.latency_ratio <= table.latency_ratio_ci_high).all()
+    assert (table[table.threads == 1].latency_ratio < 1).all()  # tiny against the plain lightweight model
+    assert table[table.threads == 1].roofline_ratio.gt(1).all()  # the roofline is a 1-thread figure
+    if cores > 1:
+        assert table[table.threads == cores].roofline_ratio.isna().all()
     assert (table.groupby("input_seconds").macs.nunique() == 1).all()  # costs belong to the duration
 
     stored, = (results / "latency").glob("*.json")
@@ -182,3 +232,37 @@ def test_measure_bad_input_is_one_line_and_exit_2(results, args, message):
 def test_measure_without_runs_says_what_to_do(tmp_path):
     result = invoke("measure", "--results-dir", str(tmp_path / "empty"))
     assert result.exit_code == 2 and "run `bench run` first" in result.output
+
+
+@pytest.mark.parametrize("damaged", [".pt", ".int8.onnx"])
+def test_measure_names_a_damaged_saved_model_and_writes_nothing(results, damaged):
+    model, = (results / "models").glob("*.pt")
+    path = model.with_suffix(damaged)
+    path.write_bytes(b"not a model")
+    result = invoke("measure", "--results-dir", str(results), "--threads", "1", "--seconds", "2")
+    assert result.exit_code == 2
+    line, = [l for l in result.output.splitlines() if l.strip()]
+    assert line.startswith("error: ") and str(path) in line
+    assert not (results / "latency").exists() and not (results / "latency.csv").exists()
+
+
+def test_import_latency_validates_every_row_before_replacing_a_stored_one(results, tmp_path):
+    assert invoke("measure", "--results-dir", str(results), "--runtimes", "torch-eager", "--threads", "1",
+                  "--seconds", "2", "--max-seconds", "0.2", "--device", "box").exit_code == 0
+    stored, = (results / "latency").glob("box-*.json")
+    before, table = stored.read_bytes(), (results / "latency.csv").read_bytes()
+    good = json.loads(before)["rows"][0]
+    for bad in ({"latency_ms": "fast"}, {"latency_ms": None}, {"latency_ms": float("nan")}, {"threads": 0},
+                {"run_id": "../../escape"}):
+        rows = [{**good, "input_seconds": 5.0}, {**good, **bad}]  # a valid new row, then a bad replacement
+        if bad == {"latency_ms": None}:
+            del rows[1]["latency_ms"]
+        file = tmp_path / "latency-box.json"
+        file.write_text(json.dumps({"schema": probe.SCHEMA, "schema_version": probe.SCHEMA_VERSION, "device": "box",
+                                    "rows": rows}))
+        result = invoke("import-latency", str(file), "--results-dir", str(results))
+        assert result.exit_code == 2, (bad, result.output)
+        line, = [l for l in result.output.splitlines() if l.strip()]
+        assert line.startswith("error: ") and "row 2" in line and "nothing was imported" in line
+        assert stored.read_bytes() == before and (results / "latency.csv").read_bytes() == table
+        assert sorted(p.name for p in (results / "latency").iterdir()) == [stored.name]

@@ -75,6 +75,7 @@ def test_export_writes_models_manifest_and_the_probe(exported, results):
     assert (exported / model["file"]).stat().st_size > 4 * model["params"]
     assert len(model["check"]["logits"][0]) == 4 and (exported / model["check"]["input"]).exists()
     assert (exported / "probe.py").read_text() == Path(probe.__file__).read_text()
+    assert (exported / model["reference"]).stat().st_size > 0  # the plain lightweight model, to time against
 
 
 @pytest.mark.slow
@@ -137,16 +138,78 @@ def test_probe_refuses_a_file_that_is_not_onnx(probe_python, exported, tmp_path)
     assert via_bench.exit_code == 2 and "is not a readable ONNX model" in one_line_error(via_bench.output)
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
-def test_export_of_a_quantized_model_is_refused_or_left_out(results, tmp_path):
+class DataDependent(torch.nn.Module):
+    """A model whose output branches on an input's value: torch.export cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(16, 4)
+
+    def forward(self, features, lengths):
+        pooled = self.linear(features).mean(1)
+        return pooled if int(lengths.max()) % 2 else -pooled
+
+
+def test_export_of_a_model_onnx_cannot_express_is_refused_or_left_out(results, tmp_path):
     path, = (results / "models").glob("*.pt")
-    model = bench.load_model(path.stem, results)
-    torch.save(torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8), path)
+    torch.save(DataDependent(), path)
     refused = invoke("export", "--out", tmp_path / "out", "--results-dir", results)
     assert refused.exit_code == 2 and "cannot export run" in one_line_error(refused.output.splitlines()[-1])
+    assert not (tmp_path / "out").exists()  # nothing half-written
     left_out = invoke("export", "--out", tmp_path / "out", "--results-dir", results, "--skip-unexportable")
     assert left_out.exit_code == 0 and "left out (not exportable)" in left_out.output
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["models"] == []
+
+
+def test_export_refuses_a_file_or_a_used_folder_and_replaces_an_earlier_export_whole(exported, results, tmp_path):
+    file = tmp_path / "models.txt"
+    file.write_text("mine")
+    result = invoke("export", "--out", file, "--results-dir", results)
+    assert result.exit_code == 2 and "is a file" in one_line_error(result.output) and file.read_text() == "mine"
+
+    (exported / "old-run.onnx").write_bytes(b"stale model")
+    (exported / "latency-pi4.json").write_text("{}")
+    before = {p: p.read_bytes() for p in exported.rglob("*") if p.is_file()}
+    result = invoke("export", "--out", exported, "--results-dir", results, "--seconds", "2")
+    assert result.exit_code == 2 and "already exists" in one_line_error(result.output)
+    assert {p: p.read_bytes() for p in exported.rglob("*") if p.is_file()} == before
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    result = invoke("export", "--out", mine, "--results-dir", results, "--replace")
+    assert result.exit_code == 2 and "not an earlier export" in one_line_error(result.output)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+    replaced = invoke("export", "--out", exported, "--results-dir", results, "--seconds", "2", "--replace")
+    assert replaced.exit_code == 0, replaced.output
+    assert not (exported / "old-run.onnx").exists() and not (exported / "latency-pi4.json").exists()
+    manifest = json.loads((exported / "manifest.json").read_text())
+    assert [i["seconds"] for i in manifest["models"][0]["inputs"]] == [2.0]
+    assert not list(tmp_path.glob(".export*"))  # no staging folder left behind
+
+
+@pytest.mark.slow
+def test_an_int8_model_exports_and_is_probed_in_a_bare_venv(probe_python, results, tmp_path):
+    done = invoke("run", "--methods", "quant", "--datasets", "toy", "--presets", "tiny", "--folds", "1", "--seeds",
+                  "0", "--epochs", "1", "--quiet", "--defer-latency", "--results-dir", results)
+    assert done.exit_code == 0, done.output
+    record = next(r for r in map(json.loads, map(Path.read_text, (results / "records").glob("*.json")))
+                  if r["method"] == "quant")
+    out = tmp_path / "export"
+    assert invoke("export", "--out", out, "--results-dir", results, "--runs", record["run_id"],
+                  "--seconds", "2").exit_code == 0
+    model, = json.loads((out / "manifest.json").read_text())["models"]
+    assert (out / model["file"]).read_bytes() == (results / "models" / f"{record['run_id']}.int8.onnx").read_bytes()
+    assert model["size_format"] == "int8 onnx" and model["inputs"][0]["int8_macs"] == model["inputs"][0]["macs"] > 0
+    probed = run_probe(probe_python, out / "probe.py", out, "--device", "testpi", "--threads", "1", "--seconds", "2",
+                       "--max-seconds", "0.2", cwd=tmp_path)
+    assert probed.returncode == 0, probed.stderr
+    row, = json.loads((out / "latency-testpi.json").read_text())["rows"]
+    assert row["check_ok"] and row["int8_macs"] == row["macs"] and row["roofline_ratio"] > 1
+    assert row["latency_ratio_ci_low"] <= row["latency_ratio"] <= row["latency_ratio_ci_high"]
+    assert row["latency_ratio"] < 1 and row["reference_latency_ms"] > 0  # tiny int8 against the lightweight model
+    assert row["peak_gflops_int8"] > 0 and row["peak_gflops"] == pytest.approx(row["peak_gflops_int8"])
 
 
 def test_import_refuses_other_schemas_and_another_machine_under_a_taken_tag(exported, results, tmp_path):

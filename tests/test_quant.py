@@ -1,59 +1,118 @@
-"""Dynamic int8 quantization: close to the float model, smaller when serialized, same parameters,
-works on low-rank attention, refuses a second pass."""
+"""``quant``: int8 through ONNX Runtime. The method run end to end on the toy corpus records the int8
+graph's own MACs by precision (static QDQ: every convolution and matmul; dynamic: convolutions stay
+float), its ONNX Runtime accuracy as the headline, and saves the int8 graph beside the float model;
+the int8 graph stays close to the float model; quantizing twice is refused."""
 
 from __future__ import annotations
 
-import copy
+import json
 
+import numpy as np
 import pytest
 import torch
-from torch import nn
-from torch.ao.nn.quantized import dynamic as quantized_dynamic
+from click.testing import CliRunner
 
 from bench import measure
-from bench.budget import output_layers
+from bench.cli import main
+from bench.features import FeatureConfig
 from bench.models import build_backbone
-from bench.registry import BACKBONES, BenchError
-from methods.lowrank import factorizable_layers, factorize_model
-from methods.quant import quantize_linear_int8, serialized_size
+from bench.onnx_io import attach_int8, export_onnx, graph_macs, int8_graph
+from bench.probe import ort_session
+from bench.registry import METHODS, BenchError
+from conftest import TOY_DIM
+from methods.quant import quantize_graph
 
-DIM = 16
-
-
-def padded_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(2)
-    return torch.randn(4, 120, DIM, generator=generator), torch.tensor([120, 90, 41, 17])
+TINY = ["--datasets", "toy", "--presets", "tiny", "--folds", "1", "--seeds", "0", "--epochs", "1", "--quiet",
+        "--defer-latency"]
 
 
-@pytest.mark.parametrize("backbone", BACKBONES.names())
-def test_quantized_output_stays_close_to_float(backbone):
+@pytest.fixture(scope="module")
+def quant_runs(tmp_path_factory) -> tuple[dict, object]:
+    """Real ``quant`` runs (static and dynamic) and ``hrf+quant`` through the CLI, with their results folder."""
+    results, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("cache")
+    for args in (["--methods", "quant,hrf+quant"], ["--methods", "quant", "-p", "quant.scheme=dynamic"]):
+        done = CliRunner().invoke(main, ["run", *args, "--results-dir", str(results), "--cache-dir", str(cache), *TINY],
+                                  catch_exceptions=False)
+        assert done.exit_code == 0, done.output
+    records = {}
+    for path in (results / "records").glob("*.json"):
+        record = json.loads(path.read_text())
+        records[f"{record['method']}-{record['quant_scheme']}"] = record
+    return records, results
+
+
+def test_static_quant_makes_every_multiply_accumulate_int8_and_ships_the_onnx_accuracy(quant_runs):
+    records, results = quant_runs
+    record = records["quant-static"]
+    plain = build_backbone("convtransformer", "tiny", TOY_DIM, 4)
+    float_macs = measure.count_macs(plain, TOY_DIM, record["input_frames"])  # independent count of the same shapes
+    assert record["quant_scheme"] == "static" and record["quant_calibration_utterances"] > 0
+    assert record["int8_macs"] == record["macs"] == float_macs and record["float_macs"] == 0
+    assert record["flops"] == 2 * record["macs"]
+    assert record["accuracy_runtime"] == "onnxruntime int8" and record["onnx_status"] == "ok"
+    assert record["ua"] == record["ua_onnx"] and 0 <= record["ua_torch"] <= 1
+    assert record["size_format"] == "int8 onnx" and record["size_bytes"] == record["size_int8_bytes"]
+    graph = results / "models" / f"{record['run_id']}.int8.onnx"
+    assert graph.stat().st_size == record["size_bytes"]
+    float_model = torch.load(results / "models" / f"{record['run_id']}.pt", weights_only=False)
+    assert int8_graph(float_model) is None  # the .pt stays the float model; the int8 graph is beside it
+    assert graph_macs(graph.read_bytes(), TOY_DIM, record["input_frames"])["int8_macs"] == float_macs
+
+
+def test_dynamic_quant_leaves_the_convolutions_and_attention_products_float(quant_runs):
+    records, _ = quant_runs
+    static, dynamic = records["quant-static"], records["quant-dynamic"]
+    assert dynamic["quant_scheme"] == "dynamic" and dynamic["quant_calibration_utterances"] == 0
+    assert dynamic["macs"] == static["macs"] and dynamic["int8_macs"] + dynamic["float_macs"] == dynamic["macs"]
+    # Weights-only int8: what multiplies two activations (the conv front-end's input aside, attention's
+    # q k^T and weights x v: 2 T^2 d per layer) and the convolutions stay float.
+    model = build_backbone("convtransformer", "tiny", TOY_DIM, 4).eval()
+    outputs = []
+    kinds = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.MultiheadAttention)
+    hooks = [m.register_forward_hook(lambda m, args, out: outputs.append((m, args[0], out)))
+             for m in model.modules() if isinstance(m, kinds)]
+    with torch.inference_mode():
+        model(*measure.example_input(TOY_DIM, dynamic["input_frames"]))
+    for hook in hooks:
+        hook.remove()
+    conv = sum(out.numel() * m.weight[0].numel() for m, _, out in outputs if not isinstance(m, kinds[2]))
+    attention = sum(2 * x.shape[1] ** 2 * x.shape[2] for m, x, _ in outputs if isinstance(m, kinds[2]))
+    assert conv > 0 and attention > 0 and dynamic["float_macs"] == conv + attention
+
+
+def test_composed_quant_quantizes_the_previous_methods_deploy_model(quant_runs):
+    records, results = quant_runs
+    composed = records["hrf+quant-static"]
+    assert composed["quant_source"] == "previous method's deploy model" and composed["hrf_expansion_ratio"] > 0
+    assert composed["int8_macs"] == records["quant-static"]["int8_macs"]  # deHRF: the plain tiny model's shapes
+    assert (results / "models" / f"{composed['run_id']}.int8.onnx").exists()
+
+
+@pytest.mark.parametrize("scheme", ["static", "dynamic"])
+def test_int8_graph_stays_close_to_the_float_model(scheme, tmp_path):
     torch.manual_seed(0)
-    model = build_backbone(backbone, "lightweight", DIM, 4).eval()
-    quantized = quantize_linear_int8(model)
-    features, lengths = padded_batch()
-    with torch.no_grad():
-        expected, got = model(features, lengths), quantized(features, lengths)
-    scale = expected.abs().max()
-    assert (got - expected).abs().max() <= 0.05 * scale
-    assert not torch.equal(got, expected)  # really quantized
-    linears = [m for m in quantized.modules() if isinstance(m, quantized_dynamic.Linear)]
-    assert linears and not any(type(m) is nn.Linear for m in quantized.modules())
-    assert measure.count_params(quantized) == measure.count_params(model)  # int8 weights still counted
-    assert serialized_size(quantized) < 0.7 * serialized_size(model)
-
-
-def test_quantizes_low_rank_attention_factors():
-    model = build_backbone("convtransformer", "tiny", DIM, 4).eval()
-    layers = factorizable_layers(model, set(output_layers(model, DIM)))
-    factorized = factorize_model(copy.deepcopy(model), {name: min(w.shape) for name, w in layers.items()}).eval()
-    quantized = quantize_linear_int8(factorized)
-    assert isinstance(quantized.layers[0].attn.in_proj[0], quantized_dynamic.Linear)
-    features, lengths = padded_batch()
-    with torch.no_grad():
-        assert (quantized(features, lengths) - model(features, lengths)).abs().max() < 0.05 * model(features, lengths).abs().max()
+    features = FeatureConfig()
+    model = build_backbone("convtransformer", "lightweight", features.dim, 4).eval()
+    export_onnx(model, features.dim, tmp_path / "float.onnx")
+    generator = torch.Generator().manual_seed(1)
+    calibration = [torch.randn(int(n), features.dim, generator=generator) for n in (150, 300, 420, 501)]
+    graph = quantize_graph(tmp_path / "float.onnx", scheme, calibration)
+    session = ort_session(graph, threads=1)
+    worst = 0.0
+    for frames, length in ((301, 301), (501, 333)):
+        x, _ = measure.example_input(features.dim, frames)
+        lengths = torch.tensor([length])
+        with torch.inference_mode():
+            expected = model(x, lengths).numpy()
+        got = session.run(None, {"features": x.numpy(), "lengths": lengths.numpy()})[0]
+        assert not np.array_equal(got, expected)  # really quantized
+        worst = max(worst, float(np.abs(got - expected).max() / np.abs(expected).max()))
+    assert worst < 0.1, worst
+    assert len(graph) < 0.4 * (tmp_path / "float.onnx").stat().st_size
 
 
 def test_quantizing_twice_is_an_error():
-    quantized = quantize_linear_int8(build_backbone("convtransformer", "tiny", DIM, 4))
+    model = attach_int8(build_backbone("convtransformer", "tiny", TOY_DIM, 4), b"int8 graph")
+    quant = METHODS.get("quant")
     with pytest.raises(BenchError, match="already quantized"):
-        quantize_linear_int8(quantized)
+        quant.obj(quant.make_params({})).deploy(model, ctx=None)
