@@ -20,6 +20,7 @@ import bench
 from bench.cli import main
 from bench.measure import example_input
 from bench.model_store import load_deploy_model
+from bench.onnx_io import int8_graph
 from bench.registry import BenchError
 from bench.runner import RunSpec, Workspace, execute, save_model
 from bench.train import TrainConfig
@@ -110,7 +111,6 @@ def deploy_models(tmp_path_factory):
     return saved
 
 
-@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated:UserWarning")  # int8 tensors (quant)
 @pytest.mark.parametrize("method", ["baseline", "hrf", "prune", "lowrank", "quant"])
 def test_saved_deploy_model_is_data_and_gives_identical_outputs(deploy_models, method):
     model, path, record = deploy_models[method]
@@ -124,8 +124,9 @@ def test_saved_deploy_model_is_data_and_gives_identical_outputs(deploy_models, m
     elif method == "lowrank":  # factor pairs and LowRankAttention replace modules of the teacher
         assert document["preset"] == "lightweight"
         assert any(c["class"] == "methods.lowrank:LowRankAttention" for c in document["changes"])
-    else:
-        assert any("quantized" in c["class"] for c in document["changes"])
+    else:  # quant: the float plain model as data, its int8 ONNX graph beside it, attached on loading
+        assert document["preset"] == "tiny" and not changed
+        assert int8_graph(load_deploy_model(path)) == path.with_suffix(".int8.onnx").read_bytes()
 
     loaded = load_deploy_model(path)
     assert [type(m) for m in loaded.modules()] == [type(m) for m in model.modules()]

@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import bench
 from bench import measure
 from bench.cli import main
 from bench.features import FeatureConfig
@@ -54,8 +55,9 @@ def test_static_quant_makes_every_multiply_accumulate_int8_and_ships_the_onnx_ac
     assert record["size_format"] == "int8 onnx" and record["size_bytes"] == record["size_int8_bytes"]
     graph = results / "models" / f"{record['run_id']}.int8.onnx"
     assert graph.stat().st_size == record["size_bytes"]
-    float_model = torch.load(results / "models" / f"{record['run_id']}.pt", weights_only=False)
-    assert int8_graph(float_model) is None  # the .pt stays the float model; the int8 graph is beside it
+    saved = torch.load(results / "models" / f"{record['run_id']}.pt", weights_only=True)
+    assert not any(isinstance(v, bytes) for v in saved.values())  # the .pt is the float model; int8 lies beside
+    assert int8_graph(bench.load_model(record["run_id"], results)) == graph.read_bytes()  # and loads with it
     assert graph_macs(graph.read_bytes(), TOY_DIM, record["input_frames"])["int8_macs"] == float_macs
 
 
