@@ -23,10 +23,10 @@ from bench.corpus import Corpus
 from bench.env import environment, git_commit
 from bench.features import FeatureConfig, extract
 from bench.metrics import declared_scores
-from bench.models import build_backbone, preset_config
+from bench.models import build_backbone, preset_config, recipe
 from bench.registry import DATASETS, METHODS
 from bench.results import run_id
-from bench.train import FitResult, Split, TrainConfig, evaluate
+from bench.train import FitResult, Split, TrainConfig, evaluate, resolve_device
 
 log = logging.getLogger("bench")
 LATENCY_SECONDS = 5.0  # input duration for MACs and latency in run records
@@ -61,7 +61,13 @@ class RunSpec:
         return {"method": self.method, "method_params": self.resolved_method_params(), "backbone": self.backbone,
                 "preset": self.preset, "dataset": self.dataset, "dataset_params": self.dataset_params,
                 "fold": self.fold, "seed": self.seed, "train": asdict(self.train), "features": asdict(self.features),
-                "teacher_preset": self.teacher_preset if self.uses_teacher() else None}
+                "teacher_preset": self.teacher_preset if self.uses_teacher() else None,
+                "recipe": recipe(self.backbone, self.preset),
+                "teacher_recipe": recipe(self.backbone, self.teacher_preset) if self.uses_teacher() else None}
+
+    def train_config(self, preset: str | None = None) -> TrainConfig:
+        """The run's training settings with the rest from ``preset``'s recipe (default: the run's preset)."""
+        return self.train.resolved(recipe(self.backbone, preset or self.preset))
 
     def uses_teacher(self) -> bool:
         return any(getattr(METHODS.get(n).obj, "uses_large_model", False) for n in self.components)
@@ -91,11 +97,13 @@ class Workspace:
     """Caches shared by the runs of one process: corpora, features, normalized fold splits."""
 
     def __init__(self, cache_dir: Path, data_roots: dict[str, Path] | None = None, progress: bool = True,
-                 defer_latency: bool = False):
+                 defer_latency: bool = False, device: str = "cpu", amp: bool = False):
         self.cache_dir = Path(cache_dir)
         self.data_roots = data_roots or {}
         self.progress = progress
         self.defer_latency = defer_latency  # leave latency to the serialized ``bench measure`` stage
+        self.device = resolve_device(device)  # training and evaluation; latency stays on the CPU
+        self.amp = amp  # bf16 autocast on CUDA
         self._corpora: dict = {}
         self._folds: dict = {}
 
@@ -143,21 +151,27 @@ class RunContext:
         self.notes: dict = {}
 
     def new_model(self, preset: str | None = None, **overrides) -> nn.Module:
-        """A freshly initialized backbone at ``preset`` (default: the run's), seeded by the run seed."""
+        """A freshly initialized backbone at ``preset`` (default: the run's), seeded by the run seed, with
+        the dropout of that preset's recipe."""
         torch.manual_seed(self.spec.seed)
-        return build_backbone(self.spec.backbone, preset or self.spec.preset, self.data.input_dim,
-                              self.data.num_classes, **overrides)
+        preset = preset or self.spec.preset
+        overrides = {"dropout": self.spec.train_config(preset).dropout} | overrides
+        return build_backbone(self.spec.backbone, preset, self.data.input_dim, self.data.num_classes, **overrides)
 
     def fit(self, model: nn.Module, loss_fn=None, extra_parameters=None, epochs: int | None = None,
-            desc: str | None = None, checkpoint: Path | None = None) -> nn.Module:
-        """Train with the shared trainer, checkpointing every epoch (default: the run's k-th training)
-        and resuming from the checkpoint an interrupted attempt left."""
-        config = self.spec.train if epochs is None else TrainConfig(**(asdict(self.spec.train) | {"epochs": epochs}))
+            desc: str | None = None, checkpoint: Path | None = None, preset: str | None = None,
+            companions: list[nn.Module] = ()) -> nn.Module:
+        """Train with the shared trainer and ``preset``'s recipe (default: the run's preset), checkpointing
+        every epoch (default: the run's k-th training) and resuming from the checkpoint an interrupted
+        attempt left. ``companions``: modules ``loss_fn`` runs (a teacher), moved to the training device."""
+        config = self.spec.train_config(preset)
+        config = config if epochs is None else TrainConfig(**(asdict(config) | {"epochs": epochs}))
         path = checkpoint or run_checkpoint(self.workspace.cache_dir, self.spec.run_id, len(self.fits))
         result, resumed_from = resumable_fit(
             model, self.data.train, self.data.val, self.data.num_classes, config, self.spec.seed, path,
             loss_fn=loss_fn, extra_parameters=extra_parameters, progress=self.workspace.progress,
-            desc=desc or self.spec.method)
+            desc=desc or self.spec.method, device=self.workspace.device, amp=self.workspace.amp,
+            companions=companions)
         if resumed_from:
             self.notes["resumed_from_epoch"] = resumed_from
         self.fits.append(result)
@@ -168,7 +182,8 @@ class RunContext:
         every method and later run that needs it (baselines, teachers, pruning sources)."""
         spec = self.spec
         key = json.dumps([spec.backbone, preset, preset_config(spec.backbone, preset), spec.dataset,
-                          spec.dataset_params, spec.fold, spec.seed, asdict(spec.train), asdict(spec.features)],
+                          spec.dataset_params, spec.fold, spec.seed, asdict(spec.train_config(preset)),
+                          asdict(spec.features)],
                          sort_keys=True, default=str)
         path = self.workspace.cache_dir / "models" / f"{spec.backbone}-{preset}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
         model = self.new_model(preset)
@@ -187,7 +202,7 @@ class RunContext:
                                 "--cache-dir retrains it", spec.backbone, preset, trained_by, git_commit())
                 return model.eval()
             checkpoint = model_checkpoint(self.workspace.cache_dir, path.stem)
-            self.fit(model, desc=f"{spec.backbone}-{preset}", checkpoint=checkpoint)
+            self.fit(model, desc=f"{spec.backbone}-{preset}", checkpoint=checkpoint, preset=preset)
             self.notes.update({f"{preset}_model_cache": "miss", f"{preset}_model_git_commit": git_commit()})
             log.info("trained %s %s model (fold %d, seed %d)", spec.backbone, preset, spec.fold, spec.seed)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -230,8 +245,11 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         model = method.deploy(model, ctx)
         method_figures.update(method.record())
     model.eval()
-    test = evaluate(model, data.test, data.num_classes)
-    val = evaluate(model, data.val, data.num_classes)
+    # Dynamically quantized layers run on the CPU only; everything else is evaluated on the training device.
+    device = torch.device("cpu") if is_quantized(model) else workspace.device
+    test = evaluate(model.to(device), data.test, data.num_classes, device, workspace.amp)
+    val = evaluate(model, data.val, data.num_classes, device, workspace.amp)
+    model.to("cpu")
     figures = measure_deploy(model, data.input_dim, spec.features.frames(LATENCY_SECONDS),
                              latency=not workspace.defer_latency)
     record = {
@@ -239,7 +257,10 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         **{k: v for k, v in spec.key().items() if k not in ("train", "features", "method_params", "dataset_params")},
         "method_params": spec.resolved_method_params(),
         "dataset_params": spec.dataset_params,
-        **{f"train_{k}": v for k, v in asdict(spec.train).items()},
+        **{f"train_{k}": v for k, v in asdict(spec.train).items()},  # as asked; None = the preset's recipe
+        "recipe": asdict(spec.train_config()),  # the settings the deploy model's preset trained with
+        "teacher_recipe": asdict(spec.train_config(spec.teacher_preset)) if spec.uses_teacher() else None,
+        "train_device": str(workspace.device), "train_amp": workspace.amp and workspace.device.type == "cuda",
         **{f"features_{k}": v for k, v in asdict(spec.features).items()},
         **{k: test[k] for k in ("wa", "ua", "macro_f1", "weighted_f1")},
         **declared_scores(test, data.corpus.metrics, data.corpus.classes),
@@ -251,6 +272,7 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         "skipped_files": len(data.corpus.skipped), "skipped": data.corpus.skipped,
         "train_params": train_params, **figures, **method_figures, **ctx.notes,
         "best_epoch": ctx.fits[-1].best_epoch if ctx.fits else None,
+        "history": ctx.fits[-1].history if ctx.fits else [],  # the training that produced the deploy model
         "fit_seconds": sum(f.train_seconds for f in ctx.fits),
         "wall_seconds": time.perf_counter() - started,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -258,6 +280,10 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         "_deploy_model": model,  # taken out and saved by the caller
     }
     return record
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
 
 
 def save_model(model: nn.Module, path: Path) -> None:

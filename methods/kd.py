@@ -91,7 +91,7 @@ class KD(Method):
             return loss
 
         ctx.fit(model, loss_fn=loss_fn, extra_parameters=list(projection.parameters()) if projection else None,
-                desc="kd")
+                desc="kd", companions=[teacher])
         self.teacher_params = measure.count_params(teacher)
         self.projection_params = measure.count_params(projection) if projection is not None else 0
         self.epochs = ctx.spec.train.epochs
