@@ -116,7 +116,8 @@ def make_grid(values: dict) -> Grid:
 
 
 def run_grid(grid: Grid, store: RecordStore, cache_dir: Path, force: bool = False, progress: bool = True,
-             shard: Shard | None = None, defer_latency: bool = False) -> list[dict]:
+             shard: Shard | None = None, defer_latency: bool = False, device: str = "cpu",
+             amp: bool = False) -> list[dict]:
     """Execute every run of ``grid`` (of its ``shard``) not yet in ``store`` (all of them with
     ``force``); returns the records of those runs, old and new.
 
@@ -126,7 +127,7 @@ def run_grid(grid: Grid, store: RecordStore, cache_dir: Path, force: bool = Fals
     """
     store.check_writable()
     specs = grid.specs() if shard is None else shard.select(grid.specs())
-    workspace = Workspace(cache_dir, grid.data_roots, progress, defer_latency=defer_latency)
+    workspace = Workspace(cache_dir, grid.data_roots, progress, defer_latency=defer_latency, device=device, amp=amp)
     todo = [s for s in specs if force or not store.has(s.run_id)]
     if len(todo) < len(specs):
         log.info("%d of %d runs already recorded; skipping them (use --force to re-run)", len(specs) - len(todo), len(specs))
