@@ -31,7 +31,7 @@ class Grid:
 
     methods: list[str] = field(default_factory=list)  # empty = every registered method
     backbones: list[str] = field(default_factory=lambda: ["convtransformer"])
-    presets: list[str] = field(default_factory=list)
+    presets: list[str] | dict = field(default_factory=list)  # or {method: [presets]} (others: their defaults)
     datasets: list[str] = field(default_factory=lambda: ["embedded"])
     folds: list[int] = field(default_factory=lambda: [1])
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -45,7 +45,7 @@ class Grid:
     def validate(self) -> None:
         for name in self.backbones:
             BACKBONES.get(name)
-            for preset in self.presets:
+            for preset in {p for m in self.method_names() for p in self.presets_for(m)}:
                 preset_config(name, preset)
             preset_config(name, self.teacher_preset)
         for name in self.datasets:
@@ -56,6 +56,9 @@ class Grid:
             early = [c for c in method.split("+")[:-1] if getattr(METHODS.get(c).obj, "must_be_last", False)]
             if early:  # e.g. quant: nothing trains or transforms its model further
                 raise BenchError(f"{early[0]} must come last in a composition, got {method!r}: e.g. hrf+{early[0]}")
+        stray = set(self.presets) - set(self.method_names()) if isinstance(self.presets, dict) else set()
+        if stray:
+            raise BenchError(f"presets given for {sorted(stray)[0]!r}, which is not among the grid's methods")
         unused = set(self.method_params) - {c for m in self.method_names() for c in m.split("+")}
         if unused:
             raise BenchError(f"parameters given for {sorted(unused)[0]!r}, which is not among the grid's methods")
@@ -65,12 +68,16 @@ class Grid:
     def method_names(self) -> list[str]:
         return self.methods or METHODS.names()
 
+    def presets_for(self, method: str) -> list[str]:
+        given = self.presets.get(method) if isinstance(self.presets, dict) else self.presets
+        return list(given or DEFAULT_PRESETS.get(method, ("lightweight",)))
+
     def specs(self) -> list[RunSpec]:
         runs = []
         for dataset in self.datasets:
             for backbone in self.backbones:
                 for method in self.method_names():
-                    for preset in self.presets or DEFAULT_PRESETS.get(method, ("lightweight",)):
+                    for preset in self.presets_for(method):
                         for fold in self.folds:
                             for seed in self.seeds:
                                 runs.append(RunSpec(

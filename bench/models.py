@@ -35,7 +35,7 @@ def recipe(backbone: str, preset: str) -> dict:
     (learning rate, warm-up, weight decay, dropout, label smoothing, SpecAugment, patience)."""
     preset_config(backbone, preset)
     registered = BACKBONES.get(backbone).extra.get("recipes") or {}
-    return dict(registered.get(preset) or PRESET_RECIPES.get(preset, DEFAULT_RECIPE))
+    return PRESET_RECIPES.get(preset, DEFAULT_RECIPE) | registered.get(preset, {})
 
 
 def build_backbone(backbone: str, preset: str, input_dim: int, num_classes: int, **overrides) -> nn.Module:

@@ -65,6 +65,14 @@ class RunSpec:
                 "recipe": recipe(self.backbone, self.preset),
                 "teacher_recipe": recipe(self.backbone, self.teacher_preset) if self.uses_teacher() else None}
 
+    def plain_model_name(self, preset: str) -> str:
+        """File stem of the cached plain ``preset`` model this run trains or reuses (shared by every run
+        with the same backbone, data, fold, seed and training settings)."""
+        key = json.dumps([self.backbone, preset, preset_config(self.backbone, preset), self.dataset,
+                          self.dataset_params, self.fold, self.seed, asdict(self.train_config(preset)),
+                          asdict(self.features)], sort_keys=True, default=str)
+        return f"{self.backbone}-{preset}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
+
     def train_config(self, preset: str | None = None) -> TrainConfig:
         """The run's training settings with the rest from ``preset``'s recipe (default: the run's preset)."""
         return self.train.resolved(recipe(self.backbone, preset or self.preset))
@@ -181,11 +189,7 @@ class RunContext:
         """A plain model of ``preset`` trained with the run's settings, cached on disk and reused by
         every method and later run that needs it (baselines, teachers, pruning sources)."""
         spec = self.spec
-        key = json.dumps([spec.backbone, preset, preset_config(spec.backbone, preset), spec.dataset,
-                          spec.dataset_params, spec.fold, spec.seed, asdict(spec.train_config(preset)),
-                          asdict(spec.features)],
-                         sort_keys=True, default=str)
-        path = self.workspace.cache_dir / "models" / f"{spec.backbone}-{preset}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+        path = self.workspace.cache_dir / "models" / f"{spec.plain_model_name(preset)}.pt"
         model = self.new_model(preset)
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(path.with_suffix(".lock")):  # concurrent workers needing this model train it once

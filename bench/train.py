@@ -16,6 +16,7 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
 from bench.metrics import scores
+from bench.models import DEFAULT_RECIPE
 from bench.registry import BenchError
 
 
@@ -230,7 +231,8 @@ def fit(model: nn.Module, train: Split, val: Split, num_classes: int, config: Tr
         device: torch.device | str = "cpu", amp: bool = False, companions: list[nn.Module] = ()) -> FitResult:
     """Train ``model`` in place on ``device`` and load the weights of its best validation-UA epoch.
 
-    ``config`` must be resolved (no recipe field left ``None``). SpecAugment masks every training batch
+    Recipe fields ``config`` leaves ``None`` take the lightweight recipe (the runner resolves them with the
+    trained preset's recipe before calling this). SpecAugment masks every training batch
     before ``loss_fn(model, feats, lengths, labels)``, which replaces label-smoothed cross-entropy (e.g.
     distillation); ``extra_parameters`` are optimized too (e.g. a distillation projection). Training
     stops early after ``config.patience`` epochs without a better validation UA (0: never).
@@ -238,8 +240,7 @@ def fit(model: nn.Module, train: Split, val: Split, num_classes: int, config: Tr
     checkpoint. ``device``: the model, ``extra_parameters`` and ``companions`` (modules ``loss_fn`` runs,
     e.g. a teacher) move there while training and back to the CPU afterwards; ``amp``: bf16 autocast on CUDA.
     """
-    if config.missing():
-        raise ValueError(f"unresolved training settings {config.missing()}: resolve them with a recipe first")
+    config = config.resolved(DEFAULT_RECIPE)  # the runner resolves with the trained preset's recipe first
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     on_device(device, model, companions, extra_parameters)
