@@ -38,10 +38,10 @@ class TrainConfig:
     patience: int | None = None  # stop after this many epochs without validation gain; 0 = never
     dropout: float | None = None
     label_smoothing: float | None = None
-    freq_masks: int | None = None  # SpecAugment: masks per utterance and their largest width (bins)
+    freq_masks: int | None = None  # SpecAugment: masks per utterance, largest width (bins, at most a fifth)
     freq_mask_width: int | None = None
     time_masks: int | None = None
-    time_mask_width: int | None = None  # frames, at most TIME_MASK_FRACTION of the utterance
+    time_mask_width: int | None = None  # frames, at most MASK_FRACTION of the utterance
     class_weighting: bool = False  # weight the loss by inverse class frequency (imbalanced corpora)
 
     def __post_init__(self):
@@ -103,7 +103,8 @@ def batches(split: Split, batch_size: int, generator: torch.Generator | None = N
         yield feats, lengths[idx], split.labels[idx], idx
 
 
-TIME_MASK_FRACTION = 0.2  # a time mask covers at most this share of its utterance (SpecAugment's p)
+MASK_FRACTION = 0.2  # a time mask covers at most this share of its utterance (SpecAugment's p), a
+# frequency mask at most this share of the bins
 
 
 def spec_augment(feats: torch.Tensor, lengths: torch.Tensor, config: TrainConfig) -> torch.Tensor:
@@ -112,8 +113,9 @@ def spec_augment(feats: torch.Tensor, lengths: torch.Tensor, config: TrainConfig
     on padding or covers less of a short utterance than intended. Returns a new tensor."""
     if not (config.freq_masks and config.freq_mask_width) and not (config.time_masks and config.time_mask_width):
         return feats
-    freq = FrequencyMasking(config.freq_mask_width or 0)
-    time = TimeMasking(config.time_mask_width or 0, p=TIME_MASK_FRACTION)
+    # A frequency mask covers at most a fifth of the bins too (12 of 80 log-mel bins: up to 12; 16 features: 3).
+    freq = FrequencyMasking(min(config.freq_mask_width or 0, int(MASK_FRACTION * feats.shape[2])))
+    time = TimeMasking(config.time_mask_width or 0, p=MASK_FRACTION)
     out = feats.clone()
     for row, length in zip(out, lengths.tolist()):
         view = row[:length].T  # (F, length): torchaudio masks the last two axes (freq, time)

@@ -10,7 +10,7 @@ import torch
 from bench.models import recipe
 from bench.registry import BenchError
 from bench.runner import RunSpec, Workspace, execute
-from bench.train import TIME_MASK_FRACTION, Split, TrainConfig, batches, lr_factor, resolve_device, spec_augment
+from bench.train import MASK_FRACTION, Split, TrainConfig, batches, lr_factor, resolve_device, spec_augment
 
 
 def toy_spec(**changes) -> RunSpec:
@@ -88,9 +88,11 @@ def test_spec_augment_masks_only_inside_each_utterance_and_changes_it():
         kept = row[:n] != 0
         assert torch.equal(row[:n][kept], original[:n][kept])  # masked cells are zeroed, the rest kept
         frames = masked.all(1).sum().item()  # time-masked frames: every bin zero
-        assert frames <= 2 * int(TIME_MASK_FRACTION * n)  # each time mask covers at most a fifth of it
+        assert frames <= 2 * int(MASK_FRACTION * n)  # each time mask covers at most a fifth of it
         bins = masked.all(0).sum().item()
-        assert bins <= 2 * 12
+        assert bins <= 2 * 12 and int(MASK_FRACTION * 80) == 16  # 12 bins fit under the cap of 16
+    narrow = spec_augment(torch.rand(4, 50, 16) + 1.0, torch.full((4,), 50), config)  # 16 features (toy)
+    assert ((narrow == 0).all(1).sum(1) <= 2 * 3).all()  # frequency masks shrink to a fifth of the bins
     no_masks = TrainConfig(freq_masks=0, time_masks=0, freq_mask_width=12, time_mask_width=40)
     assert torch.equal(spec_augment(feats, lengths, no_masks), feats)
 
