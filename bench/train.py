@@ -64,9 +64,6 @@ class TrainConfig:
         """These settings with every unset (``None``) recipe field taken from ``recipe``."""
         return replace(self, **{k: recipe[k] for k in RECIPE_FIELDS if getattr(self, k) is None})
 
-    def missing(self) -> list[str]:
-        return [k for k in RECIPE_FIELDS if getattr(self, k) is None]
-
 
 @dataclass
 class Split:
@@ -109,8 +106,8 @@ MASK_FRACTION = 0.2  # a time mask covers at most this share of its utterance (S
 
 def spec_augment(feats: torch.Tensor, lengths: torch.Tensor, config: TrainConfig) -> torch.Tensor:
     """SpecAugment on a padded batch ``(B, T, F)``: each utterance gets its own frequency and time masks
-    (filled with 0, the normalized features' mean), drawn within its own length so that no mask falls
-    on padding or covers less of a short utterance than intended. Returns a new tensor."""
+    (filled with 0, the normalized features' mean), drawn within its own length, so that no mask falls
+    on padding and a time mask never covers more than a fifth of the utterance. Returns a new tensor."""
     if not (config.freq_masks and config.freq_mask_width) and not (config.time_masks and config.time_mask_width):
         return feats
     # A frequency mask covers at most a fifth of the bins too (12 of 80 log-mel bins: up to 12; 16 features: 3).
