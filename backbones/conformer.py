@@ -32,6 +32,7 @@ __all__ = ["ConformerClassifier"]
 PRESETS = {
     "tiny": dict(d_model=32, num_layers=1, num_heads=2, ffn_dim=64, kernel_size=7, conv_channels=8),
     "lightweight": dict(d_model=96, num_layers=2, num_heads=4, ffn_dim=192, kernel_size=15, conv_channels=32),
+    "medium": dict(d_model=128, num_layers=3, num_heads=4, ffn_dim=384, kernel_size=23, conv_channels=32),
     "large": dict(d_model=192, num_layers=4, num_heads=4, ffn_dim=768, kernel_size=31, conv_channels=32),
 }
 

@@ -21,6 +21,7 @@ __all__ = ["ConvTransformer", "ConvSubsampling", "attention_macs", "ffn_macs", "
 PRESETS = {
     "tiny": dict(d_model=32, num_layers=1, num_heads=2, ffn_dim=64, conv_channels=8),
     "lightweight": dict(d_model=96, num_layers=2, num_heads=4, ffn_dim=192, conv_channels=32),
+    "medium": dict(d_model=128, num_layers=3, num_heads=4, ffn_dim=384, conv_channels=32),
     "large": dict(d_model=192, num_layers=4, num_heads=4, ffn_dim=768, conv_channels=32),
 }
 

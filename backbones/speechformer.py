@@ -50,6 +50,7 @@ MERGE_SIZES = (5, 5, 4)  # tokens averaged by the merge block after stages 1-3
 PRESETS = {
     "tiny": dict(d_model=32, num_heads=4, layers=(1, 1, 1, 1), expand=(1, 1, 2, -1)),
     "lightweight": dict(d_model=128, num_heads=8, layers=(2, 2, 4, 4), expand=(1, 1, 1, -1)),
+    "medium": dict(d_model=128, num_heads=8, layers=(2, 2, 4, 2), expand=(1, 1, 2, -1)),  # half of large's stage 4
     "large": dict(d_model=128, num_heads=8, layers=(2, 2, 4, 4), expand=(1, 1, 2, -1)),
 }
 

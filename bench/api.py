@@ -132,6 +132,26 @@ def run(methods: Any = None, backbones: Any = None, datasets: Any = None, folds:
     return (execution or Execution()).run(grid, store, cache, force=force, progress=progress)
 
 
+def plan(methods: Any = None, backbones: Any = None, datasets: Any = None, folds: Any = None, seeds: Any = None, *,
+         config: str | Path | None = None, results_dir: str | Path = "results", cache_dir: str | Path | None = None,
+         force: bool = False, execution: Execution | None = None, **settings: Any) -> str:
+    """What :func:`run` with the same arguments would do, as text (``bench run --dry-run``): the runs, the
+    plain models trained once and reused, and a compute estimate calibrated by timing a few training
+    steps of each backbone and preset on this machine. Nothing is trained or written."""
+    from bench.estimate import describe_plan
+    from bench.executors import Execution
+    from bench.grid import make_grid
+    from bench.results import RecordStore
+    from bench.runner import Workspace
+
+    grid = make_grid(grid_values(config, methods=methods, backbones=backbones, datasets=datasets, folds=folds,
+                                 seeds=seeds, **settings))
+    execution = execution or Execution()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return describe_plan(grid, RecordStore(Path(results_dir)), Workspace(cache, grid.data_roots, progress=False),
+                         force=force, device=execution.device, latency=not execution.defer_latency)
+
+
 def load_runs(results_dir: str | Path = "results") -> pd.DataFrame:
     """The tidy runs table: one row per recorded run (identity, settings, metrics, costs, environment)."""
     from bench.results import RecordStore

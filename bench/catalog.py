@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from bench.features import FeatureConfig
 from bench.measure import count_macs, count_params
-from bench.models import build_backbone
+from bench.models import build_backbone, recipe
 from bench.registry import BACKBONES, DATASETS, METHODS, Entry
+from bench.studies import study_names, study_summary
 
 LIST_SECONDS = 5.0
 
@@ -28,6 +29,7 @@ def _preset_lines(entry: Entry, features: FeatureConfig) -> list[str]:
         sizes = ", ".join(f"{k}={v}" for k, v in config.items())
         lines.append(f"      preset {preset}: {count_params(model) / 1e6:.3f}M params, "
                      f"{macs / 1e6:.1f}M MACs @{LIST_SECONDS:g}s ({sizes})")
+        lines.append("        recipe: " + ", ".join(f"{k}={v:g}" for k, v in recipe(entry.name, preset).items()))
     return lines
 
 
@@ -42,4 +44,6 @@ def describe_registries() -> str:
     lines.append("datasets:")
     for entry in DATASETS.entries():
         lines += _entry_lines(entry)
+    lines.append("studies (bench run --study NAME --data-root PATH; add --dry-run for the runs and compute):")
+    lines += [f"  {name}: {study_summary(name)}" for name in study_names()]
     return "\n".join(lines)

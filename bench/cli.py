@@ -111,6 +111,8 @@ def list_command() -> None:
 
 @main.command("run")
 @click.option("--config", type=click.Path(path_type=Path), help="grid file (TOML or YAML); flags override it")
+@click.option("--study", help="a shipped study grid (see `bench list`), e.g. emodb; flags override it")
+@click.option("--dry-run", is_flag=True, help="print the runs, the plain models they share and a compute estimate")
 @click.option("--methods", help="comma-separated methods; a+b composes (default: all registered)")
 @click.option("--backbones", help="comma-separated backbones (default: convtransformer)")
 @click.option("--presets", help="deploy presets (default: lightweight+large for baseline, lightweight otherwise)")
@@ -119,7 +121,11 @@ def list_command() -> None:
 @click.option("--seeds", help="seeds, e.g. 0,1,2 (default: 0)")
 @click.option("--epochs", type=int, help="training epochs")
 @click.option("--batch-size", type=int)
-@click.option("--lr", type=float)
+@click.option("--lr", type=float, help="peak learning rate (default: each preset's recipe)")
+@click.option("--weight-decay", type=float, help="(default: each preset's recipe, as below)")
+@click.option("--dropout", type=float)
+@click.option("--label-smoothing", type=float)
+@click.option("--patience", type=int, help="early stopping: epochs without a better validation UA; 0 = never")
 @click.option("--class-weighting/--no-class-weighting", default=None,
               help="weight the loss by inverse class frequency (imbalanced corpora such as daicwoz)")
 @click.option("--features", "feature_kind", type=click.Choice(["logmel", "spectrogram", "mfcc"]),
@@ -135,23 +141,33 @@ def list_command() -> None:
 @click.option("--force", is_flag=True, help="re-run runs already recorded")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars")
 @execution_options
-def run_command(config, methods, backbones, presets, datasets, folds, seeds, epochs, batch_size, lr, teacher_preset,
-                params, dataset_params, data_roots, results_dir, cache_dir, force, quiet, class_weighting,
-                feature_kind, n_mels, execution) -> None:
+def run_command(config, study, dry_run, methods, backbones, presets, datasets, folds, seeds, epochs, batch_size, lr,
+                weight_decay, dropout, label_smoothing, patience, teacher_preset, params, dataset_params, data_roots,
+                results_dir, cache_dir, force, quiet, class_weighting, feature_kind, n_mels, execution) -> None:
     """Run a benchmark grid; runs already recorded are skipped."""
     from bench.grid import load_config
     from bench.summary import print_summary
 
+    if config and study:
+        raise BenchError("give either --config or --study, not both")
+    if study:
+        from bench.studies import study_path
+        config = study_path(study)
     named = parse_list(datasets, "datasets") or (load_config(config).get("datasets") if config else None)
-    records = api.run(
-        parse_list(methods, "methods"), parse_list(backbones, "backbones"), parse_list(datasets, "datasets"),
-        parse_ints(folds, "folds"), parse_ints(seeds, "seeds"), config=config, results_dir=results_dir,
-        cache_dir=cache_dir, force=force, progress=not quiet, execution=execution,
+    axes = (parse_list(methods, "methods"), parse_list(backbones, "backbones"), parse_list(datasets, "datasets"),
+            parse_ints(folds, "folds"), parse_ints(seeds, "seeds"))
+    settings = dict(
+        config=config, results_dir=results_dir, cache_dir=cache_dir, force=force, execution=execution,
         presets=parse_list(presets, "presets"), teacher_preset=teacher_preset, epochs=epochs, batch_size=batch_size,
-        lr=lr, class_weighting=class_weighting, features=feature_kind, n_mels=n_mels,
+        lr=lr, weight_decay=weight_decay, dropout=dropout, label_smoothing=label_smoothing, patience=patience,
+        class_weighting=class_weighting, features=feature_kind, n_mels=n_mels,
         method_params=parse_assignments(params, "param"),
         dataset_params=parse_assignments(dataset_params, "dataset-param"),
         data_roots=parse_data_roots(data_roots, named or ["embedded"]))
+    if dry_run:
+        click.echo(api.plan(*axes, **settings))
+        return
+    records = api.run(*axes, progress=not quiet, **settings)
     if records is None:  # submitted without waiting
         return
     print_summary(records)

@@ -34,7 +34,7 @@ class Grid:
 
     methods: list[str] = field(default_factory=list)  # empty = every registered method
     backbones: list[str] = field(default_factory=lambda: ["convtransformer"])
-    presets: list[str] = field(default_factory=list)
+    presets: list[str] | dict = field(default_factory=list)  # or {method: [presets]} (others: their defaults)
     datasets: list[str] = field(default_factory=lambda: ["embedded"])
     folds: list[int] = field(default_factory=lambda: [1])
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -51,7 +51,7 @@ class Grid:
                 raise BenchError(f"the grid has no {axis}: give at least one")
         for name in self.backbones:
             BACKBONES.get(name)
-            for preset in [*self.presets, self.teacher_preset]:
+            for preset in {*(p for m in self.method_names() for p in self.presets_for(m)), self.teacher_preset}:
                 check_preset(name, preset)
         for name in self.datasets:
             DATASETS.get(name).make_params(self.dataset_params.get(name))
@@ -61,6 +61,9 @@ class Grid:
             early = [c for c in method.split("+")[:-1] if getattr(METHODS.get(c).obj, "must_be_last", False)]
             if early:  # e.g. quant: nothing trains or transforms its model further
                 raise BenchError(f"{early[0]} must come last in a composition, got {method!r}: e.g. hrf+{early[0]}")
+        stray = set(self.presets) - set(self.method_names()) if isinstance(self.presets, dict) else set()
+        if stray:
+            raise BenchError(f"presets given for {sorted(stray)[0]!r}, which is not among the grid's methods")
         components = {c for m in self.method_names() for c in m.split("+")}
         for given, option, known, what in ((self.method_params, "-p", components, "methods"),
                                            (self.dataset_params, "--dataset-param", self.datasets, "datasets"),
@@ -79,6 +82,10 @@ class Grid:
     def method_names(self) -> list[str]:
         return self.methods or METHODS.names()
 
+    def presets_for(self, method: str) -> list[str]:
+        given = self.presets.get(method) if isinstance(self.presets, dict) else self.presets
+        return list(given or DEFAULT_PRESETS.get(method, ("lightweight",)))
+
     def specs(self, workspace: Workspace | None = None) -> list[RunSpec]:
         """The grid's runs; ``workspace`` (default: one on the default cache folder) reads each dataset's
         corpus listing for its fingerprint (part of every run's identity)."""
@@ -90,7 +97,7 @@ class Grid:
             fingerprint = workspace.fingerprint(dataset, self.dataset_params.get(dataset, {}))
             for backbone in self.backbones:
                 for method in self.method_names():
-                    for preset in self.presets or DEFAULT_PRESETS.get(method, ("lightweight",)):
+                    for preset in self.presets_for(method):
                         for fold in self.folds:
                             for seed in self.seeds:
                                 runs.append(RunSpec(
@@ -123,7 +130,9 @@ def _table_of_tables(v) -> bool:
 # What each grid value must be (a grid file can hold any TOML/YAML type): name -> (check, description).
 GRID_TYPES = {
     "methods": (_list_of(str), "a list of names"), "backbones": (_list_of(str), "a list of names"),
-    "presets": (_list_of(str), "a list of names"), "datasets": (_list_of(str), "a list of names"),
+    "presets": (lambda v: _list_of(str)(v) or (isinstance(v, dict) and all(_list_of(str)(x) for x in v.values())),
+                "a list of names, or a table of METHOD = [names]"),
+    "datasets": (_list_of(str), "a list of names"),
     "folds": (_list_of(int), "a list of integers, e.g. [1, 2]"), "seeds": (_list_of(int), "a list of integers, e.g. [0, 1]"),
     "train": (lambda v: isinstance(v, dict), "a table of training settings"),
     "features": (lambda v: isinstance(v, dict), "a table of feature settings"),
@@ -156,6 +165,11 @@ def typed_settings(cls: type, values: dict, section: str):
         if name not in names:
             raise BenchError(f"unknown {section} setting {name!r}; valid: {', '.join(names)}")
         kind = hints[name]
+        if type(None) in typing.get_args(kind):  # optional: None leaves it to the preset's recipe
+            if value is None:
+                checked[name] = None
+                continue
+            kind = next(k for k in typing.get_args(kind) if k is not type(None))
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
@@ -201,7 +215,8 @@ def make_grid(values: dict) -> Grid:
 
 
 def run_grid(grid: Grid, store: RecordStore, cache_dir: Path, force: bool = False, progress: bool = True,
-             shard: Shard | None = None, defer_latency: bool = False) -> list[dict]:
+             shard: Shard | None = None, defer_latency: bool = False, device: str = "cpu",
+             amp: bool = False) -> list[dict]:
     """Execute every run of ``grid`` (of its ``shard``) not yet in ``store`` (all of them with
     ``force``); returns the records of those runs, old and new.
 
@@ -210,7 +225,7 @@ def run_grid(grid: Grid, store: RecordStore, cache_dir: Path, force: bool = Fals
     this returns every run is recorded.
     """
     store.check_writable()
-    workspace = Workspace(cache_dir, grid.data_roots, progress, defer_latency=defer_latency)
+    workspace = Workspace(cache_dir, grid.data_roots, progress, defer_latency=defer_latency, device=device, amp=amp)
     specs = grid.specs(workspace) if shard is None else shard.select(grid.specs(workspace))
     todo = [s for s in specs if force or not store.has(s.run_id)]
     if len(todo) < len(specs):

@@ -25,7 +25,7 @@ import torch
 from bench import measure, probe
 from bench.env import environment
 from bench.features import FeatureConfig
-from bench.onnx_io import attach_int8, export_onnx, graph_macs, int8_graph, peak_graphs
+from bench.onnx_io import export_onnx, graph_macs, int8_graph, peak_graphs
 from bench.registry import BenchError
 from bench.results import RecordStore, atomic_write_text
 

@@ -27,10 +27,10 @@ from bench.env import environment, git_commit
 from bench.features import FeatureConfig, extract
 from bench.method import RunFailed
 from bench.metrics import declared_scores
-from bench.models import build_backbone, preset_config
+from bench.models import build_backbone, preset_config, recipe
 from bench.registry import DATASETS, METHODS, BenchError
 from bench.results import run_id
-from bench.train import FitResult, Split, TrainConfig, evaluate
+from bench.train import FitResult, Split, TrainConfig, evaluate, resolve_device
 
 log = logging.getLogger("bench")
 LATENCY_SECONDS = 5.0  # input duration for MACs and latency in run records
@@ -67,7 +67,22 @@ class RunSpec:
                 "preset": self.preset, "dataset": self.dataset, "dataset_params": self.dataset_params,
                 "corpus_fingerprint": self.corpus_fingerprint,
                 "fold": self.fold, "seed": self.seed, "train": asdict(self.train), "features": asdict(self.features),
-                "teacher_preset": self.teacher_preset if self.uses_teacher() else None}
+                "teacher_preset": self.teacher_preset if self.uses_teacher() else None,
+                "recipe": recipe(self.backbone, self.preset),
+                "teacher_recipe": recipe(self.backbone, self.teacher_preset) if self.uses_teacher() else None}
+
+    def plain_model_name(self, preset: str) -> str:
+        """File stem of the cached plain ``preset`` model this run trains or reuses (shared by every run
+        with the same backbone, data, fold, seed and training settings)."""
+        key = json.dumps([self.backbone, preset, preset_config(self.backbone, preset), self.dataset,
+                          self.dataset_params, self.corpus_fingerprint, self.fold, self.seed,
+                          asdict(self.train_config(preset)),
+                          asdict(self.features)], sort_keys=True, default=str)
+        return f"{self.backbone}-{preset}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
+
+    def train_config(self, preset: str | None = None) -> TrainConfig:
+        """The run's training settings with the rest from ``preset``'s recipe (default: the run's preset)."""
+        return self.train.resolved(recipe(self.backbone, preset or self.preset))
 
     def uses_teacher(self) -> bool:
         return any(getattr(METHODS.get(n).obj, "uses_large_model", False) for n in self.components)
@@ -100,7 +115,7 @@ class Workspace:
     long grid)."""
 
     def __init__(self, cache_dir: Path, data_roots: dict[str, Path] | None = None, progress: bool = True,
-                 defer_latency: bool = False):
+                 defer_latency: bool = False, device: str = "cpu", amp: bool = False):
         self.cache_dir = Path(cache_dir)
         if self.cache_dir.exists() and not self.cache_dir.is_dir():
             raise BenchError(f"cache folder {self.cache_dir} is a file: give a folder with --cache-dir "
@@ -112,6 +127,8 @@ class Workspace:
         # Evaluate every run's float ONNX export in ONNX Runtime (int8 models always are): a fresh
         # export per new architecture costs 10 s to minutes, see the README.
         self.onnx_check = os.environ.get("HRF_BENCH_ONNX_CHECK", "0") not in ("", "0")
+        self.device = resolve_device(device)  # training and evaluation; latency stays on the CPU
+        self.amp = amp  # bf16 autocast on CUDA
         self._corpora: dict = {}
         self._fold: tuple | None = None  # (key, FoldData) of the latest fold
 
@@ -175,21 +192,27 @@ class RunContext:
         self.notes: dict = {}
 
     def new_model(self, preset: str | None = None, **overrides) -> nn.Module:
-        """A freshly initialized backbone at ``preset`` (default: the run's), seeded by the run seed."""
+        """A freshly initialized backbone at ``preset`` (default: the run's), seeded by the run seed, with
+        the dropout of that preset's recipe."""
         torch.manual_seed(self.spec.seed)
-        return build_backbone(self.spec.backbone, preset or self.spec.preset, self.data.input_dim,
-                              self.data.num_classes, **overrides)
+        preset = preset or self.spec.preset
+        overrides = {"dropout": self.spec.train_config(preset).dropout} | overrides
+        return build_backbone(self.spec.backbone, preset, self.data.input_dim, self.data.num_classes, **overrides)
 
     def fit(self, model: nn.Module, loss_fn=None, extra_parameters=None, epochs: int | None = None,
-            desc: str | None = None, checkpoint: Path | None = None) -> nn.Module:
-        """Train with the shared trainer, checkpointing every epoch (default: the run's k-th training)
-        and resuming from the checkpoint an interrupted attempt left."""
-        config = self.spec.train if epochs is None else TrainConfig(**(asdict(self.spec.train) | {"epochs": epochs}))
+            desc: str | None = None, checkpoint: Path | None = None, preset: str | None = None,
+            companions: list[nn.Module] = ()) -> nn.Module:
+        """Train with the shared trainer and ``preset``'s recipe (default: the run's preset), checkpointing
+        every epoch (default: the run's k-th training) and resuming from the checkpoint an interrupted
+        attempt left. ``companions``: modules ``loss_fn`` runs (a teacher), moved to the training device."""
+        config = self.spec.train_config(preset)
+        config = config if epochs is None else TrainConfig(**(asdict(config) | {"epochs": epochs}))
         path = checkpoint or run_checkpoint(self.workspace.cache_dir, self.spec.run_id, len(self.fits))
         result, resumed_from = resumable_fit(
             model, self.data.train, self.data.val, self.data.num_classes, config, self.spec.seed, path,
             loss_fn=loss_fn, extra_parameters=extra_parameters, progress=self.workspace.progress,
-            desc=desc or self.spec.method)
+            desc=desc or self.spec.method, device=self.workspace.device, amp=self.workspace.amp,
+            companions=companions)
         if resumed_from:
             self.notes["resumed_from_epoch"] = resumed_from
         self.fits.append(result)
@@ -201,10 +224,7 @@ class RunContext:
         counts as the run's ``reused_fit_seconds``, or with ``reused=False`` (the baseline, whose deploy
         model it is) as its ``fit_seconds``."""
         spec = self.spec
-        key = json.dumps([spec.backbone, preset, preset_config(spec.backbone, preset), spec.dataset,
-                          spec.dataset_params, self.data.fingerprint, spec.fold, spec.seed, asdict(spec.train),
-                          asdict(spec.features)], sort_keys=True, default=str)
-        path = self.workspace.cache_dir / "models" / f"{spec.backbone}-{preset}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+        path = self.workspace.cache_dir / "models" / f"{spec.plain_model_name(preset)}.pt"
         model = self.new_model(preset)
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(path.with_suffix(".lock")):  # concurrent workers needing this model train it once
@@ -224,7 +244,7 @@ class RunContext:
             if path.exists():  # a damaged file may have loaded part of its weights: start afresh
                 model = self.new_model(preset)
             checkpoint = model_checkpoint(self.workspace.cache_dir, path.stem)
-            self.fit(model, desc=f"{spec.backbone}-{preset}", checkpoint=checkpoint)
+            self.fit(model, desc=f"{spec.backbone}-{preset}", checkpoint=checkpoint, preset=preset)
             if reused:
                 self.reused_fits.append(self.fits[-1])
             self.notes.update({f"{preset}_model_cache": "miss", f"{preset}_model_git_commit": git_commit()})
@@ -321,8 +341,9 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         return {**run_identity(spec), "status": "failed", "status_reason": str(failure),
                 "wall_seconds": time.perf_counter() - started,
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **environment()}
-    test = evaluate(model, data.test, data.num_classes)
-    val = evaluate(model, data.val, data.num_classes)
+    test = evaluate(model.to(workspace.device), data.test, data.num_classes, workspace.device, workspace.amp)
+    val = evaluate(model, data.val, data.num_classes, workspace.device, workspace.amp)
+    model.to("cpu")  # latency and ONNX stay on the CPU
     frames = spec.features.frames(LATENCY_SECONDS)
     with torch.random.fork_rng():  # latency reference: the plain lightweight model (its weights do not matter)
         reference = build_backbone(spec.backbone, "lightweight", data.input_dim, data.num_classes).eval()
@@ -338,6 +359,9 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
     own_fits = [f for f in ctx.fits if not any(f is reused for reused in ctx.reused_fits)]
     record = {
         **run_identity(spec), "status": "ok",
+        "recipe": asdict(spec.train_config()),  # the settings the deploy model's preset trained with
+        "teacher_recipe": asdict(spec.train_config(spec.teacher_preset)) if spec.uses_teacher() else None,
+        "train_device": str(workspace.device), "train_amp": workspace.amp and workspace.device.type == "cuda",
         **{k: test[k] for k in ("wa", "ua", "macro_f1", "weighted_f1")},
         **declared_scores(test, data.corpus.metrics, data.corpus.classes),
         "confusion": test["confusion"], "classes": data.corpus.classes,
@@ -350,6 +374,7 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         "train_params": train_params, **figures, "int8_macs": 0, "float_macs": figures["macs"],
         **method_figures, **shipped, **ctx.notes,
         "best_epoch": ctx.fits[-1].best_epoch if ctx.fits else None,
+        "history": ctx.fits[-1].history if ctx.fits else [],  # the training that produced the deploy model
         "fit_seconds": sum(f.train_seconds for f in own_fits),  # the method's own training
         "reused_fit_seconds": sum(f.train_seconds for f in ctx.reused_fits),  # cached models it built on
         "wall_seconds": time.perf_counter() - started,

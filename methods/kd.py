@@ -100,7 +100,7 @@ class KD(Method):
                                    embedding_width(teacher, ctx.data.input_dim))
         loss_fn = distillation_objective(teacher, p, weight, projection)
         ctx.fit(model, loss_fn=loss_fn, extra_parameters=list(projection.parameters()) if projection else None,
-                desc="kd")
+                desc="kd", companions=[teacher])
         self.teacher_params = measure.count_params(teacher)
         self.projection_params = measure.count_params(projection) if projection is not None else 0
         self.epochs = ctx.spec.train.epochs

@@ -16,7 +16,7 @@ from bench.train import Split, TrainConfig, evaluate, fit
 from conftest import ToyParams, load_toy
 
 BACKBONE_NAMES = ["convtransformer", "conformer", "speechformer"]
-PRESETS = ["tiny", "lightweight", "large"]
+PRESETS = ["tiny", "lightweight", "medium", "large"]
 DIM, CLASSES = 80, 4
 
 
@@ -30,7 +30,7 @@ def test_presets_are_data_with_expected_size_ratio(name):
     assert set(PRESETS) <= set(presets)
     assert all(isinstance(config, dict) for config in presets.values())
     params = {p: count_params(build_backbone(name, p, DIM, CLASSES)) for p in PRESETS}
-    assert params["tiny"] < params["lightweight"] < params["large"]
+    assert params["tiny"] < params["lightweight"] < params["medium"] < params["large"]
     ratio = params["large"] / params["lightweight"]
     # SpeechFormer follows the paper (small 1.06 M vs base 2.10 M); the others a lightweight/large gap.
     assert 1.8 < ratio < 2.2 if name == "speechformer" else 8 <= ratio <= 20

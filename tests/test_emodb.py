@@ -62,3 +62,15 @@ def test_bench_run_on_real_emodb_completes(tmp_path, cache_dir):
     for record in records:
         assert record["skipped_files"] == 0 and record["n_test"] == 107  # fold 1 tests speakers 03 and 08
         assert record["n_train"] + record["n_val"] == 428 and 0.0 <= record["ua"] <= 1.0
+        assert len(record["history"]) == 1 and record["history"][0]["val_loss"] > 0
+        assert record["recipe"]["label_smoothing"] > 0 and record["train_device"] == "cpu"
+
+
+def test_emodb_study_dry_run_names_its_runs_and_compute(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--study", "emodb", "--data-root", str(ROOT), "--backbones",
+                                       "convtransformer", "--methods", "baseline", "--seeds", "0", "--dry-run",
+                                       "--results-dir", str(tmp_path / "results")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "20 runs in the grid, 0 already recorded, 20 to run" in result.output  # 4 presets x 5 folds
+    assert "convtransformer/large emodb: 5 models (fold x seed), used by 5 runs" in result.output
+    assert "device-hours on cpu" in result.output and not (tmp_path / "results" / "records").exists()

@@ -18,7 +18,6 @@ from click.testing import CliRunner
 from filelock import FileLock
 
 from bench import probe
-import bench
 from bench.cli import main
 
 

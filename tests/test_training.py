@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
+import pytest
 import torch
 
+from bench.models import recipe
+from bench.registry import BenchError
 from bench.runner import RunSpec, Workspace, execute
-from bench.train import Split, TrainConfig, batches, lr_factor
+from bench.train import MASK_FRACTION, Split, TrainConfig, batches, lr_factor, resolve_device, spec_augment
 
 
 def toy_spec(**changes) -> RunSpec:
@@ -65,3 +70,84 @@ def test_training_batches_pad_little_yet_change_between_epochs():
     assert memberships[0] != memberships[1]  # the jitter regroups neighbours from epoch to epoch
     longest = [int(batch_lengths.max()) for _, batch_lengths, *_ in epochs[0]]
     assert longest != sorted(longest)  # batch order shuffled, not shortest first
+
+
+def test_spec_augment_masks_only_inside_each_utterance_and_changes_it():
+    torch.manual_seed(0)
+    lengths = torch.tensor([300, 120, 37])
+    feats = torch.full((3, 300, 80), 7.0)  # 7 marks padding; frames are never 0 before masking
+    for row, n in zip(feats, lengths):
+        row[:n] = torch.rand(n, 80) + 1.0
+    config = TrainConfig(freq_masks=2, freq_mask_width=12, time_masks=2, time_mask_width=40)
+    out = spec_augment(feats, lengths, config)
+    assert feats.min() >= 1.0  # the input batch is left alone
+    for row, original, n in zip(out, feats, lengths.tolist()):
+        assert torch.equal(row[n:], original[n:])  # no mask falls on padding
+        masked = row[:n] == 0
+        assert masked.any()  # every utterance is changed
+        kept = row[:n] != 0
+        assert torch.equal(row[:n][kept], original[:n][kept])  # masked cells are zeroed, the rest kept
+        frames = masked.all(1).sum().item()  # time-masked frames: every bin zero
+        assert frames <= 2 * int(MASK_FRACTION * n)  # each time mask covers at most a fifth of it
+        bins = masked.all(0).sum().item()
+        assert bins <= 2 * 12 and int(MASK_FRACTION * 80) == 16  # 12 bins fit under the cap of 16
+    narrow = spec_augment(torch.rand(4, 50, 16) + 1.0, torch.full((4,), 50), config)  # 16 features (toy)
+    assert ((narrow == 0).all(1).sum(1) <= 2 * 3).all()  # frequency masks shrink to a fifth of the bins
+    no_masks = TrainConfig(freq_masks=0, time_masks=0, freq_mask_width=12, time_mask_width=40)
+    assert torch.equal(spec_augment(feats, lengths, no_masks), feats)
+
+
+def test_recipe_reaches_the_model_the_trainer_and_the_record(cache_dir):
+    spec = toy_spec(method="kd", train=TrainConfig(epochs=2, batch_size=16, lr=3e-3), teacher_preset="lightweight")
+    record = execute(spec, Workspace(cache_dir, progress=False))
+    tiny = recipe("convtransformer", "tiny")
+    assert record["recipe"] == asdict(TrainConfig(epochs=2, batch_size=16, lr=3e-3).resolved(tiny))
+    assert record["recipe"]["lr"] == 3e-3 and record["train_lr"] == 3e-3  # an explicit flag overrides
+    assert record["recipe"]["label_smoothing"] == tiny["label_smoothing"] > 0
+    assert record["train_label_smoothing"] is None  # as asked: the recipe decides
+    teacher = recipe("convtransformer", "lightweight")
+    assert record["teacher_recipe"]["weight_decay"] == teacher["weight_decay"]
+    assert record["teacher_recipe"]["dropout"] == teacher["dropout"]
+    assert record["train_device"] == "cpu"
+    # the teacher is cached under its own preset's resolved recipe (what trained it)
+    assert (cache_dir / "models" / f"{spec.plain_model_name('lightweight')}.pt").exists()
+
+
+def test_recipe_dropout_is_built_into_the_model(cache_dir):
+    record = execute(toy_spec(train=TrainConfig(epochs=1, batch_size=16, dropout=0.3)), Workspace(cache_dir, progress=False))
+    rates = {m.p for m in record["_deploy_model"].modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == {0.3} and record["recipe"]["dropout"] == 0.3
+
+
+def test_history_has_every_epoch_and_early_stopping_shortens_it(cache_dir):
+    record = execute(toy_spec(train=TrainConfig(epochs=4, batch_size=16, patience=0)), Workspace(cache_dir, progress=False))
+    history = record["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    for h in history:
+        assert set(h) == {"epoch", "train_loss", "val_loss", "val_ua", "lr", "seconds"}
+        assert h["train_loss"] > 0 and h["val_loss"] > 0 and 0 <= h["val_ua"] <= 1 and h["seconds"] > 0
+    assert history[-1]["lr"] < history[1]["lr"]  # cosine decay
+    assert max(h["val_ua"] for h in history) == history[record["best_epoch"] - 1]["val_ua"]
+    # patience 1: stops one epoch after the best; a perfectly separable toy peaks early
+    stopped = execute(toy_spec(train=TrainConfig(epochs=30, batch_size=16, patience=1, lr=3e-3)),
+                      Workspace(cache_dir, progress=False))
+    assert len(stopped["history"]) == stopped["best_epoch"] + 1 < 30
+
+
+def test_device_errors_are_one_line():
+    with pytest.raises(BenchError, match="use auto, cpu"):
+        resolve_device("tpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(BenchError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine (the CPU path is tested above)")
+def test_cuda_training_matches_cpu_within_noise(tmp_path):
+    spec = toy_spec(train=TrainConfig(epochs=6, batch_size=16, lr=3e-3))
+    cpu = execute(spec, Workspace(tmp_path / "cpu", progress=False, device="cpu"))
+    cuda = execute(spec, Workspace(tmp_path / "cuda", progress=False, device="cuda", amp=True))
+    assert cuda["train_device"].startswith("cuda") and cuda["train_amp"] is True
+    assert abs(cuda["ua"] - cpu["ua"]) <= 0.1
+    assert next(cuda["_deploy_model"].parameters()).device.type == "cpu"  # latency is measured on the CPU

@@ -1,0 +1,75 @@
+"""Shipped studies parse into valid grids; ``bench run --dry-run`` lists runs, shared plain models and a
+calibrated estimate without training or recording anything; the device options reach the record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from bench.cli import main
+from bench.grid import load_config, make_grid
+from bench.registry import BACKBONES, METHODS
+from bench.studies import study_names, study_path
+
+STUDIES = ["cremad", "daicwoz", "emodb", "iemocap", "m3ed", "ravdess"]
+TINY = ["--datasets", "toy", "--folds", "1,2", "--seeds", "0", "--epochs", "1", "--quiet"]
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_study_files_are_valid_grids_over_every_backbone_method_and_preset(name):
+    assert set(STUDIES) <= set(study_names())
+    grid = make_grid(load_config(study_path(name)))
+    assert grid.datasets == [name] and grid.seeds == [0, 1, 2]
+    assert set(grid.backbones) == set(BACKBONES.names()) and set(grid.method_names()) == set(METHODS.names())
+    runs = grid.specs()
+    baseline = {(s.backbone, s.preset) for s in runs if s.method == "baseline"}
+    assert baseline == {(b, p) for b in BACKBONES.names() for p in ("tiny", "lightweight", "medium", "large")}
+    assert {s.preset for s in runs if s.method != "baseline"} == {"lightweight"}
+    assert grid.train.epochs >= 20
+    text = study_path(name).read_text()
+    assert "Tuning budgets" in text and "0 trials" in text  # the fairness note
+
+
+def test_list_names_the_studies_and_recipes():
+    out = CliRunner().invoke(main, ["list"], catch_exceptions=False).output
+    assert all(f"  {name}: " in out for name in STUDIES)
+    assert "preset medium:" in out and "recipe: lr=" in out and "label_smoothing=0.1" in out
+
+
+def test_unknown_study_is_one_line_exit_2(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--study", "nope", "--results-dir", str(tmp_path)])
+    assert result.exit_code == 2 and result.output.startswith("error: unknown study 'nope'")
+    assert "emodb" in result.output and not (tmp_path / "records").exists()
+
+
+def test_dry_run_lists_runs_shared_models_and_an_estimate_without_running(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setenv("HRF_BENCH_CACHE", str(cache_dir))
+    results = tmp_path / "results"
+    args = ["run", "--methods", "baseline,kd", "--presets", "tiny", "--teacher-preset", "lightweight",
+            "--results-dir", str(results), *TINY]
+    out = CliRunner().invoke(main, [*args, "--dry-run"], catch_exceptions=False).output
+    assert "4 runs in the grid, 0 already recorded, 4 to run" in out
+    assert out.count(" kd convtransformer/tiny teacher lightweight toy fold ") == 2
+    # per fold: the tiny baseline model and the lightweight teacher, each trained once
+    assert "4 plain models trained once and reused" in out
+    assert "convtransformer/lightweight toy: 2 models (fold x seed), used by 2 runs" in out
+    assert "convtransformer/tiny toy: 2 models (fold x seed), used by 2 runs" in out
+    assert "device-hours on cpu" in out and "ms per training step" in out
+    assert not (results / "records").exists() and not (cache_dir / "models").exists()
+    # once recorded, the dry run says so
+    CliRunner().invoke(main, ["run", "--methods", "baseline", "--presets", "tiny", "--results-dir", str(results),
+                              "--device", "cpu", *TINY], catch_exceptions=False)
+    out = CliRunner().invoke(main, [*args, "--dry-run"], catch_exceptions=False).output
+    assert "4 runs in the grid, 2 already recorded, 2 to run" in out
+    records = [json.loads(p.read_text()) for p in (results / "records").glob("*.json")]
+    assert len(records) == 2 and {r["train_device"] for r in records} == {"cpu"}
+
+
+def test_cuda_device_without_a_gpu_is_one_line_exit_2(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: --device cuda is valid here")
+    result = CliRunner().invoke(main, ["run", "--device", "cuda", "--results-dir", str(tmp_path), *TINY])
+    assert result.exit_code == 2 and result.output.startswith("error: device 'cuda' asked for")
