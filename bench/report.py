@@ -122,7 +122,7 @@ def leaderboard(dataset: str, rows: pd.DataFrame, runs: pd.DataFrame, curves: se
         light_cell["sub"] = " · ".join(t for t in (light_cell["sub"], folds) if t)
         large = row[f"large_{headline}"]
         ratio = _num(MISSING if math.isnan(row["latency_ratio"]) else f"{row['latency_ratio']:.2f}×", row["latency_ratio"])
-        if not math.isnan(row["latency_ratio_ci_low"]):
+        if not math.isnan(row["latency_ratio"]) and not math.isnan(row["latency_ratio_ci_low"]):
             ratio["sub"] = f"[{row['latency_ratio_ci_low']:.2f}, {row['latency_ratio_ci_high']:.2f}]"
         method = dict(_text(row["method"]), sub=f"⚠ {warning}" if warning else "", sub_cls="warn")
         cells = {"method": method, "config": _text(row["config"]), "backbone": _text(row["backbone"]),

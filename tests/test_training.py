@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -110,7 +110,8 @@ def test_recipe_reaches_the_model_the_trainer_and_the_record(cache_dir):
     assert record["teacher_recipe"]["dropout"] == teacher["dropout"]
     assert record["train_device"] == "cpu"
     # the teacher is cached under its own preset's resolved recipe (what trained it)
-    assert (cache_dir / "models" / f"{spec.plain_model_name('lightweight')}.pt").exists()
+    ran = replace(spec, corpus_fingerprint=record["corpus_fingerprint"])  # execute fills in the corpus read
+    assert (cache_dir / "models" / f"{ran.plain_model_name('lightweight')}.pt").exists()
 
 
 def test_recipe_dropout_is_built_into_the_model(cache_dir):
