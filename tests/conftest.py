@@ -15,6 +15,10 @@ from bench.corpus import Corpus, Utterance, speaker_folds
 from bench.registry import DATASETS, load_builtin_plugins, param
 
 load_builtin_plugins()
+# Every run's float ONNX export is checked in ONNX Runtime by default (a fresh export per architecture
+# costs seconds to minutes); the suite skips it, here and in its ``bench`` subprocesses, except where
+# the check itself is tested (tests/test_onnx.py).
+os.environ.setdefault("HRF_BENCH_ONNX_CHECK", "0")
 torch.set_num_threads(1)  # the suite shares 2 cores; small models gain nothing from more threads
 
 TOY_CLASSES = ["a", "b", "c", "d"]

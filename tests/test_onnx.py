@@ -119,3 +119,10 @@ def test_a_low_rank_models_recorded_macs_equal_its_graphs_count(workspace, graph
     counted = graph_macs((tmp_path / "model.onnx").read_bytes(), TOY_DIM, record["input_frames"])
     assert record["macs"] == counted["macs"] == record["float_macs"] and record["flops"] == 2 * counted["macs"]
     assert record["onnx_status"] == "ok" and record["onnx_prediction_mismatch"] <= 0.005
+
+
+def test_float_exports_are_checked_unless_switched_off(tmp_path, monkeypatch):
+    monkeypatch.delenv("HRF_BENCH_ONNX_CHECK", raising=False)
+    assert Workspace(tmp_path, progress=False).onnx_check  # the default: every run's export is checked
+    monkeypatch.setenv("HRF_BENCH_ONNX_CHECK", "0")
+    assert not Workspace(tmp_path, progress=False).onnx_check
