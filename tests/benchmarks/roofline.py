@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from bench import measure, probe
+from bench.api import default_cache_dir
 from bench.features import FeatureConfig
 from bench.models import build_backbone
 from bench.onnx_io import export_onnx, graph_macs
@@ -37,7 +38,7 @@ def main() -> None:
     load_builtin_plugins()
     features = FeatureConfig()
     frames = features.frames(args.seconds)
-    graph_cache = Path(os.environ.get("HRF_BENCH_CACHE", Path.home() / ".cache" / "hrf-bench")) / "onnx-graphs"
+    graph_cache = default_cache_dir() / "onnx-graphs"
     rule = probe.TimingRule(max_seconds=args.max_seconds)
     peaks = measure.peak_rates()
     print(f"load average before: {os.getloadavg()[0]:.2f} on {probe.usable_cores()} cores; cpu {probe.cpu_model()}")
