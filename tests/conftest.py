@@ -61,7 +61,7 @@ def load_toy(root: Path | None, cache_dir: Path, params: ToyParams) -> Corpus:
 
 # Skips for want of what CI installs (.ci/run): there (CI=true) they fail, since a skip would hide a
 # broken install step; on a laptop without these they stay skips.
-CI_INSTALLS = ("EmoDB", "Chromium", "Playwright", "PostgreSQL")
+CI_INSTALLS = ("EmoDB", "Chromium", "Playwright", "PostgreSQL", "[postgres] extra", "[slurm] extra")
 
 
 def required_in_ci(report) -> str | None:
