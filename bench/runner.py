@@ -314,11 +314,14 @@ def deploy_model(ctx: RunContext) -> tuple[nn.Module, int, dict]:
 
 def run_identity(spec: RunSpec) -> dict:
     """The record fields that say which run it is (every record has them, failed ones too)."""
+    nested = ("train", "features", "method_params", "dataset_params", "recipe", "teacher_recipe")
     return {"run_id": spec.run_id,
-            **{k: v for k, v in spec.key().items() if k not in ("train", "features", "method_params", "dataset_params")},
+            **{k: v for k, v in spec.key().items() if k not in nested},
             "method_params": spec.resolved_method_params(),
             "dataset_params": spec.dataset_params,
-            **{f"train_{k}": v for k, v in asdict(spec.train).items()},
+            **{f"train_{k}": v for k, v in asdict(spec.train).items()},  # as asked; None = the preset's recipe
+            "recipe": asdict(spec.train_config()),  # the settings the deploy model's preset trains with
+            "teacher_recipe": asdict(spec.train_config(spec.teacher_preset)) if spec.uses_teacher() else None,
             **{f"features_{k}": v for k, v in asdict(spec.features).items()}}
 
 
@@ -359,8 +362,6 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
     own_fits = [f for f in ctx.fits if not any(f is reused for reused in ctx.reused_fits)]
     record = {
         **run_identity(spec), "status": "ok",
-        "recipe": asdict(spec.train_config()),  # the settings the deploy model's preset trained with
-        "teacher_recipe": asdict(spec.train_config(spec.teacher_preset)) if spec.uses_teacher() else None,
         "train_device": str(workspace.device), "train_amp": workspace.amp and workspace.device.type == "cuda",
         **{k: test[k] for k in ("wa", "ua", "macro_f1", "weighted_f1")},
         **declared_scores(test, data.corpus.metrics, data.corpus.classes),

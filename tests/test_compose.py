@@ -137,6 +137,8 @@ def test_unreachable_budget_is_a_failed_record_before_anything_trains(tmp_path, 
     assert {"run_id", "method", "backbone", "preset", "dataset", "fold", "seed", "method_params", "train_epochs",
             "features_kind"} <= set(record)
     assert not {"ua", "wa", "params", "macs", "fit_seconds"} & set(record)  # no metrics
+    assert set(record["recipe"]) == set(record["teacher_recipe"]) >= {"epochs", "lr", "label_smoothing"}  # resolved
+    assert record["recipe"]["lr"] is not None and record["corpus_fingerprint"]  # as in a finished run's record
     assert not list(cache.glob("models/*.pt")) and not list((tmp_path / "results").glob("models/*.pt"))
 
 
