@@ -37,6 +37,12 @@ def postgres() -> str:
     return URL
 
 
+def running_trial_of(worker: str, name: str, storage):
+    """The running trial of ``worker`` that has reported a fold (is mid-trial), or None."""
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.RUNNING,))
+    return next((t for t in trials if t.user_attrs.get("worker") == worker and t.intermediate_values), None)
+
+
 @pytest.mark.slow  # several real processes; still run by default
 def test_two_workers_share_a_postgres_study_and_end_with_exactly_n_complete_trials(postgres, tmp_path, bench_env):
     name = f"scale-{uuid.uuid4().hex[:12]}"
@@ -54,10 +60,15 @@ def test_two_workers_share_a_postgres_study_and_end_with_exactly_n_complete_tria
         deadline = time.time() + 240
         while killed is None:  # a trial of the first worker past its first fold, i.e. mid-trial
             assert time.time() < deadline and first.poll() is None, logs[0].read_text()
-            if name in optuna.get_all_study_names(storage):
-                trials = optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.RUNNING,))
-                killed = next((t for t in trials if t.user_attrs.get("worker") == victim and t.intermediate_values),
-                              None)
+            if name in optuna.get_all_study_names(storage) and (candidate := running_trial_of(victim, name, storage)):
+                # Freeze the worker, then look again: a trial still running now cannot finish before the
+                # kill (without this, a fold finishing between the look and the kill made the test flaky).
+                first.send_signal(signal.SIGSTOP)
+                time.sleep(0.5)  # writes already sent reach the server
+                killed = running_trial_of(victim, name, storage)
+                if killed is None or killed.number != candidate.number:
+                    killed = None
+                    first.send_signal(signal.SIGCONT)
             time.sleep(0.05)
         first.send_signal(signal.SIGKILL)
         assert second.wait(timeout=300) == 0, logs[1].read_text()
