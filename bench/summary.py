@@ -211,8 +211,9 @@ def large_model_warnings(table: pd.DataFrame, large_preset: str = "large") -> li
     preset, else ``large_preset``) is not better than the plain lightweight baseline: its paired mean
     difference over folds (headline metric, ``diff_mean``) is <= 0. The method then distils from, or
     cuts down, a model that is no better than training the small one directly, so its comparison with
-    the lightweight baseline says nothing about the method. Empty otherwise, and when there is no such
-    pair to judge by."""
+    the lightweight baseline says nothing about the method. A milder warning when the mean is > 0 but
+    the paired interval includes 0 (the lead is not established). Empty otherwise, and when there is
+    no such pair to judge by."""
     baselines = table[table["method"] == BASELINE].set_index(["dataset", "backbone", "settings", "preset"])
     texts = []
     for _, row in table.iterrows():
@@ -228,6 +229,11 @@ def large_model_warnings(table: pd.DataFrame, large_preset: str = "large") -> li
                 text = (f"baseline @{source} is not better than the lightweight baseline "
                         f"({signed_points(large['diff_mean'])} points over {large['pairs']:.0f} folds): "
                         f"this method starts from it, so its comparison is uninterpretable")
+            elif not _is_missing(large["ci_low"]) and large["ci_low"] <= 0:
+                text = (f"baseline @{source} is not shown better than the lightweight baseline "
+                        f"({signed_points(large['diff_mean'])} points over {large['pairs']:.0f} folds, interval "
+                        f"[{signed_points(large['ci_low'])}, {signed_points(large['ci_high'])}] includes 0): "
+                        f"this method starts from it, so read its comparison with care")
         texts.append(text)
     return texts
 

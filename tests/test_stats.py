@@ -303,6 +303,20 @@ def test_methods_starting_from_the_large_model_warn_when_it_is_not_better(large_
     assert (alone["warning"] == "").all()
 
 
+def test_a_large_lead_whose_paired_interval_includes_zero_gets_the_milder_warning():
+    light = {1: 0.50, 2: 0.55, 3: 0.60, 4: 0.52, 5: 0.58}
+    gains = {1: 0.08, 2: -0.03, 3: 0.02, 4: -0.02, 5: 0.01}  # mean +1.2 points, interval across 0
+    records = [record("baseline", "lightweight", f, 0, ua) for f, ua in light.items()]
+    records += [record("baseline", "large", f, 0, ua + gains[f]) for f, ua in light.items()]
+    records += [record("kd", "lightweight", f, 0, ua + 0.01) for f, ua in light.items()]
+    table = summary_table(runs_frame(records)).set_index("method")
+    large = table.loc["baseline"].set_index("preset").loc["large"]
+    assert large["diff_mean"] > 0 and large["ci_low"] <= 0 < large["ci_high"]
+    warning = table.loc["kd", "warning"]
+    assert "not shown better" in warning and "+1.2 points over 5 folds" in warning and "includes 0" in warning
+    assert "uninterpretable" not in warning
+
+
 def test_real_runs_pair_on_the_folds_both_ran_and_a_failed_run_is_listed(tiny_grid_results, capsys):
     from bench.results import RecordStore
     from bench.summary import print_summary
