@@ -58,7 +58,8 @@ def distillation_objective(teacher: nn.Module, p: KDParams, weight: torch.Tensor
     def loss_fn(student: nn.Module, feats: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             teacher_logits = teacher(feats, lengths)
-        loss = distillation_loss(student(feats, lengths), teacher_logits, labels, p.temperature, p.alpha, weight)
+        class_weight = None if weight is None else weight.to(feats.device)  # training may run on CUDA
+        loss = distillation_loss(student(feats, lengths), teacher_logits, labels, p.temperature, p.alpha, class_weight)
         if projection is not None:
             with torch.no_grad():
                 teacher_embedding = teacher.embed(feats, lengths)
