@@ -79,13 +79,13 @@ def _torch_export(model: nn.Module, input_dim: int):
         program = torch.onnx.export(model, (features, lengths), dynamo=True, optimize=False, verbose=False,
                                     input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
                                     dynamic_shapes=({1: frames}, None))
-    return program.model_proto
+        return program.model_proto  # serializing runs onnx_ir passes that log too
 
 
 @contextmanager
 def _quiet_exporter():
     """The exporter logs and prints its steps and warns about optional packages: keep output readable."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
