@@ -126,6 +126,8 @@ def list_command() -> None:
 @click.option("--dropout", type=float)
 @click.option("--label-smoothing", type=float)
 @click.option("--patience", type=int, help="early stopping: epochs without a better validation UA; 0 = never")
+@click.option("--keep-weights", type=click.Choice(["best", "last"]),
+              help="deploy the best validation-UA epoch's weights or the final epoch's (default: the recipe's)")
 @click.option("--class-weighting/--no-class-weighting", default=None,
               help="weight the loss by inverse class frequency (imbalanced corpora such as daicwoz)")
 @click.option("--features", "feature_kind", type=click.Choice(["logmel", "spectrogram", "mfcc"]),
@@ -142,7 +144,7 @@ def list_command() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars")
 @execution_options
 def run_command(config, study, dry_run, methods, backbones, presets, datasets, folds, seeds, epochs, batch_size, lr,
-                weight_decay, dropout, label_smoothing, patience, teacher_preset, params, dataset_params, data_roots,
+                weight_decay, dropout, label_smoothing, patience, keep_weights, teacher_preset, params, dataset_params, data_roots,
                 results_dir, cache_dir, force, quiet, class_weighting, feature_kind, n_mels, execution) -> None:
     """Run a benchmark grid; runs already recorded are skipped."""
     from bench.grid import load_config
@@ -160,6 +162,7 @@ def run_command(config, study, dry_run, methods, backbones, presets, datasets, f
         config=config, results_dir=results_dir, cache_dir=cache_dir, force=force, execution=execution,
         presets=parse_list(presets, "presets"), teacher_preset=teacher_preset, epochs=epochs, batch_size=batch_size,
         lr=lr, weight_decay=weight_decay, dropout=dropout, label_smoothing=label_smoothing, patience=patience,
+        keep_weights=keep_weights,
         class_weighting=class_weighting, features=feature_kind, n_mels=n_mels,
         method_params=parse_assignments(params, "param"),
         dataset_params=parse_assignments(dataset_params, "dataset-param"),

@@ -22,7 +22,8 @@ from bench.registry import BenchError
 
 # Settings a preset's recipe fills in when not given (``None``); see ``bench.models.recipe``.
 RECIPE_FIELDS = ("lr", "weight_decay", "warmup_epochs", "patience", "dropout", "label_smoothing",
-                 "freq_masks", "freq_mask_width", "time_masks", "time_mask_width")
+                 "freq_masks", "freq_mask_width", "time_masks", "time_mask_width", "keep_weights")
+KEEP_WEIGHTS = ("best", "last")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class TrainConfig:
     freq_mask_width: int | None = None
     time_masks: int | None = None
     time_mask_width: int | None = None  # frames, at most MASK_FRACTION of the utterance
+    keep_weights: str | None = None  # "best": the best validation-UA epoch's; "last": the final epoch's
     class_weighting: bool = False  # weight the loss by inverse class frequency (imbalanced corpora)
 
     def __post_init__(self):
@@ -55,6 +57,11 @@ class TrainConfig:
             raise BenchError(f"dropout must lie in [0, 1), got {self.dropout}")
         if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
             raise BenchError(f"label smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if self.keep_weights is not None and self.keep_weights not in KEEP_WEIGHTS:
+            raise BenchError(f"keep weights must be one of {', '.join(KEEP_WEIGHTS)}, got {self.keep_weights!r}")
+        if self.keep_weights == "last" and self.patience:
+            raise BenchError("early stopping (patience > 0) keeps the best validation epoch's weights: give "
+                             "--keep-weights best with it, or --patience 0")
         for name in ("weight_decay", "warmup_epochs", "patience", "freq_masks", "freq_mask_width", "time_masks",
                      "time_mask_width"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
@@ -233,7 +240,8 @@ def fit(model: nn.Module, train: Split, val: Split, num_classes: int, config: Tr
         on_epoch_end: Callable[[int, nn.Module, dict], None] | None = None,
         start_epoch: int = 0, resume_state: dict | None = None,
         device: torch.device | str = "cpu", amp: bool = False, companions: list[nn.Module] = ()) -> FitResult:
-    """Train ``model`` in place on ``device`` and load the weights of its best validation-UA epoch.
+    """Train ``model`` in place on ``device``; keep the weights of its best validation-UA epoch, or with
+    ``config.keep_weights == "last"`` those of its final epoch.
 
     Recipe fields ``config`` leaves ``None`` take the lightweight recipe (the runner resolves them with the
     trained preset's recipe before calling this). SpecAugment masks every training batch
@@ -294,7 +302,8 @@ def fit(model: nn.Module, train: Split, val: Split, num_classes: int, config: Tr
                                                   torch_rng=torch.get_rng_state()))
         if config.patience and epoch + 1 - state["best_epoch"] >= config.patience:
             break
-    model.load_state_dict(state["best_weights"])
+    if config.keep_weights != "last":
+        model.load_state_dict(state["best_weights"])
     on_device("cpu", model, companions, extra_parameters)
     model.eval()
     return FitResult(state["best_epoch"], state["best_ua"], len(state["history"]),

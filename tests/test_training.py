@@ -130,9 +130,39 @@ def test_history_has_every_epoch_and_early_stopping_shortens_it(cache_dir):
     assert history[-1]["lr"] < history[1]["lr"]  # cosine decay
     assert max(h["val_ua"] for h in history) == history[record["best_epoch"] - 1]["val_ua"]
     # patience 1: stops one epoch after the best; a perfectly separable toy peaks early
-    stopped = execute(toy_spec(train=TrainConfig(epochs=30, batch_size=16, patience=1, lr=3e-3)),
+    stopped = execute(toy_spec(train=TrainConfig(epochs=30, batch_size=16, patience=1, lr=3e-3, keep_weights="best")),
                       Workspace(cache_dir, progress=False))
     assert len(stopped["history"]) == stopped["best_epoch"] + 1 < 30
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_the_kept_weights_are_the_best_validation_epochs_or_the_last_epochs(keep):
+    from bench.models import build_backbone
+    from bench.train import fit
+
+    generator = torch.Generator().manual_seed(0)
+    def split(n):  # noisy labels: validation UA wanders, so the best epoch is not the last
+        return Split([torch.randn(40, 16, generator=generator) for _ in range(n)],
+                     torch.randint(0, 3, (n,), generator=generator))
+    train, val = split(48), split(24)
+    model = build_backbone("convtransformer", "tiny", 16, 3)
+    snapshots = {}
+    result = fit(model, train, val, 3, TrainConfig(epochs=6, batch_size=16, patience=0, keep_weights=keep), seed=0,
+                 progress=False, on_epoch_end=lambda epoch, m, _: snapshots.update(
+                     {epoch: {k: v.clone() for k, v in m.state_dict().items()}}))
+    assert result.best_epoch < 6 and result.epochs_run == 6
+    kept = snapshots[result.best_epoch if keep == "best" else 6]
+    assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
+    other = snapshots[6 if keep == "best" else result.best_epoch]
+    assert not all(torch.equal(v, other[k]) for k, v in model.state_dict().items())
+
+
+def test_early_stopping_with_the_last_epochs_weights_is_a_one_line_error():
+    with pytest.raises(BenchError, match="--keep-weights best"):
+        TrainConfig(patience=5).resolved(recipe("convtransformer", "lightweight"))
+    with pytest.raises(BenchError, match="keep weights must be one of best, last"):
+        TrainConfig(keep_weights="worst")
+    assert TrainConfig(patience=5, keep_weights="best").resolved(recipe("convtransformer", "large")).patience == 5
 
 
 def test_device_errors_are_one_line():
