@@ -29,7 +29,8 @@ def _preset_lines(entry: Entry, features: FeatureConfig) -> list[str]:
         sizes = ", ".join(f"{k}={v}" for k, v in config.items())
         lines.append(f"      preset {preset}: {count_params(model) / 1e6:.3f}M params, "
                      f"{macs / 1e6:.1f}M MACs @{LIST_SECONDS:g}s ({sizes})")
-        lines.append("        recipe: " + ", ".join(f"{k}={v:g}" for k, v in recipe(entry.name, preset).items()))
+        lines.append("        recipe: " + ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                                                for k, v in recipe(entry.name, preset).items()))
     return lines
 
 

@@ -34,7 +34,7 @@ def test_study_files_are_valid_grids_over_every_backbone_method_and_preset(name)
 def test_list_names_the_studies_and_recipes():
     out = CliRunner().invoke(main, ["list"], catch_exceptions=False).output
     assert all(f"  {name}: " in out for name in STUDIES)
-    assert "preset medium:" in out and "recipe: lr=" in out and "label_smoothing=0.1" in out
+    assert "preset medium:" in out and "recipe: lr=" in out and "label_smoothing=0.1" in out and "keep_weights=last" in out
 
 
 def test_unknown_study_is_one_line_exit_2(tmp_path):
