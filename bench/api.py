@@ -69,12 +69,21 @@ def grid_values(config: str | Path | None = None, **given: Any) -> dict:
     ``given`` takes the grid's fields (``methods``, ``backbones``, ``presets``, ``datasets``, ``folds``,
     ``seeds``, ``train``, ``features``, ``method_params``, ``dataset_params``, ``data_roots``,
     ``teacher_preset``) and, as shortcuts, training settings (``epochs=8``, ``lr=1e-3``...) and feature
-    settings (``features="mfcc"``, ``n_mels=64``...). None means "not given"."""
+    settings (``features="mfcc"``, ``n_mels=64``...). None means "not given". Given ``methods`` narrow
+    the file's: its presets and method parameters for methods left out are dropped (an explicit one
+    for a method not in the grid is still an error)."""
     from bench.features import FeatureConfig
     from bench.grid import Grid, load_config
     from bench.train import TrainConfig
 
     values = load_config(Path(config)) if config else {}
+    if given.get("methods") is not None:  # narrowed by the caller: the file's settings for other methods lapse
+        names = _axis("methods", given["methods"])
+        components = {c for m in names for c in m.split("+")}
+        if isinstance(values.get("presets"), dict):
+            values["presets"] = {m: p for m, p in values["presets"].items() if m in names}
+        if "method_params" in values:
+            values["method_params"] = {m: p for m, p in values["method_params"].items() if m in components}
     train_fields = {f.name for f in fields(TrainConfig)}
     feature_fields = {f.name for f in fields(FeatureConfig)} - {"kind"}
     grid_fields = {f.name for f in fields(Grid)}

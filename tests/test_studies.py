@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from bench.cli import main
 from bench.grid import load_config, make_grid
-from bench.registry import BACKBONES, METHODS
+from bench.registry import BACKBONES, METHODS, BenchError
 from bench.studies import study_names, study_path
 
 STUDIES = ["cremad", "daicwoz", "emodb", "iemocap", "m3ed", "ravdess"]
@@ -72,3 +72,18 @@ def test_cuda_device_without_a_gpu_is_one_line_exit_2(tmp_path):
         pytest.skip("this machine has a GPU: --device cuda is valid here")
     result = CliRunner().invoke(main, ["run", "--device", "cuda", "--results-dir", str(tmp_path), *TINY])
     assert result.exit_code == 2 and result.output.startswith("error: device 'cuda' asked for")
+
+
+def test_a_study_narrowed_to_other_methods_drops_its_baseline_presets(tmp_path):
+    from bench.api import grid_values
+    from bench.grid import make_grid
+
+    grid = make_grid(grid_values(study_path("emodb"), methods="hrf,kd"))
+    assert grid.method_names() == ["hrf", "kd"] and grid.presets_for("hrf") == ["lightweight"]
+    full = make_grid(grid_values(study_path("emodb")))
+    assert full.presets_for("baseline") == ["tiny", "lightweight", "medium", "large"]
+    grid_file = tmp_path / "grid.toml"
+    grid_file.write_text('methods = ["baseline", "hrf"]\n[method_params.hrf]\nexpansion_ratio = 4\n')
+    assert make_grid(grid_values(grid_file, methods="baseline")).method_params == {}
+    with pytest.raises(BenchError, match="-p given for 'kd'"):  # an explicit one still is an error
+        make_grid(grid_values(grid_file, methods="baseline", method_params={"kd": {"temperature": "2"}}))
