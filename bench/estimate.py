@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.features import FeatureConfig
-from bench.models import build_backbone
+from bench.models import build_backbone, recipe
 from bench.results import RecordStore
 from bench.runner import RunSpec, Workspace
 from bench.train import autocast, resolve_device
@@ -170,6 +170,11 @@ def run_seconds(spec: RunSpec, calibration: Calibration, latency: bool = True) -
     return seconds + (LATENCY_SECONDS_PER_RUN if latency else 0.0)
 
 
+def stops_early(spec: RunSpec, preset: str) -> bool:
+    """Whether ``spec``'s training at ``preset`` may stop before its last epoch (a patience is set)."""
+    return bool(spec.train.resolved(recipe(spec.backbone, preset)).patience)
+
+
 def describe_plan(grid, store: RecordStore, workspace: Workspace, force: bool = False, device: str = "auto",
                   latency: bool = True, max_listed: int = 40) -> str:
     """The dry-run text: runs, shared plain models and the calibrated compute estimate (``workspace``
@@ -207,8 +212,10 @@ def describe_plan(grid, store: RecordStore, workspace: Workspace, force: bool = 
                      f"(batch {spec.train.batch_size}), {calibration.epoch_seconds(spec, preset):.1f} s per epoch")
     lines.append(f"  plain models: {plain_seconds / 3600:.2f} h; the runs' own training, evaluation and latency: "
                  f"{own_seconds / 3600:.2f} h")
-    lines.append(f"  total: {total / 3600:.2f} device-hours on {device.type} ({total / 60:.0f} min for one worker; "
-                 f"an upper bound where early stopping ends trainings sooner)")
+    early = any(stops_early(s, p) for s, p in found.plain_models.values()) or any(stops_early(s, s.preset)
+                                                                                for s in found.runs)
+    lines.append(f"  total: {total / 3600:.2f} device-hours on {device.type} ({total / 60:.0f} min for one worker"
+                 + ("; an upper bound where early stopping ends trainings sooner)" if early else ")"))
     sizes = sorted({spec.dataset for spec in found.runs})
     lines.append("  nominal corpus sizes per fold: " + "; ".join(
         f"{d} {size_of(d).train} training / {size_of(d).evaluate} evaluation utterances of "

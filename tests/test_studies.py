@@ -56,6 +56,10 @@ def test_dry_run_lists_runs_shared_models_and_an_estimate_without_running(tmp_pa
     assert "convtransformer/lightweight toy: 2 models (fold x seed), used by 2 runs" in out
     assert "convtransformer/tiny toy: 2 models (fold x seed), used by 2 runs" in out
     assert "device-hours on cpu" in out and "ms per training step" in out
+    assert "upper bound" not in out  # the recipe trains every epoch: the estimate is not a bound
+    stopping = CliRunner().invoke(main, [*args, "--patience", "3", "--keep-weights", "best", "--dry-run"],
+                                  catch_exceptions=False).output
+    assert "an upper bound where early stopping ends trainings sooner" in stopping
     assert not (results / "records").exists() and not (cache_dir / "models").exists()
     # once recorded, the dry run says so
     CliRunner().invoke(main, ["run", "--methods", "baseline", "--presets", "tiny", "--results-dir", str(results),
