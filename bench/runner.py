@@ -374,7 +374,8 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         "ua_torch": torch_ua, "accuracy_runtime": "pytorch" if shipped_test is None else "onnxruntime int8",
         "train_params": train_params, **figures, "int8_macs": 0, "float_macs": figures["macs"],
         **method_figures, **shipped, **ctx.notes,
-        "best_epoch": ctx.fits[-1].best_epoch if ctx.fits else None,
+        "best_epoch": ctx.fits[-1].best_epoch if ctx.fits else None,  # of validation UA
+        "deployed_epoch": ctx.fits[-1].deployed_epoch if ctx.fits else None,  # whose weights are deployed
         "history": ctx.fits[-1].history if ctx.fits else [],  # the training that produced the deploy model
         "fit_seconds": sum(f.train_seconds for f in own_fits),  # the method's own training
         "reused_fit_seconds": sum(f.train_seconds for f in ctx.reused_fits),  # cached models it built on

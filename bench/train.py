@@ -232,6 +232,7 @@ class FitResult:
     epochs_run: int
     train_seconds: float
     history: list[dict]  # per epoch: epoch, train_loss, val_loss, val_ua, lr (at the epoch's end), seconds
+    deployed_epoch: int | None = None  # whose weights the model kept (None: cached before this was recorded)
 
 
 def fit(model: nn.Module, train: Split, val: Split, num_classes: int, config: TrainConfig, seed: int,
@@ -306,5 +307,6 @@ def fit(model: nn.Module, train: Split, val: Split, num_classes: int, config: Tr
         model.load_state_dict(state["best_weights"])
     on_device("cpu", model, companions, extra_parameters)
     model.eval()
-    return FitResult(state["best_epoch"], state["best_ua"], len(state["history"]),
-                     time.perf_counter() - started, state["history"])
+    epochs_run = len(state["history"])
+    return FitResult(state["best_epoch"], state["best_ua"], epochs_run, time.perf_counter() - started,
+                     state["history"], epochs_run if config.keep_weights == "last" else state["best_epoch"])

@@ -129,10 +129,12 @@ def test_history_has_every_epoch_and_early_stopping_shortens_it(cache_dir):
         assert h["train_loss"] > 0 and h["val_loss"] > 0 and 0 <= h["val_ua"] <= 1 and h["seconds"] > 0
     assert history[-1]["lr"] < history[1]["lr"]  # cosine decay
     assert max(h["val_ua"] for h in history) == history[record["best_epoch"] - 1]["val_ua"]
+    assert record["deployed_epoch"] == 4  # the recipe keeps the final epoch's weights
     # patience 1: stops one epoch after the best; a perfectly separable toy peaks early
     stopped = execute(toy_spec(train=TrainConfig(epochs=30, batch_size=16, patience=1, lr=3e-3, keep_weights="best")),
                       Workspace(cache_dir, progress=False))
     assert len(stopped["history"]) == stopped["best_epoch"] + 1 < 30
+    assert stopped["deployed_epoch"] == stopped["best_epoch"]
 
 
 @pytest.mark.parametrize("keep", ["best", "last"])
@@ -151,7 +153,8 @@ def test_the_kept_weights_are_the_best_validation_epochs_or_the_last_epochs(keep
                  progress=False, on_epoch_end=lambda epoch, m, _: snapshots.update(
                      {epoch: {k: v.clone() for k, v in m.state_dict().items()}}))
     assert result.best_epoch < 6 and result.epochs_run == 6
-    kept = snapshots[result.best_epoch if keep == "best" else 6]
+    assert result.deployed_epoch == (result.best_epoch if keep == "best" else 6)
+    kept = snapshots[result.deployed_epoch]
     assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
     other = snapshots[6 if keep == "best" else result.best_epoch]
     assert not all(torch.equal(v, other[k]) for k, v in model.state_dict().items())
