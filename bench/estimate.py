@@ -12,6 +12,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -106,9 +107,10 @@ class Plan:
     recorded: int
     plain_models: dict[str, tuple[RunSpec, str]]  # cache name -> (a run needing it, preset)
     users: Counter  # cache name -> runs that use it
+    cached: set[str]  # plain models already trained (reused as they are, --force included)
 
 
-def plan(specs: list[RunSpec], store: RecordStore, force: bool = False) -> Plan:
+def plan(specs: list[RunSpec], store: RecordStore, force: bool = False, cache_dir: Path | None = None) -> Plan:
     todo = [s for s in specs if force or not store.has(s.run_id)]
     plain, users = {}, Counter()
     for spec in todo:
@@ -118,7 +120,8 @@ def plan(specs: list[RunSpec], store: RecordStore, force: bool = False) -> Plan:
             name = spec.plain_model_name(preset)
             plain.setdefault(name, (spec, preset))
             users[name] += 1
-    return Plan(todo, len(specs) - len(todo), plain, users)
+    cached = {name for name in plain if cache_dir is not None and (cache_dir / "models" / f"{name}.pt").exists()}
+    return Plan(todo, len(specs) - len(todo), plain, users, cached)
 
 
 class Calibration:
@@ -181,7 +184,7 @@ def describe_plan(grid, store: RecordStore, workspace: Workspace, force: bool = 
     reads the corpus listings for the runs' identities; nothing is trained)."""
     device = resolve_device(device)
     specs = grid.specs(workspace)
-    found = plan(specs, store, force)
+    found = plan(specs, store, force, workspace.cache_dir)
     lines = [f"{len(specs)} runs in the grid, {found.recorded} already recorded, {len(found.runs)} to run:"]
     for spec in found.runs[:max_listed]:
         extra = f" teacher {spec.teacher_preset}" if spec.uses_teacher() else ""
@@ -189,16 +192,19 @@ def describe_plan(grid, store: RecordStore, workspace: Workspace, force: bool = 
                      f"fold {spec.fold} seed {spec.seed}")
     if len(found.runs) > max_listed:
         lines.append(f"  ... and {len(found.runs) - max_listed} more")
-    lines.append(f"{len(found.plain_models)} plain models trained once and reused (cached under --cache-dir/models):")
-    by_kind = Counter((spec.backbone, preset, spec.dataset) for spec, preset in found.plain_models.values())
-    for (backbone, preset, dataset), count in sorted(by_kind.items()):
-        uses = sum(found.users[name] for name, (s, p) in found.plain_models.items()
-                   if (s.backbone, p, s.dataset) == (backbone, preset, dataset))
-        lines.append(f"  {backbone}/{preset} {dataset}: {count} models (fold x seed), used by {uses} runs")
+    lines.append(f"{len(found.plain_models)} plain models trained once and reused (cached under --cache-dir/models), "
+                 f"{len(found.cached)} of them already trained:")
+    kind = lambda name: (found.plain_models[name][0].backbone, found.plain_models[name][1],  # noqa: E731
+                         found.plain_models[name][0].dataset)
+    for (backbone, preset, dataset), count in sorted(Counter(map(kind, found.plain_models)).items()):
+        names = [name for name in found.plain_models if kind(name) == (backbone, preset, dataset)]
+        cached = sum(name in found.cached for name in names)
+        lines.append(f"  {backbone}/{preset} {dataset}: {count} models (fold x seed), used by "
+                     f"{sum(found.users[name] for name in names)} runs" + (f"; {cached} cached" if cached else ""))
     calibration = Calibration(device)
     started = time.perf_counter()
     plain_seconds = sum(spec.train.epochs * calibration.epoch_seconds(spec, preset)
-                        for spec, preset in found.plain_models.values())
+                        for name, (spec, preset) in found.plain_models.items() if name not in found.cached)
     own_seconds = sum(run_seconds(spec, calibration, latency) for spec in found.runs)
     calibrated_in = time.perf_counter() - started
     total = plain_seconds + own_seconds
@@ -210,7 +216,7 @@ def describe_plan(grid, store: RecordStore, workspace: Workspace, force: bool = 
         times = calibration.get(spec, preset)
         lines.append(f"  {spec.backbone}/{preset} on {spec.dataset}: {times.train * 1000:.0f} ms per training step "
                      f"(batch {spec.train.batch_size}), {calibration.epoch_seconds(spec, preset):.1f} s per epoch")
-    lines.append(f"  plain models: {plain_seconds / 3600:.2f} h; the runs' own training, evaluation and latency: "
+    lines.append(f"  plain models still to train: {plain_seconds / 3600:.2f} h ({plain_seconds / 60:.2f} min); the runs' own training, evaluation and latency: "
                  f"{own_seconds / 3600:.2f} h")
     early = any(stops_early(s, p) for s, p in found.plain_models.values()) or any(stops_early(s, s.preset)
                                                                                 for s in found.runs)

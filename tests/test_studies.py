@@ -49,6 +49,7 @@ def test_dry_run_lists_runs_shared_models_and_an_estimate_without_running(tmp_pa
     args = ["run", "--methods", "baseline,kd", "--presets", "tiny", "--teacher-preset", "lightweight",
             "--results-dir", str(results), *TINY]
     out = CliRunner().invoke(main, [*args, "--dry-run"], catch_exceptions=False).output
+    first = out
     assert "4 runs in the grid, 0 already recorded, 4 to run" in out
     assert out.count(" kd convtransformer/tiny teacher lightweight toy fold ") == 2
     # per fold: the tiny baseline model and the lightweight teacher, each trained once
@@ -66,6 +67,14 @@ def test_dry_run_lists_runs_shared_models_and_an_estimate_without_running(tmp_pa
                               "--device", "cpu", *TINY], catch_exceptions=False)
     out = CliRunner().invoke(main, [*args, "--dry-run"], catch_exceptions=False).output
     assert "4 runs in the grid, 2 already recorded, 2 to run" in out
+    assert "2 plain models trained once and reused (cached under --cache-dir/models), 0 of them already trained" in out
+    # with --force the baselines run again, on their cached tiny models: those cost nothing more
+    forced = CliRunner().invoke(main, [*args, "--force", "--dry-run"], catch_exceptions=False).output
+    assert "4 runs in the grid, 0 already recorded, 4 to run" in forced
+    assert "4 plain models trained once and reused (cached under --cache-dir/models), 2 of them already trained" in forced
+    assert "convtransformer/tiny toy: 2 models (fold x seed), used by 2 runs; 2 cached" in forced
+    minutes = lambda text: float(text.split("plain models still to train: ")[1].split("(")[1].split(" min")[0])  # noqa: E731
+    assert 0 < minutes(forced) < minutes(first)  # 2 lightweight teachers, fewer than the 4 models of the first dry run
     records = [json.loads(p.read_text()) for p in (results / "records").glob("*.json")]
     assert len(records) == 2 and {r["train_device"] for r in records} == {"cpu"}
 
