@@ -60,8 +60,8 @@ def _load(path: Path, config: TrainConfig, seed: int) -> dict | None:
     """The checkpoint at ``path`` if it belongs to this training, else None (a fresh start)."""
     if not path.exists():
         return None
-    try:
-        saved = torch.load(path, weights_only=False)
+    try:  # as data only: a checkpoint that would run code when unpickled is refused like a damaged one
+        saved = torch.load(path, weights_only=True)
     except Exception as error:  # a truncated file from a crashed disk: train from scratch
         log.warning("ignoring unreadable checkpoint %s (%s)", path, error)
         return None

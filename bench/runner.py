@@ -263,9 +263,10 @@ class RunContext:
 def load_cached_model(path: Path, model: nn.Module) -> dict | None:
     """Load a cached plain model's weights into ``model`` and return the cache entry; None, with a
     warning naming the file, when it is unreadable (truncated, junk, another architecture), so that
-    the model is trained again and the file replaced."""
+    the model is trained again and the file replaced. Read as data (``weights_only``): a cache file that
+    would run code when unpickled is refused, like any other damage."""
     try:
-        saved = torch.load(path, weights_only=False)
+        saved = torch.load(path, weights_only=True)
         model.load_state_dict(saved["state_dict"])
         FitResult(**saved["fit"])
         return saved

@@ -146,3 +146,20 @@ def recorded_run(tmp_path_factory) -> Path:
                       "train": {"epochs": 1}})
     run_grid(grid, RecordStore(root / "results"), root / "cache", progress=False)
     return root / "results"
+
+
+class WritesAFile:
+    """Unpickled by a full unpickler, it creates ``marker``: what a planted cache file could do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+@pytest.fixture
+def code_payload(tmp_path) -> tuple[WritesAFile, Path]:
+    """An object that runs code when unpickled, and the file that code would create."""
+    marker = tmp_path / "unpickled"
+    return WritesAFile(marker), marker

@@ -162,14 +162,21 @@ def test_unreadable_feature_cache_is_extracted_again(world, caplog):
     only_changed(before, snapshot(world), {str(cache.relative_to(world)), "results/runs.csv"})
 
 
-def test_junk_in_a_cached_model_is_trained_again(world, caplog):
+@pytest.mark.parametrize("content", ["junk", "code"])
+def test_junk_in_a_cached_model_is_trained_again(world, caplog, content, code_payload):
     cached, = (world / "cache" / "models").glob("convtransformer-tiny-*.pt")
-    cached.write_bytes(b"junk" * 100)
+    payload, marker = code_payload
+    if content == "junk":
+        cached.write_bytes(b"junk" * 100)
+    else:  # a well-formed entry whose unpickling would run code: read as data, it is refused
+        saved = torch.load(cached, weights_only=True)
+        torch.save(saved | {"git_commit": payload}, cached)
     before = snapshot(world)
     status, output = bench(world, caplog, "--methods", "quant", *GRID[2:], *RUN)  # quant starts from that model
     assert status == 0, output
+    assert not marker.exists()
     assert f"cached model {cached} is unreadable" in output
-    assert "state_dict" in torch.load(cached, weights_only=False)
+    assert "state_dict" in torch.load(cached, weights_only=True)
     quant = [r for r in RecordStore(world / "results").load()[0] if r["method"] == "quant"]
     assert quant[0]["tiny_model_cache"] == "miss"
     only_changed(before, snapshot(world), {str(cached.relative_to(world)), "results/runs.csv"})

@@ -69,7 +69,7 @@ def test_training_interrupted_mid_epoch_resumes_to_the_uninterrupted_result(cont
     path = tmp_path / "interrupted.pt"
     with pytest.raises(Interrupt):
         train(context, path, loss_fn=interrupting_loss(2 * steps_per_epoch + 1))  # dies inside epoch 3
-    assert torch.load(path, weights_only=False)["epoch"] == 2
+    assert torch.load(path, weights_only=True)["epoch"] == 2
 
     resumed, result, resumed_from = train(context, path)
     assert resumed_from == 2
@@ -89,10 +89,20 @@ def test_checkpoint_of_other_training_settings_is_not_resumed(context, tmp_path)
     path = tmp_path / "other.pt"
     with pytest.raises(Interrupt):
         train(context, path, loss_fn=interrupting_loss(8))
-    saved = torch.load(path, weights_only=False)
+    saved = torch.load(path, weights_only=True)
     saved["config"]["lr"] = 1.0
     torch.save(saved, path)
     _, result, resumed_from = train(context, path)
+    assert resumed_from == 0 and len(result.history) == CONFIG.epochs
+
+
+def test_checkpoint_that_would_run_code_is_not_unpickled(context, tmp_path, caplog, code_payload):
+    (payload, marker), path = code_payload, tmp_path / "planted.pt"
+    with pytest.raises(Interrupt):
+        train(context, path, loss_fn=interrupting_loss(8))
+    torch.save(torch.load(path, weights_only=True) | {"seed": payload}, path)
+    _, result, resumed_from = train(context, path)
+    assert not marker.exists() and f"ignoring unreadable checkpoint {path}" in caplog.text
     assert resumed_from == 0 and len(result.history) == CONFIG.epochs
 
 
