@@ -48,7 +48,8 @@ def parse_candidate(text: str) -> tuple[str, str, dict]:
 def train_one(job: dict) -> dict:
     torch.set_num_threads(1)
     load_builtin_plugins()
-    workspace = Workspace(job["cache_dir"], {job["dataset"]: job["data_root"]}, progress=False)
+    roots = {job["dataset"]: job["data_root"]} if job["data_root"] else {}  # the embedded corpus needs none
+    workspace = Workspace(job["cache_dir"], roots, progress=False)
     spec = RunSpec("baseline", job["backbone"], job["preset"], job["dataset"], job["fold"], job["seed"],
                    TrainConfig(epochs=job["epochs"], **job["overrides"]))
     data = workspace.fold_data(spec)
@@ -65,7 +66,7 @@ def main() -> None:
     parser.add_argument("--candidate", action="append", required=True, help="NAME:PRESET:KEY=VALUE,...")
     parser.add_argument("--backbone", default="convtransformer")
     parser.add_argument("--dataset", default="emodb")
-    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--data-root", help="the corpus folder (not for --dataset embedded)")
     parser.add_argument("--folds", default="1-5")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--epochs", type=int, default=30)
