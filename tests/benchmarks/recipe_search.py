@@ -3,7 +3,8 @@ overrides over folds and seeds, and prints per candidate the mean over trainings
 validation UA (what the trainer selects its weights by), the mean validation UA of the last 5 epochs,
 and the best epochs. The test split is never read.
 
-Run by hand (not collected by pytest); each candidate is NAME:PRESET:KEY=VALUE,KEY=VALUE...
+Run by hand (not collected by pytest); each candidate is NAME:PRESET:KEY=VALUE,KEY=VALUE... where a key
+is a ``TrainConfig`` field or ``model.X``, a preset's architecture setting X (e.g. ``model.conv_channels=64``)
 
     python tests/benchmarks/recipe_search.py --data-root ../shared/data/emodb --folds 1-5 --epochs 30 \\
         --candidate G1:large:patience=0 --candidate G3:large:patience=0,lr=5e-4 \\
@@ -34,15 +35,22 @@ from bench.train import TrainConfig, fit
 CONFIG_TYPES = {f.name: f.type for f in fields(TrainConfig)}
 
 
-def parse_candidate(text: str) -> tuple[str, str, dict]:
+def parse_candidate(text: str) -> tuple[str, str, dict, dict]:
+    """``NAME:PRESET:KEY=VALUE,...`` -> name, preset, training overrides, architecture overrides (keys
+    ``model.X``: the preset's ``X``, e.g. ``model.conv_channels=64``)."""
     name, preset, *rest = text.split(":")
-    overrides = {}
+    overrides, model_overrides = {}, {}
     for item in filter(None, ",".join(rest).split(",")):
         key, value = item.split("=")
-        if key not in CONFIG_TYPES:
-            raise SystemExit(f"unknown recipe field {key!r}: one of {', '.join(CONFIG_TYPES)}")
-        overrides[key] = float(value) if "float" in str(CONFIG_TYPES[key]) else int(value)
-    return name, preset, overrides
+        if key.startswith("model."):
+            model_overrides[key.removeprefix("model.")] = float(value) if "." in value else int(value)
+        elif key not in CONFIG_TYPES:
+            raise SystemExit(f"unknown recipe field {key!r}: one of {', '.join(CONFIG_TYPES)}, or model.KEY")
+        elif "str" in str(CONFIG_TYPES[key]):
+            overrides[key] = value
+        else:
+            overrides[key] = float(value) if "float" in str(CONFIG_TYPES[key]) else int(value)
+    return name, preset, overrides, model_overrides
 
 
 def train_one(job: dict) -> dict:
@@ -55,7 +63,8 @@ def train_one(job: dict) -> dict:
     data = workspace.fold_data(spec)
     config = spec.train_config()  # the overrides over the preset's recipe
     torch.manual_seed(job["seed"])
-    model = build_backbone(job["backbone"], job["preset"], data.input_dim, data.num_classes, dropout=config.dropout)
+    model = build_backbone(job["backbone"], job["preset"], data.input_dim, data.num_classes, dropout=config.dropout,
+                           **job["model_overrides"])
     result = fit(model, data.train, data.val, data.num_classes, config, job["seed"], progress=False)
     return job | {"best_epoch": result.best_epoch, "best_val_ua": result.best_val_ua,
                   "seconds": result.train_seconds, "history": result.history}
@@ -81,8 +90,9 @@ def main() -> None:
     jobs = []
     for fold in parse_ints(args.folds, "--folds"):
         for seed in parse_ints(args.seeds, "--seeds"):
-            for name, preset, overrides in map(parse_candidate, args.candidate):
-                job = dict(name=name, preset=preset, overrides=overrides, backbone=args.backbone, dataset=args.dataset,
+            for name, preset, overrides, model_overrides in map(parse_candidate, args.candidate):
+                job = dict(name=name, preset=preset, overrides=overrides, model_overrides=model_overrides,
+                           backbone=args.backbone, dataset=args.dataset,
                            data_root=args.data_root, fold=fold, seed=seed, epochs=args.epochs, cache_dir=args.cache_dir)
                 if key(job) not in finished:
                     jobs.append(job)
