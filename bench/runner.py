@@ -68,6 +68,9 @@ class RunSpec:
                 "corpus_fingerprint": self.corpus_fingerprint,
                 "fold": self.fold, "seed": self.seed, "train": asdict(self.train), "features": asdict(self.features),
                 "teacher_preset": self.teacher_preset if self.uses_teacher() else None,
+                # the presets' architectures: editing a preset (or a plug-in's) must not reuse old records
+                "architecture": preset_config(self.backbone, self.preset),
+                "teacher_architecture": preset_config(self.backbone, self.teacher_preset) if self.uses_teacher() else None,
                 "recipe": recipe(self.backbone, self.preset),
                 "teacher_recipe": recipe(self.backbone, self.teacher_preset) if self.uses_teacher() else None}
 
@@ -317,7 +320,7 @@ def run_identity(spec: RunSpec) -> dict:
     """The record fields that say which run it is (every record has them, failed ones too)."""
     nested = ("train", "features", "method_params", "dataset_params", "recipe", "teacher_recipe")
     return {"run_id": spec.run_id,
-            **{k: v for k, v in spec.key().items() if k not in nested},
+            **{k: v for k, v in spec.key().items() if k not in nested},  # architecture: the preset's dict
             "method_params": spec.resolved_method_params(),
             "dataset_params": spec.dataset_params,
             **{f"train_{k}": v for k, v in asdict(spec.train).items()},  # as asked; None = the preset's recipe

@@ -7,7 +7,7 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
-from bench.models import recipe
+from bench.models import preset_config, recipe
 from bench.registry import BenchError
 from bench.runner import RunSpec, Workspace, execute
 from bench.train import MASK_FRACTION, Split, TrainConfig, batches, lr_factor, resolve_device, spec_augment
@@ -109,6 +109,8 @@ def test_recipe_reaches_the_model_the_trainer_and_the_record(cache_dir):
     assert record["teacher_recipe"]["weight_decay"] == teacher["weight_decay"]
     assert record["teacher_recipe"]["dropout"] == teacher["dropout"]
     assert record["train_device"] == "cpu"
+    assert record["teacher_architecture"] == preset_config("convtransformer", "lightweight")
+    assert record["architecture"] == preset_config("convtransformer", "tiny")
     # the teacher is cached under its own preset's resolved recipe (what trained it)
     ran = replace(spec, corpus_fingerprint=record["corpus_fingerprint"])  # execute fills in the corpus read
     assert (cache_dir / "models" / f"{ran.plain_model_name('lightweight')}.pt").exists()
@@ -185,3 +187,20 @@ def test_cuda_training_matches_cpu_within_noise(tmp_path):
     assert cuda["train_device"].startswith("cuda") and cuda["train_amp"] is True
     assert abs(cuda["ua"] - cpu["ua"]) <= 0.1
     assert next(cuda["_deploy_model"].parameters()).device.type == "cpu"  # latency is measured on the CPU
+
+
+def test_a_presets_architecture_is_part_of_the_run_identity(cache_dir, monkeypatch):
+    from bench.registry import BACKBONES
+
+    spec = toy_spec(method="kd", train=TrainConfig(epochs=1, batch_size=16), teacher_preset="lightweight")
+    presets = BACKBONES.get("convtransformer").extra["presets"]
+    ids = [spec.run_id]
+    monkeypatch.setitem(presets, "lightweight", presets["lightweight"] | {"num_layers": 1})  # the teacher's
+    ids.append(spec.run_id)
+    monkeypatch.setitem(presets, "tiny", presets["tiny"] | {"d_model": 48})  # the deployed model's
+    ids.append(spec.run_id)
+    assert len(set(ids)) == 3  # an edited preset is a new run, not a skip over the old record
+    record = execute(replace(spec, method="baseline"), Workspace(cache_dir, progress=False))
+    assert record["architecture"] == presets["tiny"] and record["architecture"]["d_model"] == 48
+    assert record["teacher_architecture"] is None
+    assert sum(p.numel() for p in record["_deploy_model"].parameters()) == record["params"]
