@@ -53,6 +53,11 @@ def visible_rows(page) -> list[dict]:
         })""")
 
 
+def opened(details) -> None:
+    """Wait (up to 5 s) for a <details> to open: the page opens it on the hashchange event, after the click."""
+    sync_api.expect(details).to_have_js_property("open", True, timeout=5000)
+
+
 def numbers(rows: list[dict], key: str) -> list[float | None]:
     return [None if r["values"][key] is None else float(r["values"][key]) for r in rows]
 
@@ -115,7 +120,7 @@ def test_run_links_open_the_run_details(page_and_summary):
     details = page.locator(f"#run-{run_id}")
     assert details.get_attribute("open") is None
     page.locator(f"a[href='#run-{run_id}']").first.click()
-    assert details.get_attribute("open") is not None
+    opened(details)
     assert details.locator("table.confusion tbody tr").count() == 4  # toy has 4 classes
     assert "train_epochs" in details.inner_text()
 
@@ -131,7 +136,8 @@ def test_failed_runs_are_listed_and_open_their_details(page_and_summary):
     run_id = link.inner_text()
     link.click()
     details = page.locator(f"#run-{run_id}")
-    assert details.get_attribute("open") is not None and details.locator("summary").inner_text().startswith("FAILED")
+    opened(details)
+    assert details.locator("summary").inner_text().startswith("FAILED")
 
 
 def test_large_model_warning_is_shown_in_the_row_and_above_the_board(page_and_summary):
