@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import torch
 from bench.features import FeatureConfig
 from bench.models import build_backbone, recipe
 from bench.results import RecordStore
-from bench.runner import RunSpec, Workspace
+from bench.runner import RunSpec, Workspace, cached_model_path
 from bench.train import autocast, resolve_device
 
 
@@ -110,7 +110,7 @@ class Plan:
     cached: set[str]  # plain models already trained (reused as they are, --force included)
 
 
-def plan(specs: list[RunSpec], store: RecordStore, force: bool = False, cache_dir: Path | None = None) -> Plan:
+def plan(specs: list[RunSpec], store: RecordStore, cache_dir: Path, force: bool = False) -> Plan:
     todo = [s for s in specs if force or not store.has(s.run_id)]
     plain, users = {}, Counter()
     for spec in todo:
@@ -120,7 +120,7 @@ def plan(specs: list[RunSpec], store: RecordStore, force: bool = False, cache_di
             name = spec.plain_model_name(preset)
             plain.setdefault(name, (spec, preset))
             users[name] += 1
-    cached = {name for name in plain if cache_dir is not None and (cache_dir / "models" / f"{name}.pt").exists()}
+    cached = {name for name in plain if cached_model_path(cache_dir, name).exists()}
     return Plan(todo, len(specs) - len(todo), plain, users, cached)
 
 
@@ -184,7 +184,7 @@ def describe_plan(grid, store: RecordStore, workspace: Workspace, force: bool = 
     reads the corpus listings for the runs' identities; nothing is trained)."""
     device = resolve_device(device)
     specs = grid.specs(workspace)
-    found = plan(specs, store, force, workspace.cache_dir)
+    found = plan(specs, store, workspace.cache_dir, force)
     lines = [f"{len(specs)} runs in the grid, {found.recorded} already recorded, {len(found.runs)} to run:"]
     for spec in found.runs[:max_listed]:
         extra = f" teacher {spec.teacher_preset}" if spec.uses_teacher() else ""
@@ -194,12 +194,12 @@ def describe_plan(grid, store: RecordStore, workspace: Workspace, force: bool = 
         lines.append(f"  ... and {len(found.runs) - max_listed} more")
     lines.append(f"{len(found.plain_models)} plain models trained once and reused (cached under --cache-dir/models), "
                  f"{len(found.cached)} of them already trained:")
-    kind = lambda name: (found.plain_models[name][0].backbone, found.plain_models[name][1],  # noqa: E731
-                         found.plain_models[name][0].dataset)
-    for (backbone, preset, dataset), count in sorted(Counter(map(kind, found.plain_models)).items()):
-        names = [name for name in found.plain_models if kind(name) == (backbone, preset, dataset)]
+    by_kind = defaultdict(list)  # (backbone, preset, dataset) -> cache names
+    for name, (spec, preset) in found.plain_models.items():
+        by_kind[(spec.backbone, preset, spec.dataset)].append(name)
+    for (backbone, preset, dataset), names in sorted(by_kind.items()):
         cached = sum(name in found.cached for name in names)
-        lines.append(f"  {backbone}/{preset} {dataset}: {count} models (fold x seed), used by "
+        lines.append(f"  {backbone}/{preset} {dataset}: {len(names)} models (fold x seed), used by "
                      f"{sum(found.users[name] for name in names)} runs" + (f"; {cached} cached" if cached else ""))
     calibration = Calibration(device)
     started = time.perf_counter()
@@ -216,8 +216,8 @@ def describe_plan(grid, store: RecordStore, workspace: Workspace, force: bool = 
         times = calibration.get(spec, preset)
         lines.append(f"  {spec.backbone}/{preset} on {spec.dataset}: {times.train * 1000:.0f} ms per training step "
                      f"(batch {spec.train.batch_size}), {calibration.epoch_seconds(spec, preset):.1f} s per epoch")
-    lines.append(f"  plain models still to train: {plain_seconds / 3600:.2f} h ({plain_seconds / 60:.2f} min); the runs' own training, evaluation and latency: "
-                 f"{own_seconds / 3600:.2f} h")
+    lines.append(f"  plain models still to train: {plain_seconds / 3600:.2f} h ({plain_seconds / 60:.2f} min); "
+                 f"the runs' own training, evaluation and latency: {own_seconds / 3600:.2f} h")
     early = any(stops_early(s, p) for s, p in found.plain_models.values()) or any(stops_early(s, s.preset)
                                                                                 for s in found.runs)
     lines.append(f"  total: {total / 3600:.2f} device-hours on {device.type} ({total / 60:.0f} min for one worker"

@@ -227,7 +227,7 @@ class RunContext:
         counts as the run's ``reused_fit_seconds``, or with ``reused=False`` (the baseline, whose deploy
         model it is) as its ``fit_seconds``."""
         spec = self.spec
-        path = self.workspace.cache_dir / "models" / f"{spec.plain_model_name(preset)}.pt"
+        path = cached_model_path(self.workspace.cache_dir, spec.plain_model_name(preset))
         model = self.new_model(preset)
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(path.with_suffix(".lock")):  # concurrent workers needing this model train it once
@@ -261,6 +261,11 @@ class RunContext:
     def large_model(self) -> nn.Module:
         """The trained teacher / pruning source: the ``teacher_preset`` model (default ``large``)."""
         return self.trained_model(self.spec.teacher_preset)
+
+
+def cached_model_path(cache_dir: Path, cache_name: str) -> Path:
+    """Where the shared plain model ``cache_name`` (``RunSpec.plain_model_name``) is cached."""
+    return Path(cache_dir) / "models" / f"{cache_name}.pt"
 
 
 def load_cached_model(path: Path, model: nn.Module) -> dict | None:
