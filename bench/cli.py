@@ -12,6 +12,7 @@ import click
 from bench import api
 from bench.api import default_cache_dir  # noqa: F401  (imported from here by other commands)
 from bench.executors import execution_options
+from bench.features import FEATURE_KINDS
 from bench.probe import steady_allocator
 from bench.registry import BenchError
 
@@ -130,9 +131,12 @@ def list_command() -> None:
               help="deploy the best validation-UA epoch's weights or the final epoch's (default: the recipe's)")
 @click.option("--class-weighting/--no-class-weighting", default=None,
               help="weight the loss by inverse class frequency (imbalanced corpora such as daicwoz)")
-@click.option("--features", "feature_kind", type=click.Choice(["logmel", "spectrogram", "mfcc"]),
-              help="front-end features (default: logmel)")
+@click.option("--features", "feature_kind", type=click.Choice(list(FEATURE_KINDS)),
+              help="front-end features (default: logmel; egemaps and compare: openSMILE functionals, for svm)")
 @click.option("--n-mels", type=int, help="mel bins of logmel (and of the mel filterbank behind mfcc)")
+@click.option("--normalize", type=click.Choice(["global", "speaker"]),
+              help="standardize features with the training split's statistics (global, default) or each "
+                   "speaker's own (speaker)")
 @click.option("--teacher-preset", help="preset of the large model that kd/prune/lowrank start from")
 @click.option("--param", "-p", "params", multiple=True, help="method parameter, METHOD.PARAM=VALUE")
 @click.option("--dataset-param", "dataset_params", multiple=True, help="dataset parameter, DATASET.PARAM=VALUE")
@@ -145,7 +149,7 @@ def list_command() -> None:
 @execution_options
 def run_command(config, study, dry_run, methods, backbones, presets, datasets, folds, seeds, epochs, batch_size, lr,
                 weight_decay, dropout, label_smoothing, patience, keep_weights, teacher_preset, params, dataset_params, data_roots,
-                results_dir, cache_dir, force, quiet, class_weighting, feature_kind, n_mels, execution) -> None:
+                results_dir, cache_dir, force, quiet, class_weighting, feature_kind, n_mels, normalize, execution) -> None:
     """Run a benchmark grid; runs already recorded are skipped."""
     from bench.grid import load_config
     from bench.summary import print_summary
@@ -163,7 +167,7 @@ def run_command(config, study, dry_run, methods, backbones, presets, datasets, f
         presets=parse_list(presets, "presets"), teacher_preset=teacher_preset, epochs=epochs, batch_size=batch_size,
         lr=lr, weight_decay=weight_decay, dropout=dropout, label_smoothing=label_smoothing, patience=patience,
         keep_weights=keep_weights,
-        class_weighting=class_weighting, features=feature_kind, n_mels=n_mels,
+        class_weighting=class_weighting, features=feature_kind, n_mels=n_mels, normalize=normalize,
         method_params=parse_assignments(params, "param"),
         dataset_params=parse_assignments(dataset_params, "dataset-param"),
         data_roots=parse_data_roots(data_roots, named or ["embedded"]))

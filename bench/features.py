@@ -21,21 +21,32 @@ from bench.registry import BenchError
 
 log = logging.getLogger("bench")
 TARGET_RATE = 16000
+NORMALIZATIONS = ("global", "speaker")
+UTTERANCE_KINDS = ("egemaps", "compare")  # openSMILE functionals: eGeMAPS v02, ComParE 2016 (one frame)
+OPENSMILE_DIMS = {"egemaps": 88, "compare": 6373}
+FEATURE_KINDS = ("logmel", "spectrogram", "mfcc", *UTTERANCE_KINDS)
 
 
 @dataclass(frozen=True)
 class FeatureConfig:
     """Front-end settings; part of every cache key and run record."""
 
-    kind: str = "logmel"  # logmel | spectrogram | mfcc
+    kind: str = "logmel"  # logmel | spectrogram | mfcc | egemaps | compare (openSMILE, the [opensmile] extra)
     n_mels: int = 80
     win_ms: float = 25.0
     hop_ms: float = 10.0
     n_mfcc: int = 40
+    # How frames are standardized for a fold (not part of extraction): "global" with the training
+    # speakers' mean and variance; "speaker" with each speaker's own statistics, computed from that
+    # speaker's unlabeled frames at training and test time alike (a declared, common practice for
+    # speaker-independent SER; it needs speaker labels).
+    normalize: str = "global"
 
     def __post_init__(self):
-        if self.kind not in ("logmel", "spectrogram", "mfcc"):
-            raise BenchError(f"unknown feature kind {self.kind!r}: use logmel, spectrogram or mfcc")
+        if self.kind not in FEATURE_KINDS:
+            raise BenchError(f"unknown feature kind {self.kind!r}: use {', '.join(FEATURE_KINDS)}")
+        if self.normalize not in NORMALIZATIONS:
+            raise BenchError(f"unknown feature normalization {self.normalize!r}: use {' or '.join(NORMALIZATIONS)}")
         if self.n_mels <= 0 or self.win_ms <= 0 or self.hop_ms <= 0:
             raise BenchError(f"feature sizes must be positive, got {self}")
         if self.kind == "mfcc" and self.n_mfcc > self.n_mels:
@@ -43,6 +54,8 @@ class FeatureConfig:
 
     @property
     def dim(self) -> int:
+        if self.utterance_level:
+            return OPENSMILE_DIMS[self.kind]
         if self.kind == "spectrogram":
             return self.n_fft // 2 + 1
         return self.n_mfcc if self.kind == "mfcc" else self.n_mels
@@ -55,8 +68,20 @@ class FeatureConfig:
     def hop(self) -> int:
         return int(round(TARGET_RATE * self.hop_ms / 1000))
 
+    @property
+    def utterance_level(self) -> bool:
+        """One vector per utterance (openSMILE functionals) rather than frames."""
+        return self.kind in UTTERANCE_KINDS
+
+    @property
+    def extraction(self) -> dict:
+        """The settings extraction depends on, the feature cache's key (normalization happens per fold)."""
+        return {k: v for k, v in asdict(self).items() if k != "normalize"}
+
     def frames(self, seconds: float) -> int:
-        """Frames produced for ``seconds`` of audio (centered STFT)."""
+        """Frames produced for ``seconds`` of audio (centered STFT; one for utterance-level features)."""
+        if self.utterance_level:
+            return 1
         return int(seconds * TARGET_RATE) // self.hop + 1
 
 
@@ -75,6 +100,24 @@ def read_audio(utterance: Utterance) -> torch.Tensor:
     if rate != TARGET_RATE:
         wave = torchaudio.functional.resample(wave, rate, TARGET_RATE)
     return wave
+
+
+class _OpenSmile:
+    """openSMILE functionals of a whole utterance: wave ``(samples,)`` -> ``(1, dims)``."""
+
+    def __init__(self, config: FeatureConfig):
+        try:
+            import opensmile
+        except ImportError:
+            raise BenchError(f"--features {config.kind} needs openSMILE: pip install -e '.[opensmile]'") from None
+        feature_set = {"egemaps": opensmile.FeatureSet.eGeMAPSv02, "compare": opensmile.FeatureSet.ComParE_2016}
+        self.smile = opensmile.Smile(feature_set=feature_set[config.kind],
+                                     feature_level=opensmile.FeatureLevel.Functionals)
+        self.log = False
+
+    def __call__(self, wave: torch.Tensor) -> torch.Tensor:
+        values = self.smile.process_signal(wave.numpy(), TARGET_RATE).to_numpy(dtype=np.float32)
+        return torch.from_numpy(np.nan_to_num(values[:1], nan=0.0, posinf=0.0, neginf=0.0))
 
 
 class _Frontend:
@@ -103,7 +146,7 @@ def cache_path(corpus: Corpus, config: FeatureConfig, cache_dir: Path, fingerpri
     """Cache file of ``corpus``'s features with ``config``, keyed by the corpus fingerprint (computed
     here unless given)."""
     fingerprint = fingerprint or corpus_fingerprint(corpus, cache_dir)
-    key = hashlib.sha1(json.dumps([corpus.name, fingerprint, asdict(config)]).encode()).hexdigest()[:16]
+    key = hashlib.sha1(json.dumps([corpus.name, fingerprint, config.extraction]).encode()).hexdigest()[:16]
     return Path(cache_dir) / "features" / f"{corpus.name}-{config.kind}-{key}.pt"
 
 
@@ -135,7 +178,7 @@ def _read_cache(path: Path) -> dict | None:
     return None
 
 
-def _features(u: Utterance, frontend: _Frontend, config: FeatureConfig) -> torch.Tensor:
+def _features(u: Utterance, frontend: _Frontend | _OpenSmile, config: FeatureConfig) -> torch.Tensor:
     if u.features is not None:
         return _load_array(u.features)
     wave = read_audio(u)
@@ -159,7 +202,7 @@ def extract(corpus: Corpus, config: FeatureConfig, cache_dir: Path, progress: bo
             tqdm.write(f"skipped: {message}")
         corpus.skipped.extend(cached["skipped"])
         return cached["features"]
-    frontend = _Frontend(config)
+    frontend = _OpenSmile(config) if config.utterance_level else _Frontend(config)
     features, skipped = {}, []
     for u in tqdm(corpus.utterances, desc=f"features {corpus.name}", disable=not progress, unit="utt"):
         try:

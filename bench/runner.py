@@ -102,6 +102,7 @@ class FoldData:
     train: Split
     val: Split
     test: Split
+    speakers: dict[str, list[str]] = field(default_factory=dict)  # per split, in the split's order
 
     @property
     def input_dim(self) -> int:
@@ -171,18 +172,46 @@ class Workspace:
             fold = corpus.fold(spec.fold)
             splits = {name: [i for i in getattr(fold, name) if corpus.utterances[i].id in features]
                       for name in ("train", "val", "test")}
-            train_frames = torch.cat([features[corpus.utterances[i].id] for i in splits["train"]])
-            mean, std = train_frames.mean(0), train_frames.std(0).clamp(min=1e-5)  # training split only
+            normalized = normalize(corpus, features, splits, spec.features.normalize)
             grouped = any(u.group for u in corpus.utterances)
 
             def make(indices):
                 utts = [corpus.utterances[i] for i in indices]
-                return Split([(features[u.id] - mean) / std for u in utts],
+                return Split([normalized[u.id] for u in utts],
                              torch.tensor([corpus.label_index(u) for u in utts]),
                              [u.group or u.id for u in utts] if grouped else None)
 
-            self._fold = (key, FoldData(corpus, fingerprint, *(make(splits[n]) for n in ("train", "val", "test"))))
+            speakers = {n: [corpus.utterances[i].speaker for i in splits[n]] for n in ("train", "val", "test")}
+            self._fold = (key, FoldData(corpus, fingerprint, *(make(splits[n]) for n in ("train", "val", "test")),
+                                        speakers))
         return self._fold[1]
+
+
+def normalize(corpus: Corpus, features: dict[str, torch.Tensor], splits: dict[str, list[int]],
+              how: str) -> dict[str, torch.Tensor]:
+    """Standardized features of the fold's utterances (``splits``: corpus indices per split).
+
+    ``global``: one mean and standard deviation per dimension, from the training split's frames only.
+    ``speaker``: each speaker's frames with that speaker's own statistics; speakers never cross
+    splits, so test speakers are standardized with their own unlabeled frames, never with training
+    statistics or labels."""
+    utterances = [corpus.utterances[i] for i in (*splits["train"], *splits["val"], *splits["test"])]
+    if how == "global":
+        train_frames = torch.cat([features[corpus.utterances[i].id] for i in splits["train"]])
+        mean, std = train_frames.mean(0), train_frames.std(0).clamp(min=1e-5)
+        return {u.id: (features[u.id] - mean) / std for u in utterances}
+    by_speaker: dict[str, list] = {}
+    for u in utterances:
+        by_speaker.setdefault(u.speaker, []).append(u)
+    if len(by_speaker) == len(utterances) > 1:
+        raise BenchError(f"per-speaker normalization needs speaker labels, but every utterance of {corpus.name} "
+                         "has its own speaker: use --normalize global")
+    normalized = {}
+    for members in by_speaker.values():
+        frames = torch.cat([features[u.id] for u in members])
+        mean, std = frames.mean(0), frames.std(0).nan_to_num(1.0).clamp(min=1e-5)
+        normalized.update({u.id: (features[u.id] - mean) / std for u in members})
+    return normalized
 
 
 class RunContext:

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from bench.api import default_cache_dir, parse_ints
+from bench.features import FeatureConfig
 from bench.models import build_backbone
 from bench.registry import load_builtin_plugins
 from bench.runner import RunSpec, Workspace
@@ -35,22 +36,36 @@ from bench.train import TrainConfig, fit
 CONFIG_TYPES = {f.name: f.type for f in fields(TrainConfig)}
 
 
-def parse_candidate(text: str) -> tuple[str, str, dict, dict]:
+def _number(value: str):
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_candidate(text: str) -> tuple[str, str, dict, dict, dict]:
     """``NAME:PRESET:KEY=VALUE,...`` -> name, preset, training overrides, architecture overrides (keys
-    ``model.X``: the preset's ``X``, e.g. ``model.conv_channels=64``)."""
+    ``model.X``: the preset's ``X``, e.g. ``model.conv_channels=64``, ``model.pooling=meanstd``) and
+    feature settings (``features.X``, e.g. ``features.normalize=speaker``)."""
     name, preset, *rest = text.split(":")
-    overrides, model_overrides = {}, {}
+    overrides, model_overrides, feature_overrides = {}, {}, {}
     for item in filter(None, ",".join(rest).split(",")):
         key, value = item.split("=")
         if key.startswith("model."):
-            model_overrides[key.removeprefix("model.")] = float(value) if "." in value else int(value)
+            model_overrides[key.removeprefix("model.")] = _number(value)
+        elif key.startswith("features."):
+            feature_overrides[key.removeprefix("features.")] = _number(value)
         elif key not in CONFIG_TYPES:
             raise SystemExit(f"unknown recipe field {key!r}: one of {', '.join(CONFIG_TYPES)}, or model.KEY")
+        elif "bool" in str(CONFIG_TYPES[key]):
+            overrides[key] = value.lower() in ("1", "true", "yes")
         elif "str" in str(CONFIG_TYPES[key]):
             overrides[key] = value
         else:
             overrides[key] = float(value) if "float" in str(CONFIG_TYPES[key]) else int(value)
-    return name, preset, overrides, model_overrides
+    return name, preset, overrides, model_overrides, feature_overrides
 
 
 def train_one(job: dict) -> dict:
@@ -59,7 +74,7 @@ def train_one(job: dict) -> dict:
     roots = {job["dataset"]: job["data_root"]} if job["data_root"] else {}  # the embedded corpus needs none
     workspace = Workspace(job["cache_dir"], roots, progress=False)
     spec = RunSpec("baseline", job["backbone"], job["preset"], job["dataset"], job["fold"], job["seed"],
-                   TrainConfig(epochs=job["epochs"], **job["overrides"]))
+                   TrainConfig(epochs=job["epochs"], **job["overrides"]), FeatureConfig(**job["feature_overrides"]))
     data = workspace.fold_data(spec)
     config = spec.train_config()  # the overrides over the preset's recipe
     torch.manual_seed(job["seed"])
@@ -90,8 +105,9 @@ def main() -> None:
     jobs = []
     for fold in parse_ints(args.folds, "--folds"):
         for seed in parse_ints(args.seeds, "--seeds"):
-            for name, preset, overrides, model_overrides in map(parse_candidate, args.candidate):
+            for name, preset, overrides, model_overrides, feature_overrides in map(parse_candidate, args.candidate):
                 job = dict(name=name, preset=preset, overrides=overrides, model_overrides=model_overrides,
+                           feature_overrides=feature_overrides,
                            backbone=args.backbone, dataset=args.dataset,
                            data_root=args.data_root, fold=fold, seed=seed, epochs=args.epochs, cache_dir=args.cache_dir)
                 if key(job) not in finished:
