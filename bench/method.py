@@ -30,6 +30,10 @@ class RunFailed(BenchError):
 class Method:
     """Default behaviour: train the lightweight preset (or the model handed over) and deploy it as is."""
 
+    # A reference the plain models must beat rather than a compression (the classical ``svm``): the
+    # summary pairs every plain model with it and warns beside those below it and the methods built on them.
+    classical_reference: bool = False
+
     def __init__(self, params: Any = None):
         self.params = params
 

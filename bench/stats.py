@@ -88,16 +88,19 @@ def _metric_values(runs: pd.DataFrame, metric: str | None) -> pd.DataFrame:
 
 
 def paired_differences(runs: pd.DataFrame, metric: str | None = None,
-                       light_preset: str = "lightweight") -> pd.DataFrame:
-    """Every finished run minus its paired ``baseline`` run at ``light_preset`` (the reference; any
-    preset can be one): columns ``GROUP``, ``fold``, ``seed``, ``metric``, ``value``, ``reference``,
-    ``diff``. ``metric`` None means each dataset's ``headline_metric``. Runs without a paired reference
-    are left out; the reference group itself too."""
+                       light_preset: str | None = "lightweight", reference_method: str = BASELINE) -> pd.DataFrame:
+    """Every finished run minus its paired ``reference_method`` run at ``light_preset`` (the reference;
+    any preset can be one, None: the method's runs at any preset, for references such as the classical
+    ``svm`` that do not depend on the preset): columns ``GROUP``, ``fold``, ``seed``, ``metric``,
+    ``value``, ``reference``, ``diff``. ``metric`` None means each dataset's ``headline_metric``. Runs
+    without a paired reference are left out; the reference group itself too."""
     columns = [*GROUP, "fold", "seed", "metric", "value", "reference", "diff"]
     if runs.empty:
         return pd.DataFrame(columns=columns)
     frame = _metric_values(runs, metric)
-    is_reference = (frame["method"] == BASELINE) & (frame["preset"] == light_preset)
+    is_reference = frame["method"] == reference_method
+    if light_preset is not None:
+        is_reference &= frame["preset"] == light_preset
     reference = frame[is_reference].groupby(PAIR_ON, as_index=False)["value"].mean()
     paired = frame[~is_reference].merge(reference.rename(columns={"value": "reference"}), on=PAIR_ON, how="inner")
     paired["diff"] = paired["value"] - paired["reference"]
@@ -131,13 +134,13 @@ def mean_differences(runs: pd.DataFrame, metrics: list[str], reference_preset: s
     return result.rename(columns={"value": "pairs"}).reset_index()
 
 
-def compare(runs: pd.DataFrame, light_preset: str = "lightweight", seed: int = 0,
-            metric: str | None = None) -> pd.DataFrame:
+def compare(runs: pd.DataFrame, light_preset: str | None = "lightweight", seed: int = 0,
+            metric: str | None = None, reference_method: str = BASELINE) -> pd.DataFrame:
     """Per ``GROUP``, over fold-level paired differences (seeds averaged within each fold): ``pairs``
     (folds), ``diff_mean``, its bootstrap interval (seeded with ``seed`` for every group, so a row does
     not depend on which other rows exist), the Wilcoxon p-value and ``significant`` (the interval
     excludes zero and rests on at least ``MIN_SIGNIFICANT_PAIRS`` folds)."""
-    differences = fold_differences(paired_differences(runs, metric, light_preset))
+    differences = fold_differences(paired_differences(runs, metric, light_preset, reference_method))
     rows = []
     for key, group in differences.groupby(GROUP, sort=True):
         low, high = bootstrap_ci(group["diff"], seed)

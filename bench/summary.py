@@ -187,7 +187,8 @@ def summary_table(runs: pd.DataFrame, light_preset: str = "lightweight", large_p
     comparison = stats.compare(runs, light_preset, seed=seed)
     table = table.merge(comparison, on=KEYS, how="left") if len(comparison) else \
         table.assign(**{c: np.nan for c in stats.COMPARISON_COLUMNS})
-    table["warning"] = large_model_warnings(table, large_preset)
+    table["warning"] = [" ".join(filter(None, texts)) for texts in
+                        zip(large_model_warnings(table, large_preset), classical_warnings(table, runs, seed))]
     table["headline_mean"] = [row[f"{row['headline_metric']}_mean"] for _, row in table.iterrows()]
     table["headline_std"] = [row[f"{row['headline_metric']}_std"] for _, row in table.iterrows()]
     table = table.sort_values(["dataset", "headline_mean", *KEYS[1:]], ascending=[True, False] + [True] * 5,
@@ -235,6 +236,45 @@ def large_model_warnings(table: pd.DataFrame, large_preset: str = "large") -> li
                         f"[{signed_points(large['ci_low'])}, {signed_points(large['ci_high'])}] includes 0): "
                         f"this method starts from it, so read its comparison with care")
         texts.append(text)
+    return texts
+
+
+def classical_references(methods) -> list[str]:
+    """The methods among ``methods`` that declare ``classical_reference`` (e.g. ``svm``)."""
+    return sorted(m for m in set(methods) if m in METHODS and getattr(METHODS.get(m).obj, "classical_reference", False))
+
+
+def classical_warnings(table: pd.DataFrame, runs: pd.DataFrame, seed: int = 0) -> list[str]:
+    """Per summary row, a warning when the plain ``baseline`` the row's model is built on (the row's own
+    preset, and for methods that start from the large model also that model's preset) is not better
+    than a classical reference (``classical_reference`` methods, e.g. ``svm``) of the same dataset,
+    backbone and settings: its paired mean difference over folds is <= 0. Shrinking a model that a
+    functionals-into-an-SVM baseline beats shows nothing. Empty otherwise and without such a pair."""
+    texts = [""] * len(table)
+    for reference in classical_references(table["method"]):
+        comparison = stats.compare(runs, None, seed=seed, reference_method=reference)
+        plain = comparison[comparison["method"] == BASELINE].set_index(["dataset", "backbone", "settings", "preset"])
+        for position, (_, row) in enumerate(table.iterrows()):
+            if row["method"] == reference:
+                continue
+            named = not _is_missing(row["teacher_preset"]) and row["teacher_preset"]
+            sources = [row["preset"]]
+            if starts_from_large_model(row["method"], row["teacher_preset"]):
+                sources.append(row["teacher_preset"] if named else "large")
+            for source in sources:
+                where = (row["dataset"], row["backbone"], row["settings"], source)
+                if where not in plain.index:
+                    continue
+                found = plain.loc[where]
+                found = found.iloc[0] if isinstance(found, pd.DataFrame) else found
+                if _is_missing(found["diff_mean"]) or found["diff_mean"] > 0:
+                    continue
+                whose = "this plain model is" if row["method"] == BASELINE and source == row["preset"] else \
+                    f"the plain model it is built on (baseline @{source}) is"
+                texts[position] = " ".join(filter(None, [texts[position], (
+                    f"{whose} below the classical reference {reference} ({signed_points(found['diff_mean'])} "
+                    f"points over {found['pairs']:.0f} folds): not a competent model to shrink")]))
+                break
     return texts
 
 

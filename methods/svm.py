@@ -175,6 +175,7 @@ class ClassicalSVM(Method):
     backbone and preset of its run (they only pair it with the plain models of the same grid cell)."""
 
     params: SVMParams
+    classical_reference = True
 
     def check(self, ctx, start: nn.Module | None) -> None:
         if start is not None:

@@ -116,3 +116,23 @@ def test_opensmile_functionals_are_extracted_and_cached(tmp_path):
     assert not torch.allclose(features["tone0"], features["tone1"])  # the pitch functionals differ
     again = extract(corpus, config, tmp_path / "cache", progress=False, fingerprint="tones")  # from the cache
     assert torch.equal(again["tone0"], features["tone0"])
+
+
+def test_plain_models_below_the_classical_reference_are_flagged_with_what_is_built_on_them(tmp_path):
+    from bench.grid import make_grid, run_grid
+    from bench.results import RecordStore
+    from bench.summary import runs_frame, summary_table
+
+    store = RecordStore(tmp_path / "results")
+    grid = make_grid({"methods": ["baseline", "hrf", "svm"], "presets": ["tiny"], "datasets": ["toy"],
+                      "folds": [1, 2], "seeds": [0], "train": {"epochs": 1}})
+    records = run_grid(grid, store, tmp_path / "cache", progress=False)
+    by_method = {m: [r for r in records if r["method"] == m] for m in ("baseline", "hrf", "svm")}
+    assert min(r["ua"] for r in by_method["svm"]) > max(r["ua"] for r in by_method["baseline"])  # one epoch
+    table = summary_table(runs_frame(records), light_preset="tiny").set_index("method")
+    assert "this plain model is below the classical reference svm" in table.loc["baseline", "warning"]
+    assert "the plain model it is built on (baseline @tiny) is below the classical reference svm" in table.loc["hrf", "warning"]
+    assert table.loc["svm", "warning"] == ""
+    # the same runs with a reference that the plain model beats: no warning
+    weak = [r | {"ua": 0.0} if r["method"] == "svm" else r for r in records]
+    assert not summary_table(runs_frame(weak), light_preset="tiny")["warning"].astype(bool).any()
