@@ -131,6 +131,14 @@ def list_command() -> None:
               help="deploy the best validation-UA epoch's weights or the final epoch's (default: the recipe's)")
 @click.option("--class-weighting/--no-class-weighting", default=None,
               help="weight the loss by inverse class frequency (imbalanced corpora such as daicwoz)")
+@click.option("--mixup-alpha", type=float, help="mixup: lambda ~ Beta(alpha, alpha) per batch; 0 = off "
+              "(default: the recipe's)")
+@click.option("--speed-perturb", type=float, help="tempo factor uniform in [1-s, 1+s] per utterance, on the "
+              "feature frames; 0 = off (default: the recipe's)")
+@click.option("--noise-std", type=float, help="Gaussian noise of this std on the standardized training frames; "
+              "0 = off (default: the recipe's)")
+@click.option("--final-fit/--no-final-fit", default=None,
+              help="train on training + validation speakers, no validation epochs (needs --keep-weights last)")
 @click.option("--features", "feature_kind", type=click.Choice(list(FEATURE_KINDS)),
               help="front-end features (default: logmel; egemaps and compare: openSMILE functionals, for svm)")
 @click.option("--n-mels", type=int, help="mel bins of logmel (and of the mel filterbank behind mfcc)")
@@ -149,7 +157,8 @@ def list_command() -> None:
 @execution_options
 def run_command(config, study, dry_run, methods, backbones, presets, datasets, folds, seeds, epochs, batch_size, lr,
                 weight_decay, dropout, label_smoothing, patience, keep_weights, teacher_preset, params, dataset_params, data_roots,
-                results_dir, cache_dir, force, quiet, class_weighting, feature_kind, n_mels, normalize, execution) -> None:
+                results_dir, cache_dir, force, quiet, class_weighting, mixup_alpha, speed_perturb, noise_std, final_fit,
+                feature_kind, n_mels, normalize, execution) -> None:
     """Run a benchmark grid; runs already recorded are skipped."""
     from bench.grid import load_config
     from bench.summary import print_summary
@@ -166,7 +175,8 @@ def run_command(config, study, dry_run, methods, backbones, presets, datasets, f
         config=config, results_dir=results_dir, cache_dir=cache_dir, force=force, execution=execution,
         presets=parse_list(presets, "presets"), teacher_preset=teacher_preset, epochs=epochs, batch_size=batch_size,
         lr=lr, weight_decay=weight_decay, dropout=dropout, label_smoothing=label_smoothing, patience=patience,
-        keep_weights=keep_weights,
+        keep_weights=keep_weights, mixup_alpha=mixup_alpha, speed_perturb=speed_perturb, noise_std=noise_std,
+        final_fit=final_fit,
         class_weighting=class_weighting, features=feature_kind, n_mels=n_mels, normalize=normalize,
         method_params=parse_assignments(params, "param"),
         dataset_params=parse_assignments(dataset_params, "dataset-param"),

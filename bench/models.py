@@ -14,9 +14,12 @@ from bench.registry import BACKBONES, BenchError
 # noisy values (4-5 points above the last epochs' mean) and picks lucky early epochs, while the cosine
 # schedule ends on stable weights. The epochs come from the run (the studies: 30). Masks: 2 frequency
 # masks of up to 12 of 80 mel bins, 2 time masks of up to 40 frames (0.4 s, at most a fifth of the
-# utterance).
+# utterance). Mixup, speed perturbation and feature noise (``bench.train.fit``) stay off until a
+# validation search chooses them.
 _AUGMENT = dict(label_smoothing=0.1, freq_masks=2, freq_mask_width=12, time_masks=2, time_mask_width=40)
-_REGULARIZE = dict(weight_decay=0.05, warmup_epochs=2.0, patience=0, keep_weights="last", dropout=0.1, **_AUGMENT)
+_NOT_SEARCHED_YET = dict(mixup_alpha=0.0, speed_perturb=0.0, noise_std=0.0)
+_REGULARIZE = dict(weight_decay=0.05, warmup_epochs=2.0, patience=0, keep_weights="last", dropout=0.1, **_AUGMENT,
+                   **_NOT_SEARCHED_YET)
 PRESET_RECIPES = {
     "tiny": dict(lr=3e-3, **_REGULARIZE),
     "lightweight": dict(lr=2e-3, **_REGULARIZE),
@@ -37,8 +40,8 @@ def preset_config(backbone: str, preset: str) -> dict:
 
 def recipe(backbone: str, preset: str) -> dict:
     """The training recipe of ``backbone`` at ``preset``: every ``TrainConfig`` field a run leaves unset
-    (learning rate, warm-up, weight decay, dropout, label smoothing, SpecAugment, patience, which
-    epoch's weights to keep)."""
+    (learning rate, warm-up, weight decay, dropout, label smoothing, SpecAugment, mixup, speed
+    perturbation, feature noise, patience, which epoch's weights to keep)."""
     preset_config(backbone, preset)
     registered = BACKBONES.get(backbone).extra.get("recipes") or {}
     return PRESET_RECIPES.get(preset, DEFAULT_RECIPE) | registered.get(preset, {})

@@ -1,8 +1,11 @@
 """The shared trainer: AdamW, linear warm-up + cosine decay, SpecAugment and label smoothing, best epoch
-chosen on validation UA (with optional early stopping), per-epoch history."""
+chosen on validation UA (with optional early stopping), per-epoch history. Optional levers for small
+corpora (each off by default): mixup, speed perturbation and additive noise on the feature frames, and
+a final fit on training + validation speakers together."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass, replace
@@ -10,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy.special import betaincinv
 from torch import nn
 from torchaudio.transforms import FrequencyMasking, TimeMasking
 from torch.nn.utils.rnn import pad_sequence
@@ -22,7 +26,8 @@ from bench.registry import BenchError
 
 # Settings a preset's recipe fills in when not given (``None``); see ``bench.models.recipe``.
 RECIPE_FIELDS = ("lr", "weight_decay", "warmup_epochs", "patience", "dropout", "label_smoothing",
-                 "freq_masks", "freq_mask_width", "time_masks", "time_mask_width", "keep_weights")
+                 "freq_masks", "freq_mask_width", "time_masks", "time_mask_width", "keep_weights",
+                 "mixup_alpha", "speed_perturb", "noise_std")
 KEEP_WEIGHTS = ("best", "last")
 
 
@@ -45,6 +50,11 @@ class TrainConfig:
     time_mask_width: int | None = None  # frames, at most MASK_FRACTION of the utterance
     keep_weights: str | None = None  # "best": the best validation-UA epoch's; "last": the final epoch's
     class_weighting: bool = False  # weight the loss by inverse class frequency (imbalanced corpora)
+    # Augmentation of the training batches (0 = off; see ``fit``), all drawn from a generator seeded by the run seed:
+    mixup_alpha: float | None = None  # mixup: lambda ~ Beta(alpha, alpha) per batch, partners permuted
+    speed_perturb: float | None = None  # tempo factor uniform in [1 - s, 1 + s] per utterance, frames resampled
+    noise_std: float | None = None  # Gaussian noise of this std on the (standardized) valid frames
+    final_fit: bool = False  # train on training + validation speakers; no validation, the last epoch is kept
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -59,6 +69,19 @@ class TrainConfig:
             raise BenchError(f"label smoothing must lie in [0, 1), got {self.label_smoothing}")
         if self.keep_weights is not None and self.keep_weights not in KEEP_WEIGHTS:
             raise BenchError(f"keep weights must be one of {', '.join(KEEP_WEIGHTS)}, got {self.keep_weights!r}")
+        for name in ("mixup_alpha", "speed_perturb", "noise_std"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value < 0):
+                raise BenchError(f"{name.replace('_', ' ')} must be a finite number >= 0 (0 = off), got {value!r}")
+        if self.speed_perturb is not None and self.speed_perturb >= 1:
+            raise BenchError(f"speed perturb must lie in [0, 1) (0.1: tempo factors 0.9-1.1), got {self.speed_perturb}")
+        if self.final_fit and self.patience:
+            raise BenchError("a final fit trains on the validation speakers too: nothing to stop early on; "
+                             "give --patience 0 with it, or --no-final-fit")
+        if self.final_fit and self.keep_weights == "best":
+            raise BenchError("a final fit trains on the validation speakers too: no epoch to pick on validation; "
+                             "give --keep-weights last with it, or --no-final-fit")
         if self.keep_weights == "last" and self.patience:
             raise BenchError("early stopping (patience > 0) keeps the best validation epoch's weights: give "
                              "--keep-weights best with it, or --patience 0")
@@ -129,6 +152,63 @@ def spec_augment(feats: torch.Tensor, lengths: torch.Tensor, config: TrainConfig
             view = time(view)
         row[:length] = view.T
     return out
+
+
+def augment_generator(seed: int) -> torch.Generator:
+    """The generator of the training batches' mixup, speed and noise draws: seeded by the run seed, but a
+    stream apart from the batch-order generator (seeded with ``seed`` itself)."""
+    derived = torch.randint(2 ** 62, (1,), generator=torch.Generator().manual_seed(seed)).item()
+    return torch.Generator().manual_seed(derived + 1)
+
+
+def speed_perturb(feats: torch.Tensor, lengths: torch.Tensor, config: TrainConfig,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speed perturbation on the feature frames of a padded batch ``(B, T, F)``: each utterance gets a
+    factor drawn uniformly in ``[1 - s, 1 + s]`` (``s = config.speed_perturb``) and is resampled along
+    time to ``round(length / factor)`` frames by linear interpolation, exactly what
+    ``torch.nn.functional.interpolate(mode="linear", align_corners=False)`` does per utterance, here in
+    one gather for the whole batch. It approximates waveform speed perturbation on the frames: a tempo
+    change only (the spectrum of each frame, hence the pitch, is unchanged). Returns the re-padded batch
+    (padding 0) and the new lengths; the batch itself when off."""
+    if not config.speed_perturb:
+        return feats, lengths
+    source = lengths.to(torch.float64)
+    factors = 1 + config.speed_perturb * (2 * torch.rand(len(lengths), generator=generator, dtype=torch.float64) - 1)
+    new_lengths = torch.round(source / factors).long().clamp(min=1)
+    frames = torch.arange(int(new_lengths.max()), dtype=torch.float64)
+    # interpolate's source position of output frame j (align_corners=False): (j + 0.5) * in / out - 0.5, >= 0
+    position = ((frames + 0.5) * (source / new_lengths)[:, None] - 0.5).clamp(min=0)  # (B, T')
+    last = (lengths - 1)[:, None]
+    below = torch.minimum(position.floor().long(), last)
+    above = torch.minimum(below + 1, last)
+    weight = (position - below).to(feats.dtype)[..., None]
+    dims = feats.shape[2]
+    out = torch.lerp(feats.gather(1, below[..., None].expand(-1, -1, dims)),
+                     feats.gather(1, above[..., None].expand(-1, -1, dims)), weight)
+    valid = (frames[None] < new_lengths[:, None])[..., None]
+    return out.masked_fill(~valid, 0.0), new_lengths
+
+
+def add_noise(feats: torch.Tensor, lengths: torch.Tensor, config: TrainConfig,
+              generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise of standard deviation ``config.noise_std`` added to every valid (non-padded) frame
+    of a padded batch of standardized features; padding stays as it is. The batch itself when off."""
+    if not config.noise_std:
+        return feats
+    valid = (torch.arange(feats.shape[1])[None] < lengths[:, None])[..., None]
+    noise = torch.randn(feats.shape, generator=generator, dtype=feats.dtype)
+    return feats + config.noise_std * noise * valid
+
+
+def mixup(feats: torch.Tensor, lengths: torch.Tensor, alpha: float, generator: torch.Generator
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Mixup of a padded batch: ``lam ~ Beta(alpha, alpha)`` for the batch (inverse CDF of a uniform
+    from ``generator``) and a random partner ``perm[i]`` for each utterance; returns
+    ``lam * feats + (1 - lam) * feats[perm]``, the lengths ``max(lengths, lengths[perm])`` (the shorter
+    one counts as padded with zeros up to the longer), ``perm`` and ``lam``."""
+    lam = float(betaincinv(alpha, alpha, torch.rand(1, generator=generator, dtype=torch.float64).item()))
+    perm = torch.randperm(len(lengths), generator=generator)
+    return lam * feats + (1 - lam) * feats[perm], torch.maximum(lengths, lengths[perm]), perm, lam
 
 
 def predict(model: nn.Module, split: Split, batch_size: int = 16, device: torch.device | str = "cpu",
@@ -209,15 +289,51 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# ``loss_fn(model, feats, lengths, labels)``. With mixup on, the features are a mix of each utterance and
+# a partner ``perm[i]`` with weight ``lam``: a loss that declares the keyword ``mix`` is called once as
+# ``loss_fn(model, feats, lengths, labels, mix=(perm, lam))`` and returns the mixed loss (e.g.
+# ``lam * loss(labels) + (1 - lam) * loss(labels[perm])``) from one forward pass; any other loss is
+# called twice, with ``labels`` and ``labels[perm]``, and the two weighted by ``lam`` (two forwards).
+LossFn = Callable[..., torch.Tensor]
 
 
 def cross_entropy_loss(class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> LossFn:
-    def loss(model, feats, lengths, labels):
+    """Label-smoothed, optionally class-weighted cross-entropy; with ``mix=(perm, lam)`` the mixup loss
+    ``lam * CE(labels) + (1 - lam) * CE(labels[perm])`` on one forward pass."""
+    def loss(model, feats, lengths, labels, mix=None):
         weight = None if class_weights is None else class_weights.to(feats.device)
-        return nn.functional.cross_entropy(model(feats, lengths).float(), labels, weight=weight,
-                                           label_smoothing=label_smoothing)
+        logits = model(feats, lengths).float()
+        value = nn.functional.cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing)
+        if mix is None:
+            return value
+        perm, lam = mix
+        partner = nn.functional.cross_entropy(logits, labels[perm], weight=weight, label_smoothing=label_smoothing)
+        return lam * value + (1 - lam) * partner
     return loss
+
+
+def takes_mix(loss_fn: LossFn) -> bool:
+    """Whether ``loss_fn`` declares the ``mix`` keyword (computes the mixup loss itself, in one forward)."""
+    try:
+        return "mix" in inspect.signature(loss_fn).parameters
+    except (TypeError, ValueError):  # a callable without a signature
+        return False
+
+
+def mixed_loss(loss_fn: LossFn, one_pass: bool, model: nn.Module, feats: torch.Tensor, lengths: torch.Tensor,
+               labels: torch.Tensor, mix: tuple[torch.Tensor, float] | None) -> torch.Tensor:
+    """``loss_fn`` on a batch, mixed by ``mix=(perm, lam)`` when given (see ``LossFn``)."""
+    if mix is None:
+        return loss_fn(model, feats, lengths, labels)
+    if one_pass:
+        return loss_fn(model, feats, lengths, labels, mix=mix)
+    perm, lam = mix
+    return lam * loss_fn(model, feats, lengths, labels) + (1 - lam) * loss_fn(model, feats, lengths, labels[perm])
+
+
+def joined(train: Split, val: Split) -> Split:
+    """Training and validation utterances as one training split (a final fit)."""
+    return Split(list(train.features) + list(val.features), torch.cat([train.labels, val.labels]))
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -227,11 +343,12 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 @dataclass
 class FitResult:
-    best_epoch: int
-    best_val_ua: float
+    best_epoch: int  # a final fit (no validation): its last epoch
+    best_val_ua: float | None  # None after a final fit
     epochs_run: int
     train_seconds: float
-    history: list[dict]  # per epoch: epoch, train_loss, val_loss, val_ua, lr (at the epoch's end), seconds
+    # per epoch: epoch, train_loss, val_loss, val_ua (both None: final fit), lr (at the epoch's end), seconds
+    history: list[dict]
     deployed_epoch: int | None = None  # whose weights the model kept (None: cached before this was recorded)
 
 
@@ -245,10 +362,15 @@ def fit(model: nn.Module, train: Split, val: Split, num_classes: int, config: Tr
     ``config.keep_weights == "last"`` those of its final epoch.
 
     Recipe fields ``config`` leaves ``None`` take the lightweight recipe (the runner resolves them with the
-    trained preset's recipe before calling this). SpecAugment masks every training batch
-    before ``loss_fn(model, feats, lengths, labels)``, which replaces label-smoothed cross-entropy (e.g.
+    trained preset's recipe before calling this). Every training batch is, in this order and each only
+    when its setting is on: speed-perturbed (``speed_perturb``), given Gaussian noise on its valid frames
+    (``noise_std``), masked by SpecAugment, and mixed up (``mixup_alpha``; see ``LossFn``) before
+    ``loss_fn(model, feats, lengths, labels)``, which replaces label-smoothed cross-entropy (e.g.
     distillation); ``extra_parameters`` are optimized too (e.g. a distillation projection). Training
-    stops early after ``config.patience`` epochs without a better validation UA (0: never).
+    stops early after ``config.patience`` epochs without a better validation UA (0: never). With
+    ``config.final_fit`` it trains on ``train`` and ``val`` together and never evaluates: the history's
+    ``val_loss`` and ``val_ua`` are None, the result's ``best_val_ua`` too, its ``best_epoch`` the last.
+    Mixup, speed and noise draw from one generator seeded by ``seed`` (resumed like the batch order).
     ``on_epoch_end`` lets callers checkpoint; ``start_epoch`` and ``resume_state`` resume from such a
     checkpoint. ``device``: the model, ``extra_parameters`` and ``companions`` (modules ``loss_fn`` runs,
     e.g. a teacher) move there while training and back to the CPU afterwards; ``amp``: bf16 autocast on CUDA.
@@ -256,10 +378,14 @@ def fit(model: nn.Module, train: Split, val: Split, num_classes: int, config: Tr
     config = config.resolved(DEFAULT_RECIPE)  # the runner resolves with the trained preset's recipe first
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
+    augment = augment_generator(seed)
+    if config.final_fit:
+        train = joined(train, val)
     on_device(device, model, companions, extra_parameters)
     if loss_fn is None:
         weights = class_weights(train.labels, num_classes) if config.class_weighting else None
         loss_fn = cross_entropy_loss(weights, config.label_smoothing)
+    one_pass = takes_mix(loss_fn)
     parameters = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters or [])
     # The fused kernel updates every tensor in one pass: 1 ms per step instead of 3 ms on 2 CPU cores.
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=True)
@@ -272,6 +398,8 @@ def fit(model: nn.Module, train: Split, val: Split, num_classes: int, config: Tr
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         generator.set_state(resume_state["generator"])
+        if "augment_generator" in resume_state:
+            augment.set_state(resume_state["augment_generator"])
         torch.set_rng_state(resume_state["torch_rng"])  # dropout and SpecAugment draw from the global RNG
     started = time.perf_counter()
     bar = tqdm(range(start_epoch, config.epochs), desc=desc, disable=not progress, unit="epoch", leave=False)
@@ -280,26 +408,39 @@ def fit(model: nn.Module, train: Split, val: Split, num_classes: int, config: Tr
         model.train()
         total_loss = 0.0
         for feats, lengths, labels, _ in batches(train, config.batch_size, generator):
+            feats, lengths = speed_perturb(feats, lengths, config, augment)
+            feats = add_noise(feats, lengths, config, augment)
             feats = spec_augment(feats, lengths, config)
+            mix = None
+            if config.mixup_alpha:
+                feats, lengths, perm, lam = mixup(feats, lengths, config.mixup_alpha, augment)
+                mix = (perm.to(device), lam)
             with autocast(device, amp):
-                loss = loss_fn(model, feats.to(device), lengths.to(device), labels.to(device))
+                loss = mixed_loss(loss_fn, one_pass, model, feats.to(device), lengths.to(device), labels.to(device),
+                                  mix)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, 5.0)
             optimizer.step()
             scheduler.step()
             total_loss += loss.item() * len(labels)
-        validation = evaluate(model, val, num_classes, device, amp)
+        # a final fit has no validation split left: the last epoch is the one kept
+        validation = {"loss": None, "ua": None} if config.final_fit else evaluate(model, val, num_classes, device, amp)
         state["history"].append({"epoch": epoch + 1, "train_loss": total_loss / len(train),
                                  "val_loss": validation["loss"], "val_ua": validation["ua"], "lr": optimizer.param_groups[0]["lr"],
                                  "seconds": time.perf_counter() - epoch_started})
-        if validation["ua"] > state["best_ua"]:
-            state.update(best_ua=validation["ua"], best_epoch=epoch + 1,
-                         best_weights={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
-        bar.set_postfix(loss=f"{total_loss / len(train):.3f}", val_ua=f"{validation['ua']:.3f}")
+        if config.final_fit:
+            state.update(best_ua=None, best_epoch=epoch + 1)
+            bar.set_postfix(loss=f"{total_loss / len(train):.3f}")
+        else:
+            if validation["ua"] > state["best_ua"]:
+                state.update(best_ua=validation["ua"], best_epoch=epoch + 1,
+                             best_weights={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+            bar.set_postfix(loss=f"{total_loss / len(train):.3f}", val_ua=f"{validation['ua']:.3f}")
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model, dict(state, optimizer=optimizer.state_dict(),
                                                   scheduler=scheduler.state_dict(), generator=generator.get_state(),
+                                                  augment_generator=augment.get_state(),
                                                   torch_rng=torch.get_rng_state()))
         if config.patience and epoch + 1 - state["best_epoch"] >= config.patience:
             break
