@@ -1,5 +1,6 @@
 """Conformer: the ConvTransformer's Conv2d subsampling front-end, a projection and sinusoidal
-positions, then ``torchaudio.models.Conformer`` layers, masked mean pooling and a linear head.
+positions, then ``torchaudio.models.Conformer`` layers, statistics pooling
+(:class:`backbones.layers.StatsPooling`: mean, mean + std, or attentive mean + std) and a linear head.
 
 Two adaptations of torchaudio's layers, both leaving its ``ConformerLayer.forward`` in charge:
 
@@ -24,16 +25,21 @@ from torchaudio.models import Conformer as TorchaudioConformer
 
 from backbones.convtransformer import ConvSubsampling, attention_macs, ffn_macs, subsampling_macs
 from backbones.ffn import FeedForward
-from backbones.layers import ClassifierHead, masked_mean, padding_mask, sinusoidal_positions
+from backbones.layers import (ClassifierHead, StatsPooling, check_pooling, padding_mask, pooled_width, pooling_macs,
+                              sinusoidal_positions)
 from bench.registry import BACKBONES
 
 __all__ = ["ConformerClassifier"]
 
 PRESETS = {
-    "tiny": dict(d_model=32, num_layers=1, num_heads=2, ffn_dim=64, kernel_size=7, conv_channels=8),
-    "lightweight": dict(d_model=96, num_layers=2, num_heads=4, ffn_dim=192, kernel_size=15, conv_channels=32),
-    "medium": dict(d_model=128, num_layers=3, num_heads=4, ffn_dim=384, kernel_size=23, conv_channels=32),
-    "large": dict(d_model=192, num_layers=4, num_heads=4, ffn_dim=768, kernel_size=31, conv_channels=32),
+    "tiny": dict(d_model=32, num_layers=1, num_heads=2, ffn_dim=64, kernel_size=7, conv_channels=8,
+                 pooling="mean"),
+    "lightweight": dict(d_model=96, num_layers=2, num_heads=4, ffn_dim=192, kernel_size=15, conv_channels=32,
+                        pooling="mean"),
+    "medium": dict(d_model=128, num_layers=3, num_heads=4, ffn_dim=384, kernel_size=23, conv_channels=32,
+                   pooling="mean"),
+    "large": dict(d_model=192, num_layers=4, num_heads=4, ffn_dim=768, kernel_size=31, conv_channels=32,
+                  pooling="mean"),
 }
 
 
@@ -63,11 +69,15 @@ class ConformerClassifier(nn.Module):
         kernel_size: depthwise convolution kernel (odd).
         conv_channels: channels of both subsampling convolutions.
         dropout: dropout everywhere. (Default: 0.1)
+        pooling: utterance pooling, ``"mean"``, ``"meanstd"`` or ``"attentive"`` (see
+            :class:`backbones.layers.StatsPooling`); the head's input is ``pooling.output_dim`` wide.
+            (Default: ``"mean"``)
     """
 
     def __init__(self, input_dim: int, num_classes: int, d_model: int, num_layers: int, num_heads: int,
-                 ffn_dim: int, kernel_size: int, conv_channels: int, dropout: float = 0.1):
+                 ffn_dim: int, kernel_size: int, conv_channels: int, dropout: float = 0.1, pooling: str = "mean"):
         super().__init__()
+        check_pooling(pooling)
         self.subsampling = ConvSubsampling(input_dim, conv_channels)
         self.projection = nn.Linear(self.subsampling.output_dim, d_model)
         self.dropout = nn.Dropout(dropout)
@@ -76,13 +86,14 @@ class ConformerClassifier(nn.Module):
             layer.ffn1 = FeedForward(d_model, ffn_dim, activation="silu", dropout=dropout, pre_norm=True)
             layer.ffn2 = FeedForward(d_model, ffn_dim, activation="silu", dropout=dropout, pre_norm=True)
             layer.conv_module.sequential[2] = MaskedDepthwiseConv(layer.conv_module.sequential[2])
-        self.head = ClassifierHead(d_model, num_classes, dropout=dropout)
+        self.pooling = StatsPooling(d_model, pooling)
+        self.head = ClassifierHead(self.pooling.output_dim, num_classes, dropout=dropout)
 
     def _depthwise_convs(self) -> list[MaskedDepthwiseConv]:
         return [m for m in self.encoder.modules() if isinstance(m, MaskedDepthwiseConv)]
 
     def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """features ``(B, T, F)``, lengths ``(B,)`` -> pooled embedding ``(B, d_model)``."""
+        """features ``(B, T, F)``, lengths ``(B,)`` -> pooled embedding ``(B, pooling.output_dim)``."""
         x, lengths = self.subsampling(features, lengths)
         x = self.projection(x)
         x = self.dropout(x + sinusoidal_positions(x.shape[1], x.shape[2], x.device))
@@ -99,7 +110,7 @@ class ConformerClassifier(nn.Module):
         finally:
             for conv in convs:
                 conv.keep = None
-        return masked_mean(x.transpose(0, 1), lengths)
+        return self.pooling(x.transpose(0, 1), lengths)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """features ``(B, T, F)``, lengths ``(B,)`` -> logits ``(B, num_classes)``."""
@@ -109,12 +120,14 @@ class ConformerClassifier(nn.Module):
 def conformer_macs(config: dict, input_dim: int, num_classes: int, frames: int) -> int:
     """Hand-derived MACs of one forward pass (batch 1): front-end, projection, per layer two FFNs,
     global self-attention (quadratic in the subsampled length) and the convolution module
-    (pointwise d -> 2d, depthwise k taps, pointwise d -> d), and the head."""
-    d, ffn, k = config["d_model"], config["ffn_dim"], config["kernel_size"]
+    (pointwise d -> 2d, depthwise k taps, pointwise d -> d), the pooling's (attentive: its frame
+    scorer) and the head on the pooled width (2 d for meanstd and attentive)."""
+    d, ffn, k, pooling = config["d_model"], config["ffn_dim"], config["kernel_size"], config.get("pooling", "mean")
     front, tokens, width = subsampling_macs(input_dim, config["conv_channels"], frames)
     convolution = tokens * (d * 2 * d + d * k + d * d)
     layer = 2 * ffn_macs(tokens, d, ffn) + attention_macs(tokens, tokens, d) + convolution
-    return front + tokens * width * d + config["num_layers"] * layer + d * num_classes
+    return (front + tokens * width * d + config["num_layers"] * layer + pooling_macs(pooling, tokens, d)
+            + pooled_width(d, pooling) * num_classes)
 
 
 @BACKBONES.register("conformer", "Conv2d subsampling + torchaudio Conformer encoder (shared FFNs, masked convolutions)",

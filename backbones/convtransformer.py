@@ -1,5 +1,6 @@
 """ConvTransformer: 2x Conv2d(3x3, stride 2) subsampling, projection, sinusoidal positions,
-pre-LN Transformer encoder with padding masks, mean pooling and a linear head.
+pre-LN Transformer encoder with padding masks, statistics pooling (:class:`backbones.layers.StatsPooling`:
+mean, mean + std, or attentive mean + std) and a linear head.
 
 Presets (80-d log-mel input, 4 classes): ``lightweight`` about 0.22 M parameters and 59 M MACs for
 5 s, ``large`` about 1.9 M (8.6x) and 289 M MACs. The analytic MAC formulas of the shared pieces
@@ -13,16 +14,17 @@ import math
 import torch
 from torch import nn
 
-from backbones.layers import ClassifierHead, EncoderLayer, masked_mean, padding_mask, sinusoidal_positions
+from backbones.layers import (ClassifierHead, EncoderLayer, StatsPooling, check_pooling, padding_mask, pooled_width,
+                              pooling_macs, sinusoidal_positions)
 from bench.registry import BACKBONES
 
 __all__ = ["ConvTransformer", "ConvSubsampling", "attention_macs", "ffn_macs", "subsampling_macs"]
 
 PRESETS = {
-    "tiny": dict(d_model=32, num_layers=1, num_heads=2, ffn_dim=64, conv_channels=8),
-    "lightweight": dict(d_model=96, num_layers=2, num_heads=4, ffn_dim=192, conv_channels=32),
-    "medium": dict(d_model=128, num_layers=3, num_heads=4, ffn_dim=384, conv_channels=32),
-    "large": dict(d_model=192, num_layers=4, num_heads=4, ffn_dim=768, conv_channels=32),
+    "tiny": dict(d_model=32, num_layers=1, num_heads=2, ffn_dim=64, conv_channels=8, pooling="mean"),
+    "lightweight": dict(d_model=96, num_layers=2, num_heads=4, ffn_dim=192, conv_channels=32, pooling="mean"),
+    "medium": dict(d_model=128, num_layers=3, num_heads=4, ffn_dim=384, conv_channels=32, pooling="mean"),
+    "large": dict(d_model=192, num_layers=4, num_heads=4, ffn_dim=768, conv_channels=32, pooling="mean"),
 }
 
 
@@ -71,28 +73,33 @@ class ConvTransformer(nn.Module):
         d_model, num_layers, num_heads, ffn_dim: encoder sizes.
         conv_channels: channels of both subsampling convolutions.
         dropout: dropout everywhere. (Default: 0.1)
+        pooling: utterance pooling, ``"mean"``, ``"meanstd"`` or ``"attentive"`` (see
+            :class:`backbones.layers.StatsPooling`); the head's input is ``pooling.output_dim`` wide.
+            (Default: ``"mean"``)
     """
 
     def __init__(self, input_dim: int, num_classes: int, d_model: int, num_layers: int, num_heads: int,
-                 ffn_dim: int, conv_channels: int, dropout: float = 0.1):
+                 ffn_dim: int, conv_channels: int, dropout: float = 0.1, pooling: str = "mean"):
         super().__init__()
+        check_pooling(pooling)
         self.subsampling = ConvSubsampling(input_dim, conv_channels)
         self.projection = nn.Linear(self.subsampling.output_dim, d_model)
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
             EncoderLayer(d_model, num_heads, ffn_dim, dropout, pre_norm=True) for _ in range(num_layers))
         self.final_norm = nn.LayerNorm(d_model)
-        self.head = ClassifierHead(d_model, num_classes, dropout=dropout)
+        self.pooling = StatsPooling(d_model, pooling)
+        self.head = ClassifierHead(self.pooling.output_dim, num_classes, dropout=dropout)
 
     def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """features ``(B, T, F)``, lengths ``(B,)`` -> pooled embedding ``(B, d_model)``."""
+        """features ``(B, T, F)``, lengths ``(B,)`` -> pooled embedding ``(B, pooling.output_dim)``."""
         x, lengths = self.subsampling(features, lengths)
         x = self.projection(x)
         x = self.dropout(x + sinusoidal_positions(x.shape[1], x.shape[2], x.device))
         mask = padding_mask(lengths, x.shape[1])
         for layer in self.layers:
             x = layer(x, mask)
-        return masked_mean(self.final_norm(x), lengths)
+        return self.pooling(self.final_norm(x), lengths)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """features ``(B, T, F)``, lengths ``(B,)`` -> logits ``(B, num_classes)``."""
@@ -120,11 +127,14 @@ def ffn_macs(tokens: int, d_model: int, ffn_dim: int) -> int:
 
 def convtransformer_macs(config: dict, input_dim: int, num_classes: int, frames: int) -> int:
     """Hand-derived MACs of one forward pass (batch 1): what FlopCounterMode counts (matmuls and
-    convolutions), with global attention growing quadratically in the subsampled length."""
-    d, ffn = config["d_model"], config["ffn_dim"]
+    convolutions), with global attention growing quadratically in the subsampled length, the pooling's
+    (attentive: its frame scorer) and the head on the pooled width (2 d for meanstd and attentive)."""
+    d, ffn, pooling = config["d_model"], config["ffn_dim"], config.get("pooling", "mean")
     front, tokens, width = subsampling_macs(input_dim, config["conv_channels"], frames)
     layer = attention_macs(tokens, tokens, d) + ffn_macs(tokens, d, ffn)
-    return front + tokens * width * d + config["num_layers"] * layer + d * num_classes
+    pooled = pooled_width(d, pooling)
+    return (front + tokens * width * d + config["num_layers"] * layer + pooling_macs(pooling, tokens, d)
+            + pooled * num_classes)
 
 
 @BACKBONES.register("convtransformer", "Conv2d subsampling + pre-LN Transformer encoder (ESPnet-ST/fairseq style)",

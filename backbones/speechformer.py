@@ -5,8 +5,9 @@ attends within windows of 5 frames ("frame", 50 ms), stage 2 within 9 tokens of 
 stage 3 within 9 tokens of 250 ms ("word"), stage 4 globally over 1 s tokens ("utterance"). Between
 stages a merge block average-pools non-overlapping groups of 5, 5 and 4 tokens, then applies
 Linear(d, d * expand) and LayerNorm. Stages hold [2, 2, 4, 4] post-LN encoder layers with 8 heads and
-a ReLU FFN of width d/2; sinusoidal positions enter stage 1; the utterance embedding is the mean of
-stage 4's tokens, classified by an MLP d -> d/2 -> d/4 -> classes.
+a ReLU FFN of width d/2; sinusoidal positions enter stage 1; the utterance embedding pools stage 4's
+tokens (:class:`backbones.layers.StatsPooling`: their mean as in the paper, or mean + std, or attentive
+mean + std: width p = d or 2 d), classified by an MLP p -> d/2 -> d/4 -> classes.
 
 Differences from the original code, which pads or crops every input to a fixed length:
 
@@ -28,7 +29,7 @@ Presets (80-d log-mel input, 4 classes): ``lightweight`` is the paper's small mo
 d = 256), about 2.1 M (the paper's 1.06 M / 2.10 M with 128-d input). Both cost about 0.1 G MACs for 5 s
 on the CPU: nearly all of it in stage 1 at the frame rate, so the base model's doubled stage 4 adds
 parameters but almost no MACs. In ``expand``, the last entry (-1) stands for the final utterance-level
-merge, which is the mean pooling.
+merge, which is the pooling.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ import torch
 from torch import nn
 
 from backbones.convtransformer import attention_macs, ffn_macs
-from backbones.layers import ClassifierHead, EncoderLayer, masked_mean, padding_mask, sinusoidal_positions
+from backbones.layers import (ClassifierHead, EncoderLayer, StatsPooling, check_pooling, padding_mask, pooled_width,
+                              pooling_macs, sinusoidal_positions)
 from bench.registry import BACKBONES
 
 __all__ = ["SpeechFormer"]
@@ -48,10 +50,11 @@ WINDOWS = (5, 9, 9, 0)  # attention window (tokens) per stage; 0 = global
 MERGE_SIZES = (5, 5, 4)  # tokens averaged by the merge block after stages 1-3
 
 PRESETS = {
-    "tiny": dict(d_model=32, num_heads=4, layers=(1, 1, 1, 1), expand=(1, 1, 2, -1)),
-    "lightweight": dict(d_model=128, num_heads=8, layers=(2, 2, 4, 4), expand=(1, 1, 1, -1)),
-    "medium": dict(d_model=128, num_heads=8, layers=(2, 2, 4, 2), expand=(1, 1, 2, -1)),  # half of large's stage 4
-    "large": dict(d_model=128, num_heads=8, layers=(2, 2, 4, 4), expand=(1, 1, 2, -1)),
+    "tiny": dict(d_model=32, num_heads=4, layers=(1, 1, 1, 1), expand=(1, 1, 2, -1), pooling="mean"),
+    "lightweight": dict(d_model=128, num_heads=8, layers=(2, 2, 4, 4), expand=(1, 1, 1, -1), pooling="mean"),
+    "medium": dict(d_model=128, num_heads=8, layers=(2, 2, 4, 2), expand=(1, 1, 2, -1),  # half of large's stage 4
+                   pooling="mean"),
+    "large": dict(d_model=128, num_heads=8, layers=(2, 2, 4, 4), expand=(1, 1, 2, -1), pooling="mean"),
 }
 
 
@@ -160,16 +163,20 @@ class SpeechFormer(nn.Module):
         d_model: width of stages 1 (and of later stages, times the merges' expansions).
         num_heads: attention heads in every stage (must divide every stage width).
         layers: encoder layers per stage (4 entries).
-        expand: width factor of the merges after stages 1-3, then -1 for the final mean pooling.
+        expand: width factor of the merges after stages 1-3, then -1 for the final pooling.
         windows: attention window per stage in tokens, 0 = global. (Default: ``(5, 9, 9, 0)``)
         merge_sizes: tokens pooled by each merge block. (Default: ``(5, 5, 4)``)
         dropout: dropout everywhere. (Default: 0.1)
+        pooling: utterance pooling of stage 4, ``"mean"``, ``"meanstd"`` or ``"attentive"`` (see
+            :class:`backbones.layers.StatsPooling`); the head's input is ``pooling.output_dim`` wide, its
+            hidden layers keep stage 4's width / 2 and / 4. (Default: ``"mean"``)
     """
 
     def __init__(self, input_dim: int, num_classes: int, d_model: int, num_heads: int, layers: tuple[int, ...],
                  expand: tuple[int, ...], windows: tuple[int, ...] = WINDOWS,
-                 merge_sizes: tuple[int, ...] = MERGE_SIZES, dropout: float = 0.1):
+                 merge_sizes: tuple[int, ...] = MERGE_SIZES, dropout: float = 0.1, pooling: str = "mean"):
         super().__init__()
+        check_pooling(pooling)
         if len(layers) != 4 or len(windows) != 4 or len(expand) != 4 or len(merge_sizes) != 3:
             raise ValueError(f"SpeechFormer has 4 stages and 3 merges, got {layers=}, {windows=}, {expand=}, {merge_sizes=}")
         widths = stage_widths(d_model, expand)
@@ -179,15 +186,18 @@ class SpeechFormer(nn.Module):
                                     for w, n, window in zip(widths, layers, windows))
         self.merges = nn.ModuleList(MergeBlock(w, size, factor)
                                     for w, size, factor in zip(widths, merge_sizes, expand))
-        self.head = ClassifierHead(widths[-1], num_classes, hidden=(widths[-1] // 2, widths[-1] // 4), dropout=dropout)
+        self.pooling = StatsPooling(widths[-1], pooling)
+        self.head = ClassifierHead(self.pooling.output_dim, num_classes, hidden=(widths[-1] // 2, widths[-1] // 4),
+                                   dropout=dropout)
 
     def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """features ``(B, T, F)``, lengths ``(B,)`` -> pooled embedding ``(B, d_model * prod(expand[:3]))``."""
+        """features ``(B, T, F)``, lengths ``(B,)`` -> pooled embedding ``(B, pooling.output_dim)``: stage 4's
+        width ``d_model * prod(expand[:3])``, doubled by ``"meanstd"`` and ``"attentive"`` pooling."""
         x = self.projection(features)
         x = self.dropout(x + sinusoidal_positions(x.shape[1], x.shape[2], x.device))
         for stage, merge in zip(self.stages, self.merges):
             x, lengths = merge(stage(x, lengths), lengths)
-        return masked_mean(self.stages[-1](x, lengths), lengths)
+        return self.pooling(self.stages[-1](x, lengths), lengths)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """features ``(B, T, F)``, lengths ``(B,)`` -> logits ``(B, num_classes)``."""
@@ -197,7 +207,8 @@ class SpeechFormer(nn.Module):
 def speechformer_macs(config: dict, input_dim: int, num_classes: int, frames: int) -> int:
     """Hand-derived MACs of one forward pass (batch 1): input projection; per windowed stage, layers
     over the tokens padded to whole windows, each query attending to its window (linear in length);
-    global attention in stage 4 (quadratic in its 1 s tokens); merge projections; the MLP head."""
+    global attention in stage 4 (quadratic in its 1 s tokens); merge projections; the pooling's (attentive:
+    its frame scorer over stage 4's tokens); the MLP head, whose input is the pooled width."""
     d = config["d_model"]
     windows, sizes = config.get("windows", WINDOWS), config.get("merge_sizes", MERGE_SIZES)
     widths = stage_widths(d, config["expand"])
@@ -209,8 +220,9 @@ def speechformer_macs(config: dict, input_dim: int, num_classes: int, frames: in
         if stage < 3:
             tokens = math.ceil(tokens / sizes[stage])
             macs += tokens * width * widths[stage + 1]
-    final = widths[-1]
-    return macs + final * (final // 2) + (final // 2) * (final // 4) + (final // 4) * num_classes
+    final, pooling = widths[-1], config.get("pooling", "mean")
+    macs += pooling_macs(pooling, tokens, final)
+    return macs + pooled_width(final, pooling) * (final // 2) + (final // 2) * (final // 4) + (final // 4) * num_classes
 
 
 @BACKBONES.register("speechformer", "hierarchical windowed Transformer: frame/phoneme/word/utterance stages "

@@ -33,6 +33,9 @@ class Method:
     # A reference the plain models must beat rather than a compression (the classical ``svm``): the
     # summary pairs every plain model with it and warns beside those below it and the methods built on them.
     classical_reference: bool = False
+    # Fits on the validation speakers as well as the training ones (whatever the training settings):
+    # the record then has no validation score, and ``n_fit`` counts both splits.
+    trains_on_validation: bool = False
 
     def __init__(self, params: Any = None):
         self.params = params

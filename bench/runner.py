@@ -383,7 +383,10 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
                 "wall_seconds": time.perf_counter() - started,
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **environment()}
     test = evaluate(model.to(workspace.device), data.test, data.num_classes, workspace.device, workspace.amp)
-    val = evaluate(model, data.val, data.num_classes, workspace.device, workspace.amp)
+    # the validation speakers were trained on: no validation score
+    final_fit = spec.train_config().final_fit or any(METHODS.get(c).obj.trains_on_validation for c in spec.components)
+    val = ({"ua": None, "wa": None} if final_fit
+           else evaluate(model, data.val, data.num_classes, workspace.device, workspace.amp))
     model.to("cpu")  # latency and ONNX stay on the CPU
     frames = spec.features.frames(LATENCY_SECONDS)
     with torch.random.fork_rng():  # latency reference: the plain lightweight model (its weights do not matter)
@@ -408,6 +411,7 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         "dataset_metrics": list(data.corpus.metrics),
         "val_ua": val["ua"], "val_wa": val["wa"],
         "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
+        "n_fit": len(data.train) + len(data.val) if final_fit else len(data.train),  # utterances trained on
         "skipped_files": len(data.corpus.skipped), "skipped": data.corpus.skipped,
         "ua_torch": torch_ua, "accuracy_runtime": "pytorch" if shipped_test is None else "onnxruntime int8",
         "train_params": train_params, **figures, "int8_macs": 0, "float_macs": figures["macs"],

@@ -203,6 +203,8 @@ class TuneSetting:
 def validation_scores(spec: RunSpec, workspace: Workspace, cost: str | None = None) -> dict:
     """Train and deploy ``spec``'s method, then score the deploy model on the validation split only
     (the test split is never touched) and measure its cost when asked."""
+    if spec.train_config().final_fit:
+        raise BenchError("tuning scores on the validation speakers: it cannot train on them (final_fit)")
     data = workspace.fold_data(spec)
     model, _, _ = deploy_model(RunContext(spec, data, workspace))
     scores = {"val_ua": evaluate(model, data.val, data.num_classes)["ua"]}

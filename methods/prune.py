@@ -59,7 +59,10 @@ def trace_input(input_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _upstream_channels(graph: tp.DependencyGraph, node, depth: int = 0) -> int | None:
-    """Channels of the nearest layer upstream of ``node`` (skipping shape-only operations)."""
+    """Channels of the nearest layer upstream of ``node`` (skipping shape-only operations); None past a
+    concatenation, whose channel offsets Torch-Pruning maps itself (e.g. statistics pooling's mean and std)."""
+    if node.type == tp.ops.OPTYPE.CONCAT:
+        return None
     channels = graph.get_out_channels(node)
     if channels is not None or depth > 50:
         return channels
@@ -90,9 +93,27 @@ def _map_flattened_channels(graph: tp.DependencyGraph) -> None:
                     dep.index_mapping[0] = index_mapping._FlattenIndexMapping(stride=stride, reverse=False)
 
 
+def _drop_broadcast_couplings(graph: tp.DependencyGraph) -> None:
+    """Uncouple a one-channel operand from an elementwise operation on a wider one: it broadcasts (as
+    attentive pooling's frame weights ``(B, T, 1)`` times the frames ``(B, T, D)``), while Torch-Pruning
+    couples every elementwise operand's channels 1:1, which would tie the residual width to the single
+    output of the frame scorer and leave that whole group unprunable."""
+    for node in list(graph.module2node.values()):
+        if node.type != tp.ops.OPTYPE.ELEMENTWISE or len(node.inputs) < 2:
+            continue
+        widths = [_upstream_channels(graph, source) for source in node.inputs]
+        if max(w or 0 for w in widths) <= 1:
+            continue
+        for source, width in zip(node.inputs, widths):
+            if width == 1:
+                node.dependencies = [d for d in node.dependencies if d.target is not source]
+                source.dependencies = [d for d in source.dependencies if d.target is not node]
+
+
 def dependency_graph(model: nn.Module, input_dim: int) -> tp.DependencyGraph:
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=trace_input(input_dim), verbose=False)
     _map_flattened_channels(graph)
+    _drop_broadcast_couplings(graph)
     return graph
 
 

@@ -202,12 +202,16 @@ def test_a_final_fit_run_is_recorded_without_validation_epochs(cache_dir):
     workspace = Workspace(cache_dir, progress=False)
     record = execute(spec, workspace)
     assert [h["val_ua"] for h in record["history"]] == [None, None]
+    # the validation speakers were trained on: no validation score, and n_fit counts them
+    assert record["val_ua"] is None and record["val_wa"] is None
+    assert record["n_fit"] == record["n_train"] + record["n_val"]
     assert record["best_epoch"] == record["deployed_epoch"] == 2
     assert record["recipe"] == asdict(train.resolved(recipe("convtransformer", "tiny")))
     assert record["recipe"]["final_fit"] is True and record["recipe"]["mixup_alpha"] == 0.2
     assert record["recipe"]["speed_perturb"] == record["recipe"]["noise_std"] == 0.0  # the recipe: off
     plain = execute(replace(spec, train=TrainConfig(epochs=2, batch_size=16)), workspace)
     assert plain["run_id"] != record["run_id"]
+    assert plain["n_fit"] == plain["n_train"] and 0 <= plain["val_ua"] <= 1
     assert not same_weights(plain["_deploy_model"], record["_deploy_model"])
 
 

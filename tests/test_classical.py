@@ -53,6 +53,7 @@ def test_svm_run_is_recorded_like_a_model_and_decides_as_scikit_learn(cache_dir)
     data = workspace.fold_data(toy_spec())
     support, dim = record["svm_support_vectors"], record["svm_feature_dim"]
     assert dim == 8 * 16 and 0 < support <= record["n_train"] + record["n_val"]
+    assert record["n_fit"] == record["n_train"] + record["n_val"] and record["val_ua"] is None
     assert record["params"] >= support * dim  # support vectors, dual coefficients and the scaler
     assert record["macs"] >= support * dim  # the kernel evaluations at least
 

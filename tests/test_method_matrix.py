@@ -21,6 +21,7 @@ from bench.registry import BACKBONES, METHODS, load_builtin_plugins
 from bench.runner import RunSpec, Workspace, execute
 from bench.train import TrainConfig
 from conftest import TOY_CLASSES, TOY_DIM
+from methods.svm import FunctionalSVM
 
 load_builtin_plugins()
 BACKBONE_NAMES = ["convtransformer", "conformer", "speechformer"]
@@ -61,8 +62,18 @@ def hooked_macs(model: nn.Module, input_dim: int, frames: int) -> int:
     """MACs of one forward pass (batch 1) counted layer by layer from the shapes each layer sees:
     Linear in x out per token, convolution (in / groups) x kernel per output element, attention 2 x E
     per query and key pair (scores and context) plus, where ``nn.MultiheadAttention`` projects
-    internally, E per input element for each of q, k, v and the output projection."""
+    internally, E per input element for each of q, k, v and the output projection; the classical SVM:
+    the sums of the frames and of their squares (T x F each) and those of the T - 1 deltas, each support
+    vector against the standardized functionals (D x S), the dual coefficients of every class pair
+    (S x P), and the votes and confidences of every pair for every class (3 x P x C)."""
     counted = []
+
+    def svm(module, args, output):
+        batch, steps, width = args[0].shape
+        support, dim = module.support_vectors.shape
+        pairs, classes = module.pair_sign.shape
+        sums = 2 * steps * width + 2 * max(steps - 1, 1) * width if module.functionals == "stats" else 0
+        counted.append(batch * (sums + dim * support + support * pairs + 3 * pairs * classes))
 
     def linear(module, args, output):
         counted.append(args[0].numel() * module.out_features)
@@ -80,7 +91,9 @@ def hooked_macs(model: nn.Module, input_dim: int, frames: int) -> int:
 
     hooks = []
     for module in model.modules():
-        if isinstance(module, nn.MultiheadAttention):
+        if isinstance(module, FunctionalSVM):
+            hooks.append(module.register_forward_hook(svm))
+        elif isinstance(module, nn.MultiheadAttention):
             hooks.append(module.register_forward_hook(attention, with_kwargs=True))
         elif isinstance(module, nn.Linear):
             hooks.append(module.register_forward_hook(linear))

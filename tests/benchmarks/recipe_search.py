@@ -65,6 +65,8 @@ def parse_candidate(text: str) -> tuple[str, str, dict, dict, dict]:
             overrides[key] = value
         else:
             overrides[key] = float(value) if "float" in str(CONFIG_TYPES[key]) else int(value)
+    if overrides.get("final_fit"):
+        raise SystemExit(f"{name}: a search scores on the validation speakers, so it cannot train on them (final_fit)")
     return name, preset, overrides, model_overrides, feature_overrides
 
 
