@@ -143,8 +143,8 @@ def list_command() -> None:
               help="front-end features (default: logmel; egemaps and compare: openSMILE functionals, for svm)")
 @click.option("--n-mels", type=int, help="mel bins of logmel (and of the mel filterbank behind mfcc)")
 @click.option("--normalize", type=click.Choice(["global", "speaker"]),
-              help="standardize features with the training split's statistics (global, default) or each "
-                   "speaker's own (speaker)")
+              help="standardize features with each speaker's own statistics (speaker, default) or the "
+                   "training split's (global)")
 @click.option("--teacher-preset", help="preset of the large model that kd/prune/lowrank start from")
 @click.option("--param", "-p", "params", multiple=True, help="method parameter, METHOD.PARAM=VALUE")
 @click.option("--dataset-param", "dataset_params", multiple=True, help="dataset parameter, DATASET.PARAM=VALUE")

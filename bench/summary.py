@@ -420,6 +420,20 @@ def _whole(value) -> str:
     return "?" if _is_missing(value) else f"{value:.0f}"
 
 
+def scope_lines(records: list[dict]) -> list[str]:
+    """What a grid of a single test fold (per dataset) can and cannot show, one line per such dataset."""
+    lines = []
+    ok = [r for r in records if r.get("status", "ok") == "ok"]
+    for dataset in sorted({r["dataset"] for r in ok}):
+        folds = {r["fold"] for r in ok if r["dataset"] == dataset}
+        if len(folds) == 1:
+            tests = max((r.get("n_test") or 0) for r in ok if r["dataset"] == dataset)
+            lines.append(f"{dataset}: one test fold ({tests} utterances of held-out speakers) shows that every method "
+                         "runs and what it costs, not which is more accurate: a paired interval needs >= 2 folds "
+                         "(--folds 1-5)")
+    return lines
+
+
 def print_summary(records: list[dict], light_preset: str = "lightweight", large_preset: str = "large") -> None:
     """The table printed at the end of ``bench run`` and ``bench report``, then the failed runs."""
     if not records:
@@ -427,6 +441,8 @@ def print_summary(records: list[dict], light_preset: str = "lightweight", large_
         return
     runs = runs_frame(records)
     click.echo(to_terminal(summary_table(runs, light_preset, large_preset)))
+    for line in scope_lines(records):
+        click.echo(line)
     failed = failed_lines(runs)
     if failed:
         click.echo(f"\n{len(failed)} failed run{'s' if len(failed) != 1 else ''} (not in the means or pairs):")

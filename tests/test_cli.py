@@ -49,6 +49,7 @@ def test_run_records_rows_then_skips_them_and_force_reruns(results):
     for column in ("wa", "ua", "macro_f1", "params", "macs", "latency_ms", "env_cpu", "env_torch", "env_git_commit"):
         assert column in table.columns and pd.notna(table.loc[0, column])
     assert "UA" in first.output and "baseline" in first.output  # the summary table
+    assert "toy: one test fold" in first.output and "not which is more accurate" in first.output
     record_file, = (results / "records").glob("*.json")
     before = record_file.read_bytes()
 
@@ -144,3 +145,14 @@ def test_fingerprint_follows_content_and_labels_not_location(tmp_path):
     data, rate = soundfile.read(folder / "u3.wav")
     soundfile.write(folder / "u3.wav", data[:8000], rate)  # one wav shortened
     assert corpus_fingerprint(corpus(folder), cache) != original
+
+
+def test_the_single_fold_caveat_names_only_datasets_with_one_test_fold():
+    from bench.summary import scope_lines
+    records = [{"dataset": "toy", "fold": 1, "status": "ok", "n_test": 8},
+               {"dataset": "emodb", "fold": 1, "status": "ok", "n_test": 107},
+               {"dataset": "emodb", "fold": 2, "status": "ok", "n_test": 99},
+               {"dataset": "toy", "fold": 2, "status": "failed"}]  # a failed run shows nothing
+    assert scope_lines(records) == [
+        "toy: one test fold (8 utterances of held-out speakers) shows that every method runs and what it costs, "
+        "not which is more accurate: a paired interval needs >= 2 folds (--folds 1-5)"]

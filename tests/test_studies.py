@@ -27,6 +27,7 @@ def test_study_files_are_valid_grids_over_every_backbone_method_and_preset(name)
     assert set(grid.presets_for("baseline")) == {"tiny", "lightweight", "medium", "large"}
     assert {p for m in grid.method_names() if m != "baseline" for p in grid.presets_for(m)} == {"lightweight"}
     assert grid.train.epochs >= 20
+    assert grid.train.final_fit and grid.features.normalize == "speaker"  # the recipe chosen on validation
     text = study_path(name).read_text()
     assert "Tuning budgets" in text and "0 trials" in text  # the fairness note
 
