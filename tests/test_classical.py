@@ -86,9 +86,10 @@ def test_speaker_normalization_standardizes_each_speaker_with_its_own_frames(cac
             assert torch.allclose(frames.mean(0), torch.zeros(16), atol=1e-4)
             assert torch.allclose(frames.std(0), torch.ones(16), atol=1e-3)
     # global normalization leaves the test speakers' means off zero: the two settings differ
-    plain = workspace.fold_data(toy_spec(method="baseline"))
+    plain = workspace.fold_data(toy_spec(method="baseline", features=FeatureConfig(normalize="global")))
     assert not torch.allclose(torch.cat(plain.test.features).mean(0), torch.zeros(16), atol=1e-2)
-    assert spec.run_id != toy_spec(method="baseline").run_id
+    assert spec.run_id != toy_spec(method="baseline", features=FeatureConfig(normalize="global")).run_id
+    assert spec.run_id == toy_spec(method="baseline").run_id  # per-speaker is the default
 
 
 def test_speaker_normalization_needs_speakers(tmp_path):

@@ -7,6 +7,7 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
+from bench.features import FeatureConfig
 from bench.models import preset_config, recipe
 from bench.registry import BenchError
 from bench.runner import RunSpec, Workspace, execute
@@ -38,7 +39,8 @@ def test_same_seed_same_result_different_seed_differs(tmp_path):
 
 
 def test_normalization_uses_training_split_only(cache_dir):
-    data = Workspace(cache_dir, progress=False).fold_data(toy_spec())
+    """Global normalization: the training split's statistics only (speaker normalization: test_classical)."""
+    data = Workspace(cache_dir, progress=False).fold_data(toy_spec(features=FeatureConfig(normalize="global")))
     train_frames = torch.cat(data.train.features)
     assert torch.allclose(train_frames.mean(0), torch.zeros(train_frames.shape[1]), atol=1e-4)
     assert not torch.allclose(torch.cat(data.test.features).mean(0), torch.zeros(train_frames.shape[1]), atol=1e-4)
