@@ -25,7 +25,7 @@ from torchaudio.models import Conformer as TorchaudioConformer
 
 from backbones.convtransformer import ConvSubsampling, attention_macs, ffn_macs, subsampling_macs
 from backbones.ffn import FeedForward
-from backbones.layers import (ClassifierHead, StatsPooling, check_pooling, padding_mask, pooled_width, pooling_macs,
+from backbones.layers import (ClassifierHead, StatsPooling, padding_mask, pooled_width, pooling_macs,
                               sinusoidal_positions)
 from bench.registry import BACKBONES
 
@@ -77,7 +77,6 @@ class ConformerClassifier(nn.Module):
     def __init__(self, input_dim: int, num_classes: int, d_model: int, num_layers: int, num_heads: int,
                  ffn_dim: int, kernel_size: int, conv_channels: int, dropout: float = 0.1, pooling: str = "mean"):
         super().__init__()
-        check_pooling(pooling)
         self.subsampling = ConvSubsampling(input_dim, conv_channels)
         self.projection = nn.Linear(self.subsampling.output_dim, d_model)
         self.dropout = nn.Dropout(dropout)

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from backbones.layers import (ClassifierHead, EncoderLayer, StatsPooling, check_pooling, padding_mask, pooled_width,
+from backbones.layers import (ClassifierHead, EncoderLayer, StatsPooling, padding_mask, pooled_width,
                               pooling_macs, sinusoidal_positions)
 from bench.registry import BACKBONES
 
@@ -81,7 +81,6 @@ class ConvTransformer(nn.Module):
     def __init__(self, input_dim: int, num_classes: int, d_model: int, num_layers: int, num_heads: int,
                  ffn_dim: int, conv_channels: int, dropout: float = 0.1, pooling: str = "mean"):
         super().__init__()
-        check_pooling(pooling)
         self.subsampling = ConvSubsampling(input_dim, conv_channels)
         self.projection = nn.Linear(self.subsampling.output_dim, d_model)
         self.dropout = nn.Dropout(dropout)

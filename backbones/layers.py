@@ -16,12 +16,6 @@ def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
 
 
-def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Mean over valid frames: x ``(B, T, D)``, lengths ``(B,)`` -> ``(B, D)``."""
-    valid = (~padding_mask(lengths, x.shape[1])).unsqueeze(-1).to(x.dtype)
-    return (x * valid).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(x.dtype)
-
-
 POOLING_MODES = ("mean", "meanstd", "attentive")
 POOLING_ATTENTION_DIM = 64  # hidden width of the attentive pooling's frame scorer (ECAPA-TDNN uses 128)
 

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from backbones.convtransformer import attention_macs, ffn_macs
-from backbones.layers import (ClassifierHead, EncoderLayer, StatsPooling, check_pooling, padding_mask, pooled_width,
+from backbones.layers import (ClassifierHead, EncoderLayer, StatsPooling, padding_mask, pooled_width,
                               pooling_macs, sinusoidal_positions)
 from bench.registry import BACKBONES
 
@@ -176,7 +176,6 @@ class SpeechFormer(nn.Module):
                  expand: tuple[int, ...], windows: tuple[int, ...] = WINDOWS,
                  merge_sizes: tuple[int, ...] = MERGE_SIZES, dropout: float = 0.1, pooling: str = "mean"):
         super().__init__()
-        check_pooling(pooling)
         if len(layers) != 4 or len(windows) != 4 or len(expand) != 4 or len(merge_sizes) != 3:
             raise ValueError(f"SpeechFormer has 4 stages and 3 merges, got {layers=}, {windows=}, {expand=}, {merge_sizes=}")
         widths = stage_widths(d_model, expand)
