@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from bench.models import build_backbone
-from bench.registry import BACKBONES, BenchError
+from bench.registry import BACKBONES, METHODS, BenchError
 
 log = logging.getLogger("bench")
 FORMAT = "hrf-bench-deploy-model"
@@ -57,11 +57,35 @@ def _decode(value):
     return _import(item)
 
 
+def _trusted_packages() -> set[str]:
+    """Top-level packages a saved document may name classes and functions from: torch, hrf-bench's own,
+    and those of registered plug-ins (a third-party method's modules)."""
+    packages = {"torch", "bench", "backbones", "methods"}
+    for registry in (METHODS, BACKBONES):
+        for name in registry.names():
+            packages.add(str(getattr(registry.get(name).obj, "__module__", "")).partition(".")[0])
+    return packages
+
+
 def _import(name: str):
-    module, _, qualname = name.partition(":")
-    target = importlib.import_module(module)
+    """The object ``module:qualname`` names, from a trusted package only (see ``_trusted_packages``): a
+    document in a shared results folder must not be able to import, and so run, any module."""
+    module, _, qualname = str(name).partition(":")
+    if module.partition(".")[0] not in _trusted_packages() or not qualname:
+        raise BenchError(f"a saved deploy model names {name!r}, which is not from torch or a registered plug-in: "
+                         f"not loaded")
+    try:
+        target = importlib.import_module(module)
+    except ImportError:
+        raise BenchError(f"a saved deploy model names {name!r}, whose module does not import here") from None
     for part in qualname.split("."):
-        target = getattr(target, part)
+        target = getattr(target, part, None) if not part.startswith("__") else None
+        if target is None:
+            raise BenchError(f"a saved deploy model names {name!r}, which does not exist here: re-run its run")
+    # a trusted module's attributes include the modules it imported (torch.os): the object itself must be trusted
+    if str(getattr(target, "__module__", None)).partition(".")[0] not in _trusted_packages():
+        raise BenchError(f"a saved deploy model names {name!r}, which is not from torch or a registered plug-in: "
+                         f"not loaded")
     return target
 
 
@@ -99,6 +123,8 @@ def _changes(model: nn.Module, fresh: nn.Module) -> list[dict]:
 
 def _rebuild(entry: dict, fresh_modules: dict[str, nn.Module], changed: set[str]) -> nn.Module:
     cls = _import(entry["class"])
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise BenchError(f"a saved deploy model names {entry['class']!r} as a module class, which it is not: not loaded")
     module = cls.__new__(cls)
     nn.Module.__init__(module)
     vars(module).update({k: _decode(v) for k, v in entry["settings"].items()})
@@ -165,34 +191,32 @@ def build_saved(document: dict) -> nn.Module:
 
 
 def load_deploy_model(path: Path) -> nn.Module:
-    """A saved deploy model, with quant's int8 graph (``<run_id>.int8.onnx`` beside it) attached if any;
-    an older file holding a whole pickled module still loads, with a note."""
+    """A saved deploy model, with quant's int8 graph (``<run_id>.int8.onnx`` beside it) attached if any.
+    Reading it runs no code from the file: tensors and plain values only, and the classes it names
+    come from torch or a registered plug-in's package (``_import``). A whole pickled module (hrf-bench
+    before 0.2) is refused, since unpickling it could run anything."""
     damaged = f"{path} is not a deploy model saved by hrf-bench: re-run its run with `bench run --force`"
     try:
         with warnings.catch_warnings():  # int8 tensors unpickle through torch's deprecated TypedStorage
-            warnings.simplefilter("ignore")
+            warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated", category=UserWarning)
             document = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError:  # weights_only refuses module classes: the old whole-module format
-        document = None
+    except pickle.UnpicklingError:  # weights_only refuses what is not data: a pickled module, or a planted object
+        raise BenchError(f"{path} holds pickled objects (how hrf-bench before 0.2 saved a model, or a planted file), "
+                         f"which loading would run: not loaded; re-run its run with `bench run --force`") from None
     except Exception:  # noqa: BLE001 - a damaged file raises anything from EOFError to RuntimeError
         raise BenchError(damaged) from None
-    if document is None:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = torch.load(path, weights_only=False, map_location="cpu")
-        except Exception:  # noqa: BLE001 - see above
-            raise BenchError(damaged) from None
-        if not isinstance(model, nn.Module):
-            raise BenchError(damaged)
-        log.warning("deprecated: %s is a pickled module (hrf-bench before 0.2); it still loads, but re-run "
-                    "the run with `bench run --force` to save it as data", path)
-    else:
-        if not isinstance(document, dict) or document.get("format") != FORMAT:
-            raise BenchError(damaged)
-        if document["version"] > VERSION:
-            raise BenchError(f"{path} was saved by a newer hrf-bench (format {document['version']}): upgrade hrf-bench")
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise BenchError(damaged)
+    if not isinstance(document.get("version"), int):
+        raise BenchError(damaged)
+    if document["version"] > VERSION:
+        raise BenchError(f"{path} was saved by a newer hrf-bench (format {document['version']}): upgrade hrf-bench")
+    try:
         model = build_saved(document)
+    except BenchError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError):  # an edited document, anywhere in the rebuild
+        raise BenchError(damaged) from None
     int8 = Path(path).with_suffix(".int8.onnx")
     if int8.exists():
         from bench.onnx_io import attach_int8

@@ -187,7 +187,7 @@ def summary_table(runs: pd.DataFrame, light_preset: str = "lightweight", large_p
     comparison = stats.compare(runs, light_preset, seed=seed)
     table = table.merge(comparison, on=KEYS, how="left") if len(comparison) else \
         table.assign(**{c: np.nan for c in stats.COMPARISON_COLUMNS})
-    table["warning"] = [" ".join(filter(None, texts)) for texts in
+    table["warning"] = ["; ".join(filter(None, texts)) for texts in
                         zip(large_model_warnings(table, large_preset), classical_warnings(table, runs, seed))]
     table["headline_mean"] = [row[f"{row['headline_metric']}_mean"] for _, row in table.iterrows()]
     table["headline_std"] = [row[f"{row['headline_metric']}_std"] for _, row in table.iterrows()]
@@ -271,7 +271,7 @@ def classical_warnings(table: pd.DataFrame, runs: pd.DataFrame, seed: int = 0) -
                     continue
                 whose = "this plain model is" if row["method"] == BASELINE and source == row["preset"] else \
                     f"the plain model it is built on (baseline @{source}) is"
-                texts[position] = " ".join(filter(None, [texts[position], (
+                texts[position] = "; ".join(filter(None, [texts[position], (
                     f"{whose} below the classical reference {reference} ({signed_points(found['diff_mean'])} "
                     f"points over {found['pairs']:.0f} folds): not a competent model to shrink")]))
                 break

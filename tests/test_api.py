@@ -160,7 +160,7 @@ def test_a_module_inserted_before_unchanged_ones_keeps_its_place(tmp_path):
         assert torch.equal(model(features, lengths), loaded(features, lengths))
 
 
-def test_load_model_by_run_id_prefix_and_old_pickles_load_with_a_note(deploy_models, tmp_path, caplog):
+def test_load_model_by_run_id_prefix_and_pickles_are_refused_unrun(deploy_models, tmp_path, code_payload):
     model, path, record = deploy_models["prune"]
     models = tmp_path / "results" / "models"
     models.mkdir(parents=True)
@@ -170,14 +170,26 @@ def test_load_model_by_run_id_prefix_and_old_pickles_load_with_a_note(deploy_mod
     with torch.inference_mode():
         assert torch.equal(model(features, lengths), loaded(features, lengths))
 
-    old = models / "0123456789abcdef.pt"
-    torch.save(model, old)  # how hrf-bench 0.1 saved deploy models
-    with caplog.at_level(logging.WARNING, logger="bench"):
-        legacy = bench.load_model("0123456789abcdef", tmp_path / "results")
-    notes = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
-    assert len(notes) == 1 and "\n" not in notes[0] and "bench run --force" in notes[0]
-    with torch.inference_mode():
-        assert torch.equal(legacy(features, lengths), loaded(features, lengths))
+    torch.save(model, models / "0123456789abcdef.pt")  # how hrf-bench 0.1 saved deploy models: a pickled module
+    with pytest.raises(BenchError, match="holds pickled objects.*not loaded.*bench run --force"):
+        bench.load_model("0123456789abcdef", tmp_path / "results")
+    payload, marker = code_payload
+    torch.save(payload, models / "fedcba9876543210.pt")  # a planted file whose unpickling would write ``marker``
+    with pytest.raises(BenchError, match="holds pickled objects"):
+        bench.load_model("fedcba9876543210", tmp_path / "results")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("named", ["os:system", "torch:os.system", "builtins:eval", "torch:nn.Module.__init__.__globals__"])
+def test_a_saved_document_cannot_name_code_outside_torch_and_the_plugins(deploy_models, tmp_path, named):
+    _, path, _ = deploy_models["lowrank"]
+    document = torch.load(path, weights_only=True)
+    assert document["changes"], "lowrank changes the build: its document names classes"
+    document["changes"][0]["class"] = named
+    planted = tmp_path / "planted.pt"
+    torch.save(document, planted)
+    with pytest.raises(BenchError, match="not loaded|does not exist here"):
+        load_deploy_model(planted)
 
 
 # ---- dependencies -----------------------------------------------------------------------------
