@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from scipy.stats import bootstrap, wilcoxon
+from scipy.stats import DegenerateDataWarning, bootstrap, wilcoxon
 
 GROUP = ["dataset", "backbone", "method", "config", "preset", "settings"]
 PAIR_ON = ["dataset", "backbone", "settings", "fold", "seed"]
@@ -55,7 +55,8 @@ def bootstrap_ci(differences, seed: int = 0, resamples: int = RESAMPLES, level: 
     methods = ["BCa", "percentile"] if len(np.unique(values)) >= MIN_BCA_DISTINCT else ["percentile"]
     for method in methods:
         with warnings.catch_warnings():  # a degenerate BCa warns and returns NaN: handled below
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore", DegenerateDataWarning)
+            warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
             interval = bootstrap((values,), np.mean, n_resamples=resamples, confidence_level=level, method=method,
                                  rng=np.random.default_rng(seed)).confidence_interval
         if np.isfinite(interval.low) and np.isfinite(interval.high):
