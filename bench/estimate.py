@@ -18,6 +18,7 @@ import torch
 
 from bench.features import FeatureConfig
 from bench.models import build_backbone, recipe
+from bench.registry import METHODS
 from bench.results import RecordStore
 from bench.runner import RunSpec, Workspace, cached_model_path
 from bench.train import autocast, resolve_device
@@ -48,7 +49,6 @@ CORPUS_SIZES = {
 FALLBACK_SIZE = CorpusSize(train=1000, evaluate=500, mean_seconds=3.0, classes=4)
 EVAL_BATCH = 16  # bench.train.predict's batch
 LATENCY_SECONDS_PER_RUN = 5.0  # in-run cost figures and 1-thread latency (warm-up + at least 2 s)
-PLAIN_START = {"baseline", "quant"}  # methods whose first step is the cached plain model at the run's preset
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def plan(specs: list[RunSpec], store: RecordStore, cache_dir: Path, force: bool 
     todo = [s for s in specs if force or not store.has(s.run_id)]
     plain, users = {}, Counter()
     for spec in todo:
-        presets = [spec.preset] if spec.components[0] in PLAIN_START else []
+        presets = [spec.preset] if _method(spec.components[0]).trains_at == "plain" else []
         presets += [spec.teacher_preset] if spec.uses_teacher() else []
         for preset in presets:
             name = spec.plain_model_name(preset)
@@ -152,13 +152,14 @@ def size_of(dataset: str) -> CorpusSize:
     return CORPUS_SIZES.get(dataset, FALLBACK_SIZE)
 
 
+def _method(component: str):
+    return METHODS.get(component).obj
+
+
 def training_preset(component: str, spec: RunSpec) -> str | None:
-    """The preset whose size a method component trains at (None: it does not train)."""
-    if component in PLAIN_START:
-        return None
-    if component == "prune-unstructured":  # dense tensors: the large model's cost while fine-tuning
-        return spec.teacher_preset
-    return spec.preset
+    """The preset whose size a method component trains at (None: its training is the cached plain
+    model's, counted once for all the runs that share it), as the method declares (``trains_at``)."""
+    return {"plain": None, "none": None, "large": spec.teacher_preset}.get(_method(component).trains_at, spec.preset)
 
 
 def run_seconds(spec: RunSpec, calibration: Calibration, latency: bool = True) -> float:
@@ -168,7 +169,7 @@ def run_seconds(spec: RunSpec, calibration: Calibration, latency: bool = True) -
     for component in spec.components:
         preset = training_preset(component, spec)
         if preset is not None:
-            teacher = spec.teacher_preset if component == "kd" else None
+            teacher = spec.teacher_preset if _method(component).teacher_forward_per_step else None
             seconds += spec.train.epochs * calibration.epoch_seconds(spec, preset, teacher)
     return seconds + (LATENCY_SECONDS_PER_RUN if latency else 0.0)
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from bench.claims import Shard, execute_claimed
 from bench.features import FeatureConfig
+from bench.method import TRAINS_AT
 from bench.registry import BACKBONES, DATASETS, METHODS, BenchError
 from bench.results import RecordStore
 from bench.runner import RunSpec, Workspace
@@ -58,7 +59,10 @@ class Grid:
         for method in self.method_names():
             for component in method.split("+"):
                 METHODS.get(component).make_params(self.method_params.get(component))
-            early = [c for c in method.split("+")[:-1] if getattr(METHODS.get(c).obj, "must_be_last", False)]
+                if METHODS.get(component).obj.trains_at not in TRAINS_AT:
+                    raise BenchError(f"method {component!r} declares trains_at={METHODS.get(component).obj.trains_at!r}: "
+                                     f"one of {', '.join(TRAINS_AT)}")
+            early = [c for c in method.split("+")[:-1] if METHODS.get(c).obj.must_be_last]
             if early:  # e.g. quant: nothing trains or transforms its model further
                 raise BenchError(f"{early[0]} must come last in a composition, got {method!r}: e.g. hrf+{early[0]}")
         stray = set(self.presets) - set(self.method_names()) if isinstance(self.presets, dict) else set()

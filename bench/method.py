@@ -18,13 +18,16 @@ from bench.registry import BenchError
 if TYPE_CHECKING:
     from bench.runner import RunContext
 
-__all__ = ["Method", "RunFailed"]
+__all__ = ["Method", "RunFailed", "TRAINS_AT"]
 
 
 class RunFailed(BenchError):
     """This run cannot be carried out as specified (e.g. a budget the method cannot reach). The runner
     records it as a failed run (``status: "failed"``, this message as ``status_reason``) and the grid
     goes on with the next run."""
+
+
+TRAINS_AT = ("plain", "preset", "large", "none")
 
 
 class Method:
@@ -36,6 +39,22 @@ class Method:
     # Fits on the validation speakers as well as the training ones (whatever the training settings):
     # the record then has no validation score, and ``n_fit`` counts both splits.
     trains_on_validation: bool = False
+    # Starts from or learns from the trained large (teacher-preset) model (kd, prune, lowrank): the runner
+    # trains or reuses that model, and the summary warns when it is not better than the lightweight one.
+    uses_large_model: bool = False
+    # Nothing may train or transform its deploy model further (quant's int8 graph): it comes last in a
+    # composition, checked when a grid is validated.
+    must_be_last: bool = False
+    # What the first step of a run of this method costs, for the dry-run estimate: "plain" (the cached
+    # plain model at the run's preset, trained once and reused: baseline, quant), "preset" (it trains a
+    # model of the run's preset), "large" (it trains at the large model's cost: dense sparse tensors),
+    # "none" (no gradient training: the classical svm fits in seconds).
+    trains_at: str = "preset"
+    # It runs the large model forward on every training batch (distillation), for the estimate.
+    teacher_forward_per_step: bool = False
+    # Its deploy model is exactly the plain model of the run's preset (baseline, hrf after deHRF, kd's
+    # student): the backbone's analytic MAC formula applies, and the method-matrix test holds it to that.
+    deploys_preset_model: bool = False
 
     def __init__(self, params: Any = None):
         self.params = params

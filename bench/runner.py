@@ -88,7 +88,7 @@ class RunSpec:
         return self.train.resolved(recipe(self.backbone, preset or self.preset))
 
     def uses_teacher(self) -> bool:
-        return any(getattr(METHODS.get(n).obj, "uses_large_model", False) for n in self.components)
+        return any(METHODS.get(n).obj.uses_large_model for n in self.components)
 
     @property
     def run_id(self) -> str:

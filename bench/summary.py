@@ -202,7 +202,7 @@ def starts_from_large_model(method: str, teacher_preset) -> bool:
     its components declares ``uses_large_model``."""
     if not _is_missing(teacher_preset) and teacher_preset:
         return True
-    return any(name in METHODS and getattr(METHODS.get(name).obj, "uses_large_model", False)
+    return any(name in METHODS and METHODS.get(name).obj.uses_large_model
                for name in str(method).split("+"))
 
 
@@ -241,7 +241,7 @@ def large_model_warnings(table: pd.DataFrame, large_preset: str = "large") -> li
 
 def classical_references(methods) -> list[str]:
     """The methods among ``methods`` that declare ``classical_reference`` (e.g. ``svm``)."""
-    return sorted(m for m in set(methods) if m in METHODS and getattr(METHODS.get(m).obj, "classical_reference", False))
+    return sorted(m for m in set(methods) if m in METHODS and METHODS.get(m).obj.classical_reference)
 
 
 def classical_warnings(table: pd.DataFrame, runs: pd.DataFrame, seed: int = 0) -> list[str]:

@@ -179,6 +179,7 @@ def merge_model(model: nn.Module) -> nn.Module:
 @METHODS.register("hrf", "HRF re-parameterization: an expansion before each FFN while training, merged "
                   "(deHRF) into the plain preset for deployment", params=HRFParams)
 class HRF(Method):
+    deploys_preset_model = True  # deHRF merges every expansion back into the plain layers
     params: HRFParams
 
     def build(self, ctx, start: nn.Module | None) -> nn.Module:

@@ -84,6 +84,8 @@ def embedding_width(model: nn.Module, input_dim: int) -> int:
                   "(logit KL, optional hidden-state term)", params=KDParams)
 class KD(Method):
     uses_large_model = True
+    teacher_forward_per_step = True
+    deploys_preset_model = True
     params: KDParams
 
     def build(self, ctx, start: nn.Module | None) -> nn.Module:

@@ -58,6 +58,7 @@ def global_magnitude_masks(weights: dict[str, nn.Parameter], remove: int) -> dic
                   "parameters, fine-tuned with masks (dense shapes: latency does not drop)", params=RatioParams)
 class PruneUnstructured(Method):
     uses_large_model = True
+    trains_at = "large"  # masked dense tensors: fine-tuning costs what the large model costs
     params: RatioParams
 
     def check(self, ctx, start: nn.Module | None) -> None:

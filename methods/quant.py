@@ -103,7 +103,8 @@ def _quiet_quantizer():
                   "calibrated on training utterances, or dynamic); alone on the plain preset model, or last in a "
                   "composition (hrf+quant, kd+quant, prune+quant, lowrank+quant)", params=QuantParams)
 class Quant(Method):
-    must_be_last = True  # checked when a grid is validated
+    must_be_last = True
+    trains_at = "plain"
 
     def build(self, ctx, start: nn.Module | None) -> nn.Module:
         self.source = "previous method's deploy model" if start is not None else f"plain {ctx.spec.preset} model"

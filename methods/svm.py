@@ -177,6 +177,7 @@ class ClassicalSVM(Method):
     params: SVMParams
     classical_reference = True
     trains_on_validation = True  # C is chosen by grouped CV, so the final fit may use every training speaker
+    trains_at = "none"
 
     def check(self, ctx, start: nn.Module | None) -> None:
         if start is not None:

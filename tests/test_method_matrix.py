@@ -24,9 +24,9 @@ from conftest import TOY_CLASSES, TOY_DIM
 from methods.svm import FunctionalSVM
 
 load_builtin_plugins()
-BACKBONE_NAMES = ["convtransformer", "conformer", "speechformer"]
+BACKBONE_NAMES = [n for n in BACKBONES.names() if BACKBONES.get(n).obj.__module__.startswith("backbones.")]
 TOY_PARAMS = {"speakers": 3, "per_speaker": 8}  # 8 train / 8 val / 8 test utterances per fold
-PLAIN_METHODS = {"baseline", "hrf", "kd"}  # deploy the plain preset model: the analytic formula applies
+PLAIN_METHODS = {n for n in METHODS.names() if METHODS.get(n).obj.deploys_preset_model}  # as each declares
 BUDGET_KINDS = {"prune": "params", "lowrank": "params", "prune-unstructured": "nonzero_params"}
 INT8_METHODS = {"quant"}  # deployed as int8: only the parameter count is the float model's, whatever the scheme
 
