@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 from filelock import FileLock
 
-from bench import probe
+from bench import model_store, probe
 from bench.cli import main
 
 
@@ -149,9 +149,13 @@ class DataDependent(torch.nn.Module):
         return pooled if int(lengths.max()) % 2 else -pooled
 
 
-def test_export_of_a_model_onnx_cannot_express_is_refused_or_left_out(results, tmp_path):
+def test_export_of_a_model_onnx_cannot_express_is_refused_or_left_out(results, tmp_path, monkeypatch):
     path, = (results / "models").glob("*.pt")
-    torch.save(DataDependent(), path)
+    # saved as data like any deploy model; its class is trusted the way a registered plug-in's package is
+    trusted = model_store._trusted_packages() | {__name__.partition(".")[0]}
+    monkeypatch.setattr(model_store, "_trusted_packages", lambda: trusted)
+    model_store.save_deploy_model(DataDependent(), path, "convtransformer", 16, 4)
+    assert isinstance(model_store.load_deploy_model(path), DataDependent)
     refused = invoke("export", "--out", tmp_path / "out", "--results-dir", results)
     assert refused.exit_code == 2 and "cannot export run" in one_line_error(refused.output.splitlines()[-1])
     assert not (tmp_path / "out").exists()  # nothing half-written
