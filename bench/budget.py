@@ -23,10 +23,22 @@ from bench import measure
 from bench.method import RunFailed
 from bench.registry import BenchError, param
 
-__all__ = ["TOLERANCE", "Budget", "BudgetParams", "RatioParams", "bisect_budget", "cost", "output_layers",
+__all__ = ["BUDGET_FIELDS", "TOLERANCE", "Budget", "BudgetParams", "RatioParams", "bisect_budget", "cost", "output_layers",
            "parse_ratio", "resolve_budget"]
 
 TOLERANCE = 0.05  # relative distance from the target a deploy model may have
+
+# The record fields of ``Budget.record``, for the record_fields of the methods that shrink to a budget
+BUDGET_FIELDS = {
+    "budget_kind": "what the budget counts (`params`, `macs` or `nonzero_params`)",
+    "budget_source": "where the target came from (a preset's plain model, or a ratio of the source model)",
+    "budget_target": "the target count",
+    "budget_reached": "the count the deploy model reached",
+    "budget_error": "(reached - target) / target",
+    "budget_tolerance": "the largest relative error accepted",
+    "budget_source_cost": "the source model's count",
+    "source_params": "parameters of the model the method shrank (the large model)",
+}
 KINDS = ("params", "macs")
 
 
@@ -98,7 +110,7 @@ class Budget:
                              f"choose a reachable budget (another ratio or preset)")
 
     def record(self, reached: int) -> dict:
-        """Record fields: which budget was targeted and what was reached."""
+        """Record fields (``BUDGET_FIELDS``): which budget was targeted and what was reached."""
         return {"budget_kind": self.kind, "budget_source": self.source, "budget_target": self.target,
                 "budget_reached": reached, "budget_error": self.relative_error(reached),
                 "budget_tolerance": TOLERANCE, "budget_source_cost": self.source_cost}

@@ -23,9 +23,10 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from bench import schema
 from bench.checkpoint import discard_run_checkpoints
 from bench.registry import BenchError
-from bench.results import RecordStore, atomic_write_text
+from bench.results import SCHEMA_VERSION, RecordStore, atomic_write_text
 from bench.runner import RunSpec, Workspace, execute, release_memory, save_model
 
 log = logging.getLogger("bench")
@@ -123,6 +124,7 @@ def execute_claimed(spec: RunSpec, store: RecordStore, workspace: Workspace, wai
         record = execute(spec, workspace)
         record["worker"] = worker_name()
         deploy_model = record.pop("_deploy_model", None)  # none when the run failed
+        schema.check(dict(record, schema_version=SCHEMA_VERSION, checksum=""))  # as the store will write it
         if deploy_model is not None:
             save_model(deploy_model, store.root / "models" / f"{spec.run_id}.pt", record)
         else:  # a forced re-run that failed must not leave the old deploy model beside its record

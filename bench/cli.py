@@ -110,6 +110,13 @@ def list_command() -> None:
     click.echo(describe_registries())
 
 
+@main.command("schema")
+def schema_command() -> None:
+    """Print the run record's fields (Markdown): the harness's and those each method declares."""
+    from bench.schema import reference
+    click.echo(reference())
+
+
 @main.command("run")
 @click.option("--config", type=click.Path(path_type=Path), help="grid file (TOML or YAML); flags override it")
 @click.option("--study", help="a shipped study grid (see `bench list`), e.g. emodb; flags override it")

@@ -18,7 +18,7 @@ from bench.registry import BenchError
 if TYPE_CHECKING:
     from bench.runner import RunContext
 
-__all__ = ["Method", "RunFailed", "TRAINS_AT"]
+__all__ = ["FINETUNE_FIELDS", "Method", "RunFailed", "TRAINS_AT"]
 
 
 class RunFailed(BenchError):
@@ -28,6 +28,12 @@ class RunFailed(BenchError):
 
 
 TRAINS_AT = ("plain", "preset", "large", "none")
+
+# Record fields of methods that (fine-)tune a model they start from (their ``record_fields`` include these)
+FINETUNE_FIELDS = {
+    "finetune_epochs": "epochs the method trained its model for",
+    "finetune_note": "what that training was, in words",
+}
 
 
 class Method:
@@ -55,6 +61,9 @@ class Method:
     # Its deploy model is exactly the plain model of the run's preset (baseline, hrf after deHRF, kd's
     # student): the backbone's analytic MAC formula applies, and the method-matrix test holds it to that.
     deploys_preset_model: bool = False
+    # The fields ``record`` returns, name -> meaning: the record's declared schema (bench.schema) takes
+    # them from here, refuses a record with fields nobody declared, and ``bench schema`` documents them.
+    record_fields: dict[str, str] = {}
 
     def __init__(self, params: Any = None):
         self.params = params
@@ -77,5 +86,5 @@ class Method:
         return model
 
     def record(self) -> dict:
-        """Extra method-specific figures for the run record."""
+        """Extra method-specific figures for the run record, each declared in ``record_fields``."""
         return {}

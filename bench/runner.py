@@ -20,7 +20,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from bench import measure, onnx_io
+from bench import measure, onnx_io, schema
 from bench.checkpoint import model_checkpoint, resumable_fit, run_checkpoint
 from bench.corpus import Corpus, corpus_fingerprint
 from bench.env import environment, git_commit
@@ -346,7 +346,11 @@ def deploy_model(ctx: RunContext) -> tuple[nn.Module, int, dict]:
         model = method.train(model, ctx)
         train_params = max(train_params, measure.count_params(model))
         model = method.deploy(model, ctx)
-        method_figures.update(method.record())
+        figures = method.record()
+        undeclared = sorted(set(figures) - set(method.record_fields))
+        if undeclared:
+            raise BenchError(f"method {name} records fields its record_fields do not declare: {', '.join(undeclared)}")
+        method_figures = schema.merge(method_figures, figures)
     return model.eval(), train_params, method_figures
 
 
@@ -379,9 +383,9 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
     except RunFailed as failure:
         log.warning("run %s (%s %s/%s %s fold %d seed %d) failed: %s", spec.run_id, spec.method, spec.backbone,
                     spec.preset, spec.dataset, spec.fold, spec.seed, failure)
-        return {**run_identity(spec), "status": "failed", "status_reason": str(failure),
-                "wall_seconds": time.perf_counter() - started,
-                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **environment()}
+        return schema.merge(run_identity(spec), {"status": "failed", "status_reason": str(failure),
+                            "wall_seconds": time.perf_counter() - started,
+                            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}, environment())
     test = evaluate(model.to(workspace.device), data.test, data.num_classes, workspace.device, workspace.amp)
     # the validation speakers were trained on: no validation score
     final_fit = spec.train_config().final_fit or any(METHODS.get(c).obj.trains_on_validation for c in spec.components)
@@ -401,11 +405,14 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
     if shipped_test is not None:
         test = shipped_test
     own_fits = [f for f in ctx.fits if not any(f is reused for reused in ctx.reused_fits)]
-    record = {
-        **run_identity(spec), "status": "ok",
+    costs = dict(figures, int8_macs=0, float_macs=figures["macs"])
+    # an int8 graph's costs (MACs by precision, flops, size) replace the float model's: the graph is what ships
+    costs.update({k: shipped.pop(k) for k in list(shipped) if k in costs})
+    scores = {k: test[k] for k in ("wa", "ua", "macro_f1", "weighted_f1")}
+    scores.update(declared_scores(test, data.corpus.metrics, data.corpus.classes))
+    record = schema.merge(run_identity(spec), scores, costs, method_figures, shipped, ctx.notes, {
+        "status": "ok",
         "train_device": str(workspace.device), "train_amp": workspace.amp and workspace.device.type == "cuda",
-        **{k: test[k] for k in ("wa", "ua", "macro_f1", "weighted_f1")},
-        **declared_scores(test, data.corpus.metrics, data.corpus.classes),
         "confusion": test["confusion"], "classes": data.corpus.classes,
         "headline_metric": data.corpus.headline_metric,
         "dataset_metrics": list(data.corpus.metrics),
@@ -414,8 +421,7 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         "n_fit": len(data.train) + len(data.val) if final_fit else len(data.train),  # utterances trained on
         "skipped_files": len(data.corpus.skipped), "skipped": data.corpus.skipped,
         "ua_torch": torch_ua, "accuracy_runtime": "pytorch" if shipped_test is None else "onnxruntime int8",
-        "train_params": train_params, **figures, "int8_macs": 0, "float_macs": figures["macs"],
-        **method_figures, **shipped, **ctx.notes,
+        "train_params": train_params,
         "best_epoch": ctx.fits[-1].best_epoch if ctx.fits else None,  # of validation UA
         "deployed_epoch": ctx.fits[-1].deployed_epoch if ctx.fits else None,  # whose weights are deployed
         "history": ctx.fits[-1].history if ctx.fits else [],  # the training that produced the deploy model
@@ -423,9 +429,8 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         "reused_fit_seconds": sum(f.train_seconds for f in ctx.reused_fits),  # cached models it built on
         "wall_seconds": time.perf_counter() - started,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **environment(),
-        "_deploy_model": model,  # taken out and saved by the caller
-    }
+    }, environment())
+    record["_deploy_model"] = model  # taken out and saved by the caller
     return record
 
 

@@ -180,6 +180,14 @@ def merge_model(model: nn.Module) -> nn.Module:
                   "(deHRF) into the plain preset for deployment", params=HRFParams)
 class HRF(Method):
     deploys_preset_model = True  # deHRF merges every expansion back into the plain layers
+    record_fields = {
+        "hrf_expansion_ratio": "the expansion ratio r (the HRF layer's width over the model width)",
+        "hrf_init": "how the expansion was initialized",
+        "hrf_targets": "which linear layers were expanded",
+        "hrf_expanded_layers": "how many layers were expanded",
+        "hrf_train_params": "parameters of the expanded model that trained",
+        "hrf_deploy_params": "parameters after deHRF (the plain preset's)",
+    }
     params: HRFParams
 
     def build(self, ctx, start: nn.Module | None) -> nn.Module:

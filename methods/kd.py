@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import measure
-from bench.method import Method
+from bench.method import FINETUNE_FIELDS, Method
 from bench.registry import METHODS, param
 from bench.train import class_weights
 
@@ -86,6 +86,14 @@ class KD(Method):
     uses_large_model = True
     teacher_forward_per_step = True
     deploys_preset_model = True
+    record_fields = {
+        "kd_temperature": "softmax temperature of the distillation loss",
+        "kd_alpha": "weight of the distillation loss against the label loss",
+        "kd_hidden_weight": "weight of the hidden-state matching loss",
+        "kd_teacher_params": "parameters of the teacher (the trained large model)",
+        "kd_projection_params": "parameters of the training-only projections for hidden-state matching",
+        **FINETUNE_FIELDS,
+    }
     params: KDParams
 
     def build(self, ctx, start: nn.Module | None) -> nn.Module:

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.budget import TOLERANCE, BudgetParams, bisect_budget, cost, output_layers, resolve_budget
-from bench.method import Method, RunFailed
+from bench.budget import BUDGET_FIELDS, TOLERANCE, BudgetParams, bisect_budget, cost, output_layers, resolve_budget
+from bench.method import FINETUNE_FIELDS, Method, RunFailed
 from bench.registry import METHODS
 
 __all__ = ["LowRankAttention", "LowRank", "factorize_linear", "factorize_model", "factorizable_layers",
@@ -242,6 +242,14 @@ class LowRankParams(BudgetParams):
                   "to the deploy budget, then fine-tuning", params=LowRankParams)
 class LowRank(Method):
     uses_large_model = True
+    record_fields = {
+        **BUDGET_FIELDS,
+        "lowrank_energy": "the share of each layer's singular-value energy kept",
+        "lowrank_layers_factorized": "layers replaced by two low-rank linears",
+        "lowrank_layers_dense": "layers left dense (factorizing them would not save)",
+        "lowrank_ranks": "each factorized layer's rank",
+        **FINETUNE_FIELDS,
+    }
     params: LowRankParams
 
     def check(self, ctx, start: nn.Module | None) -> None:

@@ -33,8 +33,8 @@ from torch import nn
 from torch_pruning.dependency import index_mapping
 
 from backbones.ffn import FeedForward
-from bench.budget import TOLERANCE, Budget, BudgetParams, cost, output_layers, resolve_budget
-from bench.method import Method, RunFailed
+from bench.budget import BUDGET_FIELDS, TOLERANCE, Budget, BudgetParams, cost, output_layers, resolve_budget
+from bench.method import FINETUNE_FIELDS, Method, RunFailed
 from bench.registry import METHODS, BenchError, param
 from bench.train import batches
 
@@ -333,6 +333,14 @@ def step_epochs(epochs: int, steps: int) -> list[int]:
                   "FFN units, attention heads, conv channels; iterative prune + fine-tune", params=PruneParams)
 class Prune(Method):
     uses_large_model = True
+    record_fields = {
+        **BUDGET_FIELDS,
+        "prune_importance": "the importance criterion channels were ranked by",
+        "prune_steps": "each prune step: its target and what it reached",
+        "prune_structure": "the pruned model's widths per layer",
+        "prune_skipped_groups": "coupled groups left whole",
+        **FINETUNE_FIELDS,
+    }
     params: PruneParams
 
     def build(self, ctx, start: nn.Module | None) -> nn.Module:

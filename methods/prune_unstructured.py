@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bench.budget import TOLERANCE, RatioParams, cost, resolve_budget
-from bench.method import Method, RunFailed
+from bench.budget import BUDGET_FIELDS, TOLERANCE, RatioParams, cost, resolve_budget
+from bench.method import FINETUNE_FIELDS, Method, RunFailed
 from bench.registry import METHODS
 
 __all__ = ["PruneUnstructured", "global_magnitude_masks", "prunable_weights"]
@@ -59,6 +59,14 @@ def global_magnitude_masks(weights: dict[str, nn.Parameter], remove: int) -> dic
 class PruneUnstructured(Method):
     uses_large_model = True
     trains_at = "large"  # masked dense tensors: fine-tuning costs what the large model costs
+    record_fields = {
+        **BUDGET_FIELDS,
+        "nonzero_params_reached": "nonzero parameters of the deploy model",
+        "dense_params": "its parameters counted dense",
+        "sparsity": "the share of weights that are zero",
+        "dense_latency_note": "why its latency is a dense model's",
+        **FINETUNE_FIELDS,
+    }
     params: RatioParams
 
     def check(self, ctx, start: nn.Module | None) -> None:

@@ -105,6 +105,15 @@ def _quiet_quantizer():
 class Quant(Method):
     must_be_last = True
     trains_at = "plain"
+    record_fields = {
+        "quant_source": "the model that was quantized",
+        "quant_scheme": "the quantization scheme (static QDQ, per-channel or per-tensor)",
+        "quant_runtime": "the runtime that runs the int8 graph",
+        "quant_calibration_utterances": "training utterances the activation ranges were calibrated on",
+        "size_float32_bytes": "size of the float graph",
+        "size_int8_bytes": "size of the int8 graph",
+        "size_ratio": "int8 size over float size",
+    }
 
     def build(self, ctx, start: nn.Module | None) -> nn.Module:
         self.source = "previous method's deploy model" if start is not None else f"plain {ctx.spec.preset} model"

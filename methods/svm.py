@@ -178,6 +178,16 @@ class ClassicalSVM(Method):
     classical_reference = True
     trains_on_validation = True  # C is chosen by grouped CV, so the final fit may use every training speaker
     trains_at = "none"
+    record_fields = {
+        "svm_c": "the SVM's C, chosen by grouped cross-validation on the training speakers",
+        "svm_cv_ua": "that C's cross-validated UA",
+        "svm_cv_scores": "cross-validated UA of every C tried",
+        "svm_support_vectors": "support vectors of the fitted SVM",
+        "svm_feature_dim": "functionals per utterance",
+        "svm_functionals": "the functional set (log-mel statistics, eGeMAPS, ComParE)",
+        "svm_class_weight": "class weighting of the fit",
+        "svm_train_accuracy": "accuracy on its own training utterances",
+    }
 
     def check(self, ctx, start: nn.Module | None) -> None:
         if start is not None:

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench import schema
 from bench.budget import TOLERANCE
 from bench.models import build_backbone, preset_config
 from bench.registry import BACKBONES, METHODS, load_builtin_plugins
@@ -129,6 +130,9 @@ def is_plain(model: nn.Module, backbone: str) -> bool:
 def test_recorded_costs_are_the_deploy_models_true_costs(method, backbone, run):
     record = run(method, backbone)
     assert record["status"] == "ok" and math.isfinite(record["ua"]) and 0.0 <= record["ua"] <= 1.0
+    written = {k: v for k, v in record.items() if k != "_deploy_model"} | {"worker": "w", "schema_version": 1,
+                                                                            "checksum": ""}
+    assert schema.problems(written) == []  # every field declared, by the harness or the method
     model = record["_deploy_model"].eval()
     with torch.inference_mode():
         logits = model(*variable_length_batch(TOY_DIM))
