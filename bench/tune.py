@@ -16,7 +16,7 @@ import re
 import statistics
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import click
@@ -26,18 +26,22 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+import torch
 
-from bench import measure
+from bench import measure, onnx_io
 from bench.checkpoint import discard_run_checkpoints
 from bench.claims import optimize_total
 from bench.cli import default_cache_dir, parse_assignments, parse_data_roots, parse_ints, parse_list
 from bench.features import FeatureConfig
+from bench.models import build_backbone
 from bench.registry import METHODS, BenchError
 from bench.results import RecordStore, atomic_write_text
 from bench.runner import LATENCY_SECONDS, RunContext, RunSpec, Workspace, deploy_model
-from bench.train import TrainConfig, evaluate
+from bench.train import TrainConfig, evaluate, scores_of
 
-COSTS = {"macs": "macs", "latency": "latency_ms"}  # --objectives name -> trial attribute
+# --objectives name -> trial attribute; latency is the records' figure: the interleaved ratio to the plain
+# lightweight model (absolute milliseconds drift with the machine's load between trials)
+COSTS = {"macs": "macs", "latency": "latency_ratio"}
 
 
 class _HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
@@ -206,13 +210,24 @@ def validation_scores(spec: RunSpec, workspace: Workspace, cost: str | None = No
     if spec.train_config().final_fit:
         raise BenchError("tuning scores on the validation speakers: it cannot train on them (final_fit)")
     data = workspace.fold_data(spec)
+    # as `bench run` does: the fingerprint names the cached plain models a trial reuses (the large one too)
+    spec = replace(spec, corpus_fingerprint=data.fingerprint)
     model, _, _ = deploy_model(RunContext(spec, data, workspace))
-    scores = {"val_ua": evaluate(model, data.val, data.num_classes)["ua"]}
+    model.to("cpu")
+    int8 = onnx_io.int8_graph(model)
+    if int8 is None:
+        scores = {"val_ua": evaluate(model, data.val, data.num_classes)["ua"]}
+    else:  # what ships is the int8 graph: scored in ONNX Runtime, as recorded runs are
+        scores = {"val_ua": scores_of(onnx_io.predict_graph(int8, data.val), data.val, data.num_classes)["ua"]}
     frames = spec.features.frames(LATENCY_SECONDS)
     if cost == "macs":
-        scores["macs"] = measure.count_macs(model, data.input_dim, frames)
-    elif cost == "latency_ms":
-        scores["latency_ms"] = measure.latency(model, data.input_dim, frames, threads=1)["latency_ms"]
+        scores["macs"] = (onnx_io.graph_macs(int8, data.input_dim, frames)["macs"] if int8 is not None
+                          else measure.count_macs(model, data.input_dim, frames))
+    elif cost == "latency_ratio":
+        with torch.random.fork_rng():  # the reference's weights do not matter, only its cost
+            reference = build_backbone(spec.backbone, "lightweight", data.input_dim, data.num_classes).eval()
+        scores["latency_ratio"] = measure.deploy_latency(model, reference, data.input_dim, frames, {},
+                                                         workspace.cache_dir / "onnx-graphs")["latency_ratio"]
     discard_run_checkpoints(workspace.cache_dir, spec.run_id)  # trials are not recorded runs
     return scores
 

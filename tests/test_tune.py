@@ -138,3 +138,29 @@ def test_extending_with_other_settings_is_refused(results):
                         str(results), "--trials", "1")
     assert changed_kind.exit_code == 2 and "searched expansion_ratio as FloatDistribution" in changed_kind.stderr
     assert len(optuna.load_study(study_name="x", storage=f"sqlite:///{results / 'optuna.db'}").trials) == 1
+
+
+def test_a_trial_scores_what_a_recorded_run_ships_and_reuses_its_cached_models(tmp_path):
+    """A trial of ``kd+quant`` reuses the large model ``bench run`` trained (same corpus fingerprint),
+    and is scored on the int8 graph in ONNX Runtime with the records' latency ratio."""
+    from bench.claims import execute_claimed
+    from bench.results import RecordStore
+    from bench.runner import RunSpec, Workspace, cached_model_path
+    from bench.train import TrainConfig
+    from bench.tune import validation_scores
+
+    workspace = Workspace(tmp_path / "cache", progress=False, defer_latency=True)
+    spec = RunSpec(method="kd+quant", backbone="convtransformer", preset="tiny", dataset="toy", fold=1, seed=0,
+                   train=TrainConfig(epochs=1), teacher_preset="lightweight",
+                   corpus_fingerprint=workspace.fingerprint("toy", {}))
+    store = RecordStore(tmp_path / "results")
+    assert execute_claimed(spec, store, workspace)
+    record, = store.load()[0]
+    large = cached_model_path(workspace.cache_dir, spec.plain_model_name("lightweight"))
+    trained = large.stat().st_mtime_ns
+    # a trial builds its spec without the fingerprint, as TuneSetting.spec does
+    scores = validation_scores(RunSpec(**{**spec.__dict__, "corpus_fingerprint": ""}), workspace, "latency_ratio")
+    assert large.stat().st_mtime_ns == trained  # reused, not trained again
+    assert len(list((workspace.cache_dir / "models").glob("convtransformer-lightweight-*.pt"))) == 1
+    assert record["accuracy_runtime"] == "onnxruntime int8"
+    assert 0.0 <= scores["val_ua"] <= 1.0 and 0.0 < scores["latency_ratio"] < 10.0
