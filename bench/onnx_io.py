@@ -92,7 +92,8 @@ def _quiet_exporter():
         lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), redirect_stdout(io.StringIO()):  # its passes print() their progress
-            warnings.simplefilter("ignore")
+            # only what the exporter's own modules warn about; a warning about our model still shows
+            warnings.filterwarnings("ignore", module=r"(torch\.(onnx|export|_dynamo|_export|fx|_subclasses)|onnxscript|onnx_ir|onnx)(\.|$)")
             yield
     finally:
         for lg, level in zip(loggers, levels):
