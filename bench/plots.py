@@ -169,6 +169,47 @@ def folds_figure(runs: pd.DataFrame, dataset: str, folder: Path, seed: int = 0) 
                   "with its 95 % bootstrap interval over folds (seaborn, fixed seed).", svg, png)
 
 
+def forest_figure(forest: pd.DataFrame, folder: Path) -> Figure | None:
+    """The paired difference of every method to the plain model of its own deploy preset, one block per
+    method x config x preset: each (corpus, backbone) cell as a point with its fold-level interval, the
+    pooled random-effects estimate as a diamond with its interval (:func:`bench.stats.forest`). None
+    without any cell."""
+    if forest.empty:
+        return None
+    lines, labels = [], []
+    for key, block in forest.groupby(["method", "config", "preset"], sort=True):
+        method, config, preset = key
+        name = method + (f" [{config}]" if config else "") + f" @{preset}"
+        for _, row in block.iterrows():
+            if row["row"] == "cell":
+                where = f"{row['dataset']} · {row['backbone']}" + (f" ({row['settings']})" if row["settings"] else "")
+                labels.append(f"{name}: {where} ({row['folds']} fold{'' if row['folds'] == 1 else 's'})")
+            else:
+                labels.append(f"{name}: pooled (I² {100 * row['i2']:.0f} %)")
+            lines.append(row)
+    fig, ax = plt.subplots(figsize=(8.0, 1.0 + 0.32 * len(lines)))
+    colours = dict(zip(sorted(set(forest["method"])), sns.color_palette("colorblind", forest["method"].nunique())))
+    for y, row in enumerate(lines):
+        colour = colours[row["method"]]
+        mean, low, high = (100 * row[c] for c in ("diff_mean", "ci_low", "ci_high"))
+        if math.isfinite(low) and math.isfinite(high):
+            ax.plot([low, high], [y, y], color=colour, lw=1.4)
+        if row["row"] == "pooled":
+            ax.scatter([mean], [y], marker="D", s=70, color=colour, edgecolor="0.1", zorder=3)
+        else:
+            ax.scatter([mean], [y], marker="o", s=28, color=colour, zorder=3)
+    ax.axvline(0, color="0.3", lw=1, ls="--")
+    ax.set_yticks(range(len(lines)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("Δ headline metric vs. the plain model of the same preset (points)")
+    svg, png = _save(fig, folder, "forest")
+    return Figure("forest", "Each method against the plain model of its deploy budget, across corpora and backbones",
+                  "Points: the paired mean difference over a cell's test folds (seeds averaged within a fold) with its "
+                  "95 % bootstrap interval over folds (none from 1 fold). Diamonds: the random-effects pooled estimate "
+                  "over the cells with at least 2 folds (Paule-Mandel between-cell variance, statsmodels), with its 95 % "
+                  "interval; I² is the share of the spread between cells that is heterogeneity.", svg, png)
+
+
 def curves_figure(runs: pd.DataFrame, histories: dict[str, list], dataset: str, backbone: str,
                   folder: Path) -> Figure | None:
     """Learning curves of one dataset x backbone: one column per method x config x preset, one row per
@@ -253,7 +294,8 @@ def tune_figures(frame: pd.DataFrame, study: str, folder: Path) -> list[Figure]:
 
 
 def make_plots(summary: pd.DataFrame, runs: pd.DataFrame, histories: dict[str, list],
-               studies: dict[str, pd.DataFrame], folder: Path, seed: int = 0) -> list[Figure]:
+               studies: dict[str, pd.DataFrame], folder: Path, seed: int = 0,
+               forest: pd.DataFrame | None = None) -> list[Figure]:
     """All report figures under ``folder``; stale PNG/SVG files of earlier reports are removed.
     ``runs``: the finished runs, with a ``headline`` column; ``histories``: run id -> per-epoch dicts."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -265,6 +307,8 @@ def make_plots(summary: pd.DataFrame, runs: pd.DataFrame, histories: dict[str, l
             figures.append(folds_figure(runs, dataset, folder, seed))
         for dataset, backbone in sorted(set(zip(runs["dataset"], runs["backbone"]))):
             figures.append(curves_figure(runs, histories, dataset, backbone, folder))
+        if forest is not None:
+            figures.append(forest_figure(forest, folder))
         for study, frame in sorted(studies.items()):
             figures.extend(tune_figures(frame, study, folder))
     figures = [f for f in figures if f is not None]

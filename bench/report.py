@@ -19,8 +19,8 @@ import pandas as pd
 from bench import plots, stats
 from bench.registry import BACKBONES, BenchError
 from bench.results import RecordStore, atomic_write_text
-from bench.summary import (KEYS, LABELS, METRICS, MISSING, count, is_true, milliseconds, percent, runs_frame,
-                           signed_points, size, summary_table, to_latex, to_markdown, to_terminal)
+from bench.summary import (KEYS, LABELS, METRICS, MISSING, classical_references, count, is_true, milliseconds,
+                           percent, runs_frame, signed_points, size, summary_table, to_latex, to_markdown, to_terminal)
 
 MAX_EXTRA_ROWS = 200  # rows shown per extra measurement table; the file keeps them all
 MAX_NAMED_FAILURES = 5  # failed runs named in the note; the tables under the leaderboards list them all
@@ -359,9 +359,12 @@ def build_report(results_dir: Path, reports_dir: Path, light_preset: str = "ligh
     check_preset("--large-preset", large_preset, presets)
     summary = summary_table(runs, light_preset, large_preset, seed)
     differences = stats.paired_differences(runs, light_preset=light_preset)
+    forest = stats.forest(runs, seed, tuple(classical_references(set(runs["method"])))) if len(runs) else None
     tables_dir = results_dir / "tables"
     texts = {"runs.csv": runs.to_csv(index=False), "summary.csv": summary.to_csv(index=False),
-             "differences.csv": differences.to_csv(index=False), "summary.md": to_markdown(summary),
+             "differences.csv": differences.to_csv(index=False),
+             "forest.csv": (forest if forest is not None else pd.DataFrame(columns=stats.FOREST_COLUMNS)).to_csv(index=False),
+             "summary.md": to_markdown(summary),
              "summary.tex": to_latex(summary)}
     tables = {}
     for name, text in texts.items():
@@ -376,7 +379,7 @@ def build_report(results_dir: Path, reports_dir: Path, light_preset: str = "ligh
     extra_paths = sorted(p for entry in sorted(results_dir.glob("latency*"))
                          for p in ([entry] if entry.is_file() else sorted(entry.rglob("*.csv"))) if p.suffix == ".csv")
     extra = read_csv_tables(extra_paths, problems)
-    figures = plots.make_plots(board, finished, histories, studies, reports_dir / "plots", seed)
+    figures = plots.make_plots(board, finished, histories, studies, reports_dir / "plots", seed, forest)
     curves = {f.svg.stem for f in figures if f.section == "curves"}
     notes = notes_for(runs, summary, light_preset) if len(summary) else []
     failed = runs[runs["failed_run"]]

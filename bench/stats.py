@@ -149,3 +149,52 @@ def compare(runs: pd.DataFrame, light_preset: str | None = "lightweight", seed: 
                          ci_high=high, p_wilcoxon=wilcoxon_p(group["diff"]),
                          significant=bool(len(group) >= MIN_SIGNIFICANT_PAIRS and (low > 0 or high < 0))))
     return pd.DataFrame(rows, columns=[*GROUP, *COMPARISON_COLUMNS])
+
+
+FOREST_KEY = ["method", "config", "preset"]
+FOREST_COLUMNS = [*FOREST_KEY, "row", "dataset", "backbone", "settings", "folds", "diff_mean", "ci_low", "ci_high",
+                  "weight", "tau2", "i2"]
+
+
+def forest(runs: pd.DataFrame, seed: int = 0, leave_out: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Each method's paired difference to the ``baseline`` of its own deploy preset, per (dataset,
+    backbone, settings) cell (``row`` = ``cell``: mean of the fold-level differences and its bootstrap
+    interval, as on the leaderboard), and per method, parameters and preset the random-effects pooled
+    estimate over those cells (``row`` = ``pooled``): statsmodels' ``combine_effects`` with the
+    Paule-Mandel estimate of the between-cell variance ``tau2`` (``method_re="iterated"``, truncated at
+    0; its DerSimonian-Laird option leaves a negative ``tau2``, and so negative weights, when the cells
+    agree more than their variances predict, which 2-3 cells often do), a normal interval, each cell
+    weighted by the inverse of its fold-level variance of the mean plus ``tau2`` (``weight``: its
+    share); ``i2``: the share of the spread that is heterogeneity (0 when none). A cell enters the pooling with at least 2 folds and a nonzero spread; a pooled row
+    needs at least 2 such cells. Differences in the headline metric, as fractions. ``leave_out``:
+    methods that are no compression (the classical references)."""
+    from statsmodels.stats.meta_analysis import combine_effects
+
+    frame = finished(runs)
+    frame = frame[~frame["method"].isin(leave_out)] if len(frame) else frame
+    rows = []
+    for preset in sorted(set(frame.loc[frame["method"] != BASELINE, "preset"]) if len(frame) else []):
+        differences = fold_differences(paired_differences(frame, None, preset))
+        differences = differences[(differences["preset"] == preset) & (differences["method"] != BASELINE)]
+        for key, group in differences.groupby(FOREST_KEY, sort=True):
+            cells = []
+            for (dataset, backbone, settings), cell in group.groupby(["dataset", "backbone", "settings"], sort=True):
+                low, high = bootstrap_ci(cell["diff"], seed)
+                diffs = cell["diff"].to_numpy(float)
+                variance = float(np.var(diffs, ddof=1) / len(diffs)) if len(diffs) >= 2 else math.nan
+                cells.append(dict(zip(FOREST_KEY, key), row="cell", dataset=dataset, backbone=backbone,
+                                  settings=settings, folds=len(diffs), diff_mean=float(diffs.mean()), ci_low=low,
+                                  ci_high=high, weight=math.nan, tau2=math.nan, i2=math.nan, _variance=variance))
+            usable = [c for c in cells if math.isfinite(c["_variance"]) and c["_variance"] > 0]
+            if len(usable) >= 2:
+                pooled = combine_effects(np.array([c["diff_mean"] for c in usable]),
+                                         np.array([c["_variance"] for c in usable]), method_re="iterated", use_t=False)
+                for cell, weight in zip(usable, pooled.weights_rel_re):
+                    cell["weight"] = float(weight)
+                low, high = pooled.conf_int(use_t=False)[1]
+                cells.append(dict(zip(FOREST_KEY, key), row="pooled", dataset="", backbone="", settings="",
+                                  folds=sum(c["folds"] for c in usable), diff_mean=float(pooled.mean_effect_re),
+                                  ci_low=float(low), ci_high=float(high), weight=1.0, tau2=float(pooled.tau2),
+                                  i2=max(0.0, float(pooled.i2)), _variance=math.nan))
+            rows.extend(cells)
+    return pd.DataFrame([{k: v for k, v in r.items() if k != "_variance"} for r in rows], columns=FOREST_COLUMNS)

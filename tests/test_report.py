@@ -97,6 +97,14 @@ def test_tables_are_the_runs_summarized(report, tiny_grid_results):
     reference = runs[(runs["method"] == "baseline") & (runs["preset"] == "tiny")].set_index(["fold", "seed"])["ua"]
     for _, pair in differences.iterrows():
         assert pair["diff"] == pytest.approx(pair["value"] - reference[(pair["fold"], pair["seed"])])
+    # the forest: each method against the baseline of its own preset, by fold (seeds averaged), one corpus
+    forest = pd.read_csv(tables / "forest.csv")
+    assert len(forest) and set(forest["row"]) == {"cell"}  # one corpus x backbone: nothing to pool
+    for _, cell in forest.iterrows():
+        mine = runs[(runs["method"] == cell["method"]) & (runs["preset"] == cell["preset"])]
+        plain = runs[(runs["method"] == "baseline") & (runs["preset"] == cell["preset"])]
+        by_fold = (mine.groupby("fold")["ua"].mean() - plain.groupby("fold")["ua"].mean()).dropna()
+        assert cell["folds"] == len(by_fold) == 2 and cell["diff_mean"] == pytest.approx(by_fold.mean())
     markdown, latex = (tables / "summary.md").read_text(), (tables / "summary.tex").read_text()
     for method in set(summary["method"]):
         assert f"| {method} |" in markdown and f"{method} &" in latex
@@ -121,7 +129,7 @@ def test_page_is_self_contained_and_regenerates_identically(report, tiny_grid_re
     rows = Leaderboard(html).rows
     summary = pd.read_csv(tiny_grid_results / "tables" / "summary.csv")
     assert len(rows) == len(summary)
-    for name in ("tradeoff-toy-macs", "tradeoff-toy-latency_min_ms", "folds-toy"):
+    for name in ("tradeoff-toy-macs", "tradeoff-toy-latency_min_ms", "folds-toy", "forest"):
         assert (reports / "plots" / f"{name}.svg").stat().st_size > 0 and (reports / "plots" / f"{name}.png").exists()
         assert f'id="plot-{name}"' in html
     for run_id in pd.read_csv(tiny_grid_results / "tables" / "runs.csv")["run_id"]:

@@ -344,3 +344,44 @@ def test_real_runs_pair_on_the_folds_both_ran_and_a_failed_run_is_listed(tiny_gr
     print_summary(kept, light_preset="tiny", large_preset="lightweight")
     assert f"{lost['run_id']}: baseline {lost['backbone']} @lightweight toy fold 2 seed 0: budget unreachable" \
         in capsys.readouterr().out
+
+
+def forest_records(deltas: dict[str, list[float]], method: str = "hrf") -> list[dict]:
+    """``method`` and its plain baseline on each dataset, one fold per listed difference (seed 0)."""
+    records = []
+    for dataset, differences in deltas.items():
+        for fold, delta in enumerate(differences, 1):
+            base = 0.5 + 0.01 * fold
+            records += [record("baseline", "lightweight", fold, 0, base, dataset=dataset,
+                               run_id=f"b-{dataset}-{fold}"),
+                        record(method, "lightweight", fold, 0, base + delta, dataset=dataset,
+                               run_id=f"{method}-{dataset}-{fold}")]
+    return records
+
+
+def test_forest_pools_cells_by_inverse_variance_plus_heterogeneity():
+    # two corpora that agree: equal fold spreads, no heterogeneity, so the pooled mean is the cells' mean
+    agree = stats.forest(runs_frame(forest_records({"a": [0.01, 0.03, 0.05], "b": [0.02, 0.04, 0.06]})))
+    cells, pooled = agree[agree["row"] == "cell"], agree[agree["row"] == "pooled"].iloc[0]
+    assert list(cells["dataset"]) == ["a", "b"] and list(cells["diff_mean"]) == pytest.approx([0.03, 0.04])
+    variance = np.var([0.01, 0.03, 0.05], ddof=1) / 3  # of each cell's mean
+    # Q = sum w (d - mean)^2 = 2 * 0.005^2 / variance = 0.375 < k - 1 = 1: tau2 = 0, the fixed-effect answer
+    assert pooled["tau2"] == 0.0 and pooled["diff_mean"] == pytest.approx(0.035)
+    half = 1.959964 * math.sqrt(variance / 2)
+    assert (pooled["ci_low"], pooled["ci_high"]) == pytest.approx((0.035 - half, 0.035 + half), rel=1e-4)
+    assert list(cells["weight"]) == pytest.approx([0.5, 0.5]) and pooled["folds"] == 6
+
+    # two that disagree: between-cell variance widens the interval beyond the fixed-effect one
+    disagree = stats.forest(runs_frame(forest_records({"a": [0.01, 0.03, 0.05], "b": [-0.09, -0.07, -0.05]})))
+    wide = disagree[disagree["row"] == "pooled"].iloc[0]
+    assert wide["tau2"] > 0 and wide["i2"] > 0.9 and wide["diff_mean"] == pytest.approx(-0.02)
+    assert wide["ci_high"] - wide["ci_low"] > 2 * half and wide["ci_low"] < 0 < wide["ci_high"]
+
+
+def test_forest_shows_but_does_not_pool_a_single_fold_and_leaves_out_references():
+    records = forest_records({"a": [0.01, 0.03, 0.05], "b": [0.02]})
+    records += forest_records({"a": [0.1, 0.1, 0.1]}, method="svm")
+    table = stats.forest(runs_frame(records), leave_out=("svm",))
+    assert set(table["method"]) == {"hrf"} and list(table["row"]) == ["cell", "cell"]  # 1 usable cell: no pool
+    single = table[table["dataset"] == "b"].iloc[0]
+    assert single["folds"] == 1 and math.isnan(single["ci_low"]) and math.isnan(single["weight"])
