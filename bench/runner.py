@@ -239,6 +239,8 @@ class RunContext:
         attempt left. ``companions``: modules ``loss_fn`` runs (a teacher), moved to the training device."""
         config = self.spec.train_config(preset)
         config = config if epochs is None else TrainConfig(**(asdict(config) | {"epochs": epochs}))
+        # counted before training, while the models are on the CPU; the structure that trains is what counts
+        per_epoch = training_flops_per_epoch(model, companions, self.data, config)
         path = checkpoint or run_checkpoint(self.workspace.cache_dir, self.spec.run_id, len(self.fits))
         result, resumed_from = resumable_fit(
             model, self.data.train, self.data.val, self.data.num_classes, config, self.spec.seed, path,
@@ -247,6 +249,7 @@ class RunContext:
             companions=companions)
         if resumed_from:
             self.notes["resumed_from_epoch"] = resumed_from
+        result.train_flops = None if per_epoch is None else per_epoch * result.epochs_run
         self.fits.append(result)
         return model
 
@@ -290,6 +293,27 @@ class RunContext:
     def large_model(self) -> nn.Module:
         """The trained teacher / pruning source: the ``teacher_preset`` model (default ``large``)."""
         return self.trained_model(self.spec.teacher_preset)
+
+
+def training_flops_per_epoch(model: nn.Module, companions, data: FoldData, config: TrainConfig) -> int | None:
+    """Estimated FLOPs of one training epoch: per utterance, forward and backward of the model that trains
+    (3 forward passes' worth, the usual rule: the backward pass costs about twice the forward) and one
+    forward of each companion (a teacher), at the training split's mean length, times the utterances an
+    epoch sees (training and validation speakers after a final fit). None when MACs cannot be counted."""
+    utterances = list(data.train.features) + (list(data.val.features) if config.final_fit else [])
+    if not utterances:
+        return None
+    frames = max(1, round(sum(f.shape[0] for f in utterances) / len(utterances)))
+    states = [(m, m.training) for m in (model, *companions)]
+    try:
+        forward = 2 * measure.count_macs(model, data.input_dim, frames)
+        teachers = sum(2 * measure.count_macs(c, data.input_dim, frames) for c in companions)
+    except Exception:  # noqa: BLE001 - an exotic layer the counter cannot trace: no estimate, not a failed run
+        return None
+    finally:
+        for module, training in states:
+            module.train(training)
+    return int((3 * forward + teachers) * len(utterances))
 
 
 def cached_model_path(cache_dir: Path, cache_name: str) -> Path:
@@ -426,12 +450,19 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         "deployed_epoch": ctx.fits[-1].deployed_epoch if ctx.fits else None,  # whose weights are deployed
         "history": ctx.fits[-1].history if ctx.fits else [],  # the training that produced the deploy model
         "fit_seconds": sum(f.train_seconds for f in own_fits),  # the method's own training
+        "fit_flops": _total_flops(own_fits), "reused_fit_flops": _total_flops(ctx.reused_fits),
         "reused_fit_seconds": sum(f.train_seconds for f in ctx.reused_fits),  # cached models it built on
         "wall_seconds": time.perf_counter() - started,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }, environment())
     record["_deploy_model"] = model  # taken out and saved by the caller
     return record
+
+
+def _total_flops(fits: list[FitResult]) -> int | None:
+    """Summed training FLOPs of ``fits``; None if any is unknown (a model cached before they were counted)."""
+    flops = [f.train_flops for f in fits]
+    return None if any(f is None for f in flops) else int(sum(flops))
 
 
 def release_memory() -> None:

@@ -161,6 +161,11 @@ TRAINING = {
     "history": _f("list", "per-epoch loss and validation scores of the training behind the deploy model"),
     "fit_seconds": _f("number", "the method's own training time"),
     "reused_fit_seconds": _f("number", "training time of cached models it built on"),
+    "fit_flops": _f("int", "estimated FLOPs of the method's own training: 3 x forward FLOPs of the model that trains "
+                    "(plus a teacher's forward) at the training split's mean length x utterances x epochs "
+                    "(null: not countable)", True),
+    "reused_fit_flops": _f("int", "the same for the cached models it built on (null: cached before they were counted)",
+                           True),
     "resumed_from_epoch": _optional("int", "the checkpoint an interrupted training resumed from"),
 }
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench import schema
+from bench import measure, schema
 from bench.budget import TOLERANCE
 from bench.models import build_backbone, preset_config
 from bench.registry import BACKBONES, METHODS, load_builtin_plugins
@@ -173,6 +173,28 @@ def test_training_time_is_split_into_own_and_reused(backbone, run):
         assert 0 < record["fit_seconds"] < record["wall_seconds"], method
     hrf = run("hrf", backbone)
     assert hrf["fit_seconds"] > 0 and hrf["reused_fit_seconds"] == 0
+
+
+@pytest.mark.parametrize("backbone", BACKBONE_NAMES)
+def test_training_flops_are_those_of_the_model_that_trains(backbone, run, tmp_path):
+    """``fit_flops``: 3 x the forward FLOPs of the model that trains (plus a teacher's forward) at the
+    training split's mean length x utterances x epochs; the cached models a run builds on count as
+    ``reused_fit_flops``, exactly what their own records state."""
+    light, large = run("baseline", backbone), run("baseline", backbone, "large")
+    spec = RunSpec(method="baseline", backbone=backbone, preset="lightweight", dataset="toy", fold=1, seed=0,
+                   train=TrainConfig(epochs=1, batch_size=8), dataset_params=TOY_PARAMS)
+    train = Workspace(tmp_path, progress=False).fold_data(spec).train
+    frames = round(sum(f.shape[0] for f in train.features) / len(train))
+    forward = {p: 2 * measure.count_macs(plain_model(backbone, p), TOY_DIM, frames) for p in ("lightweight", "large")}
+    assert light["fit_flops"] == 3 * forward["lightweight"] * len(train) and light["reused_fit_flops"] == 0
+    assert large["fit_flops"] == 3 * forward["large"] * len(train)
+    kd = run("kd", backbone)  # the student trains, the teacher runs forward on every batch
+    assert kd["fit_flops"] >= (3 * forward["lightweight"] + forward["large"]) * len(train)  # + its projection
+    assert kd["reused_fit_flops"] == large["fit_flops"]
+    hrf = run("hrf", backbone)  # the expanded model trains: more than the plain one
+    assert hrf["fit_flops"] > light["fit_flops"] and hrf["reused_fit_flops"] == 0
+    quant = run("quant", backbone)
+    assert quant["fit_flops"] == 0 and quant["reused_fit_flops"] == light["fit_flops"]
 
 
 @pytest.mark.parametrize("targets", ["ffn", "ffn+attn"])
