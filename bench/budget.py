@@ -23,8 +23,8 @@ from bench import measure
 from bench.method import RunFailed
 from bench.registry import BenchError, param
 
-__all__ = ["BUDGET_FIELDS", "TOLERANCE", "Budget", "BudgetParams", "RatioParams", "bisect_budget", "cost", "output_layers",
-           "parse_ratio", "resolve_budget"]
+__all__ = ["BUDGET_FIELDS", "TOLERANCE", "Budget", "BudgetParams", "RatioParams", "bisect_budget", "cost",
+           "output_layers", "parse_ratio", "resolve_budget"]
 
 TOLERANCE = 0.05  # relative distance from the target a deploy model may have
 

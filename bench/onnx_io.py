@@ -83,6 +83,10 @@ def _torch_export(model: nn.Module, input_dim: int):
         return program.model_proto  # serializing runs onnx_ir passes that log too
 
 
+# modules whose warnings (on optional packages, deprecations inside the exporter) the export silences
+EXPORTER_MODULES = r"(torch\.(onnx|export|_dynamo|_export|fx|_subclasses)|onnxscript|onnx_ir|onnx)(\.|$)"
+
+
 @contextmanager
 def _quiet_exporter():
     """The exporter logs and prints its steps and warns about optional packages: keep output readable."""
@@ -93,7 +97,7 @@ def _quiet_exporter():
     try:
         with warnings.catch_warnings(), redirect_stdout(io.StringIO()):  # its passes print() their progress
             # only what the exporter's own modules warn about; a warning about our model still shows
-            warnings.filterwarnings("ignore", module=r"(torch\.(onnx|export|_dynamo|_export|fx|_subclasses)|onnxscript|onnx_ir|onnx)(\.|$)")
+            warnings.filterwarnings("ignore", module=EXPORTER_MODULES)
             yield
     finally:
         for lg, level in zip(loggers, levels):

@@ -359,11 +359,12 @@ def build_report(results_dir: Path, reports_dir: Path, light_preset: str = "ligh
     check_preset("--large-preset", large_preset, presets)
     summary = summary_table(runs, light_preset, large_preset, seed)
     differences = stats.paired_differences(runs, light_preset=light_preset)
-    forest = stats.forest(runs, seed, tuple(classical_references(set(runs["method"])))) if len(runs) else None
+    forest = (stats.forest(runs, seed, tuple(classical_references(set(runs["method"])))) if len(runs)
+              else pd.DataFrame(columns=stats.FOREST_COLUMNS))
     tables_dir = results_dir / "tables"
     texts = {"runs.csv": runs.to_csv(index=False), "summary.csv": summary.to_csv(index=False),
              "differences.csv": differences.to_csv(index=False),
-             "forest.csv": (forest if forest is not None else pd.DataFrame(columns=stats.FOREST_COLUMNS)).to_csv(index=False),
+             "forest.csv": forest.to_csv(index=False),
              "summary.md": to_markdown(summary),
              "summary.tex": to_latex(summary)}
     tables = {}

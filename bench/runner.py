@@ -417,8 +417,7 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
            else evaluate(model, data.val, data.num_classes, workspace.device, workspace.amp))
     model.to("cpu")  # latency and ONNX stay on the CPU
     frames = spec.features.frames(LATENCY_SECONDS)
-    with torch.random.fork_rng():  # latency reference: the plain lightweight model (its weights do not matter)
-        reference = build_backbone(spec.backbone, "lightweight", data.input_dim, data.num_classes).eval()
+    reference = latency_reference(spec, data)
     figures = measure_deploy(model, data.input_dim, frames, not workspace.defer_latency, reference,
                              workspace.cache_dir / "onnx-graphs")
     # The ONNX model that ships, evaluated in ONNX Runtime; an int8 one's scores are the headline.
@@ -457,6 +456,13 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
     }, environment())
     record["_deploy_model"] = model  # taken out and saved by the caller
     return record
+
+
+def latency_reference(spec: RunSpec, data: FoldData) -> nn.Module:
+    """What every latency ratio is timed against: the plain lightweight model of the run's backbone
+    (its weights do not matter, so building it leaves the random state alone)."""
+    with torch.random.fork_rng():
+        return build_backbone(spec.backbone, "lightweight", data.input_dim, data.num_classes).eval()
 
 
 def _total_flops(fits: list[FitResult]) -> int | None:

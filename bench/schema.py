@@ -38,10 +38,6 @@ class Field:
         return isinstance(value, _KINDS[self.kind])
 
 
-def _f(kind: str, doc: str, nullable: bool = False, when: str = "ok") -> Field:
-    return Field(kind, doc, nullable, when)
-
-
 def _always(kind: str, doc: str, nullable: bool = False) -> Field:
     return Field(kind, doc, nullable, "always")
 
@@ -79,46 +75,46 @@ OUTCOME = {
 }
 
 SCORES = {
-    "wa": _f("number", "test weighted accuracy (accuracy), of the model that ships (an int8 one in ONNX Runtime)"),
-    "ua": _f("number", "test unweighted accuracy (macro recall), likewise"),
-    "macro_f1": _f("number", "test macro F1 over all classes"),
-    "weighted_f1": _f("number", "test F1 weighted by class support"),
-    "confusion": _f("list", "test confusion matrix, rows true class, columns predicted"),
-    "classes": _f("list", "class names in the matrix's order"),
-    "headline_metric": _f("str", "the corpus's headline metric (`ua` for most; DAIC-WOZ's `f1_depressed`)"),
-    "dataset_metrics": _f("list", "the metrics the corpus declares, each a field of the record"),
-    "ua_torch": _f("number", "test UA of the PyTorch model (equal to `ua` unless an int8 graph ships)"),
-    "accuracy_runtime": _f("str", "where `ua` was measured: `pytorch` or `onnxruntime int8`"),
-    "val_ua": _f("number", "validation UA of the deploy model (null after a final fit on the validation speakers)", True),
-    "val_wa": _f("number", "validation WA, likewise", True),
+    "wa": Field("number", "test weighted accuracy (accuracy), of the model that ships (an int8 one in ONNX Runtime)"),
+    "ua": Field("number", "test unweighted accuracy (macro recall), likewise"),
+    "macro_f1": Field("number", "test macro F1 over all classes"),
+    "weighted_f1": Field("number", "test F1 weighted by class support"),
+    "confusion": Field("list", "test confusion matrix, rows true class, columns predicted"),
+    "classes": Field("list", "class names in the matrix's order"),
+    "headline_metric": Field("str", "the corpus's headline metric (`ua` for most; DAIC-WOZ's `f1_depressed`)"),
+    "dataset_metrics": Field("list", "the metrics the corpus declares, each a field of the record"),
+    "ua_torch": Field("number", "test UA of the PyTorch model (equal to `ua` unless an int8 graph ships)"),
+    "accuracy_runtime": Field("str", "where `ua` was measured: `pytorch` or `onnxruntime int8`"),
+    "val_ua": Field("number", "validation UA of the deploy model (null after a final fit on the validation speakers)", True),
+    "val_wa": Field("number", "validation WA, likewise", True),
 }
 
 DATA = {
-    "n_train": _f("int", "training utterances of the fold"),
-    "n_val": _f("int", "validation utterances (speakers held out of the training split)"),
-    "n_test": _f("int", "test utterances (the fold's test speakers)"),
-    "n_fit": _f("int", "utterances the deploy model was trained on (train + val after a final fit)"),
-    "skipped_files": _f("int", "corpus files left out (unreadable or unlabeled)"),
-    "skipped": _f("list", "those files and why"),
-    "input_dim": _f("int", "feature dimension per frame"),
+    "n_train": Field("int", "training utterances of the fold"),
+    "n_val": Field("int", "validation utterances (speakers held out of the training split)"),
+    "n_test": Field("int", "test utterances (the fold's test speakers)"),
+    "n_fit": Field("int", "utterances the deploy model was trained on (train + val after a final fit)"),
+    "skipped_files": Field("int", "corpus files left out (unreadable or unlabeled)"),
+    "skipped": Field("list", "those files and why"),
+    "input_dim": Field("int", "feature dimension per frame"),
 }
 
 COSTS = {
-    "params": _f("int", "parameters of the deploy model"),
-    "nonzero_params": _f("int", "its nonzero parameters (what unstructured pruning reduces)"),
-    "train_params": _f("int", "the most parameters trained at once (an HRF model before merging)"),
-    "macs": _f("int", "multiply-accumulates for `input_seconds` of audio (float + int8)", True),
-    "flops": _f("int", "2 x macs", True),
-    "float_macs": _f("int", "the float part of macs", True),
-    "int8_macs": _f("int", "the int8 part of macs (0 unless an int8 graph ships)", True),
+    "params": Field("int", "parameters of the deploy model"),
+    "nonzero_params": Field("int", "its nonzero parameters (what unstructured pruning reduces)"),
+    "train_params": Field("int", "the most parameters trained at once (an HRF model before merging)"),
+    "macs": Field("int", "multiply-accumulates for `input_seconds` of audio (float + int8)", True),
+    "flops": Field("int", "2 x macs", True),
+    "float_macs": Field("int", "the float part of macs", True),
+    "int8_macs": Field("int", "the int8 part of macs (0 unless an int8 graph ships)", True),
     "macs_error": _optional("str", "why MACs could not be counted"),
-    "input_seconds": _f("number", "the utterance length costs and latency are measured at"),
-    "input_frames": _f("int", "its frames"),
-    "peak_memory_bytes": _f("int", "peak activation memory of one forward pass", True),
+    "input_seconds": Field("number", "the utterance length costs and latency are measured at"),
+    "input_frames": Field("int", "its frames"),
+    "peak_memory_bytes": Field("int", "peak activation memory of one forward pass", True),
     "peak_memory_method": _optional("str", "how peak memory was measured"),
     "peak_memory_error": _optional("str", "why it could not be"),
-    "size_bytes": _f("int", "size of the shipped model file"),
-    "size_format": _f("str", "its format (`float32 state_dict`, `int8 onnx`)"),
+    "size_bytes": Field("int", "size of the shipped model file"),
+    "size_format": Field("str", "its format (`float32 state_dict`, `int8 onnx`)"),
 }
 
 LATENCY = {
@@ -148,23 +144,23 @@ LATENCY = {
 }
 
 ONNX = {
-    "onnx_status": _f("str", "`ok`, `not exported` or `failed: <why>` for the shipped ONNX model"),
+    "onnx_status": Field("str", "`ok`, `not exported` or `failed: <why>` for the shipped ONNX model"),
     "onnx_prediction_mismatch": _optional("number", "share of test utterances whose ONNX prediction differs from PyTorch's"),
     "ua_onnx": _optional("number", "test UA in ONNX Runtime"),
 }
 
 TRAINING = {
-    "train_device": _f("str", "where training ran (`cpu`, `cuda`)"),
-    "train_amp": _f("bool", "mixed precision training"),
-    "best_epoch": _f("int", "epoch of the best validation UA", True),
-    "deployed_epoch": _f("int", "epoch whose weights are deployed", True),
-    "history": _f("list", "per-epoch loss and validation scores of the training behind the deploy model"),
-    "fit_seconds": _f("number", "the method's own training time"),
-    "reused_fit_seconds": _f("number", "training time of cached models it built on"),
-    "fit_flops": _f("int", "estimated FLOPs of the method's own training: 3 x forward FLOPs of the model that trains "
+    "train_device": Field("str", "where training ran (`cpu`, `cuda`)"),
+    "train_amp": Field("bool", "mixed precision training"),
+    "best_epoch": Field("int", "epoch of the best validation UA", True),
+    "deployed_epoch": Field("int", "epoch whose weights are deployed", True),
+    "history": Field("list", "per-epoch loss and validation scores of the training behind the deploy model"),
+    "fit_seconds": Field("number", "the method's own training time"),
+    "reused_fit_seconds": Field("number", "training time of cached models it built on"),
+    "fit_flops": Field("int", "estimated FLOPs of the method's own training: 3 x forward FLOPs of the model that trains "
                     "(plus a teacher's forward) at the training split's mean length x utterances x epochs "
                     "(null: not countable)", True),
-    "reused_fit_flops": _f("int", "the same for the cached models it built on (null: cached before they were counted)",
+    "reused_fit_flops": Field("int", "the same for the cached models it built on (null: cached before they were counted)",
                            True),
     "resumed_from_epoch": _optional("int", "the checkpoint an interrupted training resumed from"),
 }

@@ -165,9 +165,10 @@ def forest(runs: pd.DataFrame, seed: int = 0, leave_out: tuple[str, ...] = ()) -
     0; its DerSimonian-Laird option leaves a negative ``tau2``, and so negative weights, when the cells
     agree more than their variances predict, which 2-3 cells often do), a normal interval, each cell
     weighted by the inverse of its fold-level variance of the mean plus ``tau2`` (``weight``: its
-    share); ``i2``: the share of the spread that is heterogeneity (0 when none). A cell enters the pooling with at least 2 folds and a nonzero spread; a pooled row
-    needs at least 2 such cells. Differences in the headline metric, as fractions. ``leave_out``:
-    methods that are no compression (the classical references)."""
+    share); ``i2``: the share of the spread that is heterogeneity (0 when none). A cell enters the
+    pooling with at least 2 folds and a nonzero spread; a pooled row needs at least 2 such cells.
+    Differences in the headline metric, as fractions. ``leave_out``: methods that are no compression
+    (the classical references)."""
     from statsmodels.stats.meta_analysis import combine_effects
 
     frame = finished(runs)

@@ -352,7 +352,7 @@ class FitResult:
     # per epoch: epoch, train_loss, val_loss, val_ua (both None: final fit), lr (at the epoch's end), seconds
     history: list[dict]
     deployed_epoch: int | None = None  # whose weights the model kept (None: cached before this was recorded)
-    train_flops: int | None = None  # estimated (``bench.runner.training_flops``); None: cached before it was
+    train_flops: int | None = None  # estimated (``bench.runner.training_flops_per_epoch``); None: cached before
 
 
 def fit(model: nn.Module, train: Split, val: Split, num_classes: int, config: TrainConfig, seed: int,

@@ -26,17 +26,15 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
-import torch
 
 from bench import measure, onnx_io
 from bench.checkpoint import discard_run_checkpoints
 from bench.claims import optimize_total
 from bench.cli import default_cache_dir, parse_assignments, parse_data_roots, parse_ints, parse_list
 from bench.features import FeatureConfig
-from bench.models import build_backbone
 from bench.registry import METHODS, BenchError
 from bench.results import RecordStore, atomic_write_text
-from bench.runner import LATENCY_SECONDS, RunContext, RunSpec, Workspace, deploy_model
+from bench.runner import LATENCY_SECONDS, RunContext, RunSpec, Workspace, deploy_model, latency_reference
 from bench.train import TrainConfig, evaluate, scores_of
 
 # --objectives name -> trial attribute; latency is the records' figure: the interleaved ratio to the plain
@@ -201,7 +199,10 @@ class TuneSetting:
                        self.features, {c: p for c, p in params.items() if p}, self.dataset_params, self.teacher_preset)
 
     def identity(self) -> dict:
-        return json.loads(json.dumps(asdict(self), default=str))
+        identity = json.loads(json.dumps(asdict(self), default=str))
+        if "latency" in self.objectives:  # its unit changed (ms -> ratio): older studies must not be extended
+            identity["latency_objective"] = COSTS["latency"]
+        return identity
 
 
 def validation_scores(spec: RunSpec, workspace: Workspace, cost: str | None = None) -> dict:
@@ -224,10 +225,8 @@ def validation_scores(spec: RunSpec, workspace: Workspace, cost: str | None = No
         scores["macs"] = (onnx_io.graph_macs(int8, data.input_dim, frames)["macs"] if int8 is not None
                           else measure.count_macs(model, data.input_dim, frames))
     elif cost == "latency_ratio":
-        with torch.random.fork_rng():  # the reference's weights do not matter, only its cost
-            reference = build_backbone(spec.backbone, "lightweight", data.input_dim, data.num_classes).eval()
-        scores["latency_ratio"] = measure.deploy_latency(model, reference, data.input_dim, frames, {},
-                                                         workspace.cache_dir / "onnx-graphs")["latency_ratio"]
+        scores["latency_ratio"] = measure.deploy_latency(model, latency_reference(spec, data), data.input_dim, frames,
+                                                         {}, workspace.cache_dir / "onnx-graphs")["latency_ratio"]
     discard_run_checkpoints(workspace.cache_dir, spec.run_id)  # trials are not recorded runs
     return scores
 

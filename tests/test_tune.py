@@ -140,9 +140,12 @@ def test_extending_with_other_settings_is_refused(results):
     assert len(optuna.load_study(study_name="x", storage=f"sqlite:///{results / 'optuna.db'}").trials) == 1
 
 
-def test_a_trial_scores_what_a_recorded_run_ships_and_reuses_its_cached_models(tmp_path):
+def test_a_trial_scores_what_a_recorded_run_ships_and_reuses_its_cached_models(tmp_path, monkeypatch):
     """A trial of ``kd+quant`` reuses the large model ``bench run`` trained (same corpus fingerprint),
     and is scored on the int8 graph in ONNX Runtime with the records' latency ratio."""
+    from dataclasses import replace
+
+    from bench import onnx_io
     from bench.claims import execute_claimed
     from bench.results import RecordStore
     from bench.runner import RunSpec, Workspace, cached_model_path
@@ -158,9 +161,26 @@ def test_a_trial_scores_what_a_recorded_run_ships_and_reuses_its_cached_models(t
     record, = store.load()[0]
     large = cached_model_path(workspace.cache_dir, spec.plain_model_name("lightweight"))
     trained = large.stat().st_mtime_ns
+    scored = []  # the graphs the trial's validation score comes from (the real predict_graph runs)
+    predict_graph = onnx_io.predict_graph
+    monkeypatch.setattr(onnx_io, "predict_graph", lambda graph, split: scored.append(graph) or predict_graph(graph, split))
     # a trial builds its spec without the fingerprint, as TuneSetting.spec does
-    scores = validation_scores(RunSpec(**{**spec.__dict__, "corpus_fingerprint": ""}), workspace, "latency_ratio")
+    scores = validation_scores(replace(spec, corpus_fingerprint=""), workspace, "latency_ratio")
+    assert len(scored) == 1 and isinstance(scored[0], bytes)  # the int8 graph, not the float model
     assert large.stat().st_mtime_ns == trained  # reused, not trained again
     assert len(list((workspace.cache_dir / "models").glob("convtransformer-lightweight-*.pt"))) == 1
     assert record["accuracy_runtime"] == "onnxruntime int8"
     assert 0.0 <= scores["val_ua"] <= 1.0 and 0.0 < scores["latency_ratio"] < 10.0
+
+
+def test_a_study_whose_latency_objective_was_milliseconds_is_not_extended(results):
+    """Studies created before the latency objective became the interleaved ratio stored milliseconds:
+    extending one would mix the two units in one Pareto front."""
+    args = ["--param", "expansion_ratio=1:8", "--folds", "1", "--objectives", "ua,latency", "--study-name", "lat",
+            "--results-dir", str(results), "--trials", "1"]
+    assert tune(*args).exit_code == 0
+    study = optuna.load_study(study_name="lat", storage=f"sqlite:///{results / 'optuna.db'}")
+    older = {k: v for k, v in study.user_attrs["setting"].items() if k != "latency_objective"}
+    study.set_user_attr("setting", older)  # as such a study was stored
+    result = tune(*args)
+    assert result.exit_code == 2 and "was created with other settings (latency_objective=None)" in result.stderr
