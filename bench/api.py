@@ -158,7 +158,8 @@ def plan(methods: Any = None, backbones: Any = None, datasets: Any = None, folds
     execution = execution or Execution()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return describe_plan(grid, RecordStore(Path(results_dir)), Workspace(cache, grid.data_roots, progress=False),
-                         force=force, device=execution.device, latency=not execution.defer_latency)
+                         force=force, device=execution.device, latency=not execution.defer_latency,
+                         amp=execution.amp)
 
 
 def load_runs(results_dir: str | Path = "results") -> pd.DataFrame:

@@ -21,7 +21,7 @@ from bench.models import build_backbone, recipe
 from bench.registry import METHODS
 from bench.results import RecordStore
 from bench.runner import RunSpec, Workspace, cached_model_path
-from bench.train import autocast, resolve_device
+from bench.train import autocast, check_amp, resolve_device, training_precision
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,9 @@ class StepTimes:
 
 
 def time_steps(backbone: str, preset: str, size: CorpusSize, features: FeatureConfig, batch_size: int,
-               device: torch.device, steps: int = 3) -> StepTimes:
-    """Seconds of a training step and an evaluation forward pass on batches of nominal length."""
+               device: torch.device, steps: int = 3, amp: bool = False) -> StepTimes:
+    """Seconds of a training step (bf16 autocast with ``amp``) and an evaluation forward pass on
+    batches of nominal length."""
     torch.manual_seed(0)
     model = build_backbone(backbone, preset, features.dim, size.classes).to(device)
     frames = features.frames(size.mean_seconds)
@@ -85,7 +86,7 @@ def time_steps(backbone: str, preset: str, size: CorpusSize, features: FeatureCo
 
     def train_step(feats, lengths, labels):
         model.train()
-        with autocast(device, False):
+        with autocast(device, amp):
             loss = torch.nn.functional.cross_entropy(model(feats, lengths), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -110,14 +111,14 @@ class Plan:
     cached: set[str]  # plain models already trained (reused as they are, --force included)
 
 
-def plan(specs: list[RunSpec], store: RecordStore, cache_dir: Path, force: bool = False) -> Plan:
+def plan(specs: list[RunSpec], store: RecordStore, cache_dir: Path, force: bool = False, amp: bool = False) -> Plan:
     todo = [s for s in specs if force or not store.has(s.run_id)]
     plain, users = {}, Counter()
     for spec in todo:
         presets = [spec.preset] if _method(spec.components[0]).trains_at == "plain" else []
         presets += [spec.teacher_preset] if spec.uses_teacher() else []
         for preset in presets:
-            name = spec.plain_model_name(preset)
+            name = spec.plain_model_name(preset, amp)
             plain.setdefault(name, (spec, preset))
             users[name] += 1
     cached = {name for name in plain if cached_model_path(cache_dir, name).exists()}
@@ -127,15 +128,15 @@ def plan(specs: list[RunSpec], store: RecordStore, cache_dir: Path, force: bool 
 class Calibration:
     """Step times per (backbone, preset, dataset, batch size), timed once each on ``device``."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self, device: torch.device, amp: bool = False):
+        self.device, self.amp = device, amp
         self.times: dict[tuple, StepTimes] = {}
 
     def get(self, spec: RunSpec, preset: str) -> StepTimes:
         key = (spec.backbone, preset, spec.dataset, spec.train.batch_size, spec.features)
         if key not in self.times:
             self.times[key] = time_steps(spec.backbone, preset, size_of(spec.dataset), spec.features,
-                                         spec.train.batch_size, self.device)
+                                         spec.train.batch_size, self.device, amp=self.amp)
         return self.times[key]
 
     def epoch_seconds(self, spec: RunSpec, preset: str, teacher: str | None = None) -> float:
@@ -180,12 +181,13 @@ def stops_early(spec: RunSpec, preset: str) -> bool:
 
 
 def describe_plan(grid, store: RecordStore, workspace: Workspace, force: bool = False, device: str = "auto",
-                  latency: bool = True, max_listed: int = 40) -> str:
+                  latency: bool = True, max_listed: int = 40, amp: bool = False) -> str:
     """The dry-run text: runs, shared plain models and the calibrated compute estimate (``workspace``
     reads the corpus listings for the runs' identities; nothing is trained)."""
     device = resolve_device(device)
     specs = grid.specs(workspace)
-    found = plan(specs, store, workspace.cache_dir, force)
+    check_amp(device, amp)
+    found = plan(specs, store, workspace.cache_dir, force, amp)
     lines = [f"{len(specs)} runs in the grid, {found.recorded} already recorded, {len(found.runs)} to run:"]
     for spec in found.runs[:max_listed]:
         extra = f" teacher {spec.teacher_preset}" if spec.uses_teacher() else ""
@@ -202,7 +204,7 @@ def describe_plan(grid, store: RecordStore, workspace: Workspace, force: bool = 
         cached = sum(name in found.cached for name in names)
         lines.append(f"  {backbone}/{preset} {dataset}: {len(names)} models (fold x seed), used by "
                      f"{sum(found.users[name] for name in names)} runs" + (f"; {cached} cached" if cached else ""))
-    calibration = Calibration(device)
+    calibration = Calibration(device, amp)
     started = time.perf_counter()
     plain_seconds = sum(spec.train.epochs * calibration.epoch_seconds(spec, preset)
                         for name, (spec, preset) in found.plain_models.items() if name not in found.cached)
@@ -210,7 +212,7 @@ def describe_plan(grid, store: RecordStore, workspace: Workspace, force: bool = 
     calibrated_in = time.perf_counter() - started
     total = plain_seconds + own_seconds
     where = f"{device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
-                           else f" ({torch.get_num_threads()} threads)")
+                           else f" ({torch.get_num_threads()} threads)") + f", training in {training_precision(amp)}"
     lines.append(f"compute estimate on {where}, timed from {len(calibration.times)} backbone/preset step "
                  f"calibrations ({calibrated_in:.0f} s):")
     for spec, preset in {(s.backbone, p, s.dataset): (s, p) for s, p in found.plain_models.values()}.values():

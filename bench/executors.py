@@ -60,7 +60,7 @@ class Execution:
     submitit: SubmititOptions = field(default_factory=SubmititOptions)
     defer_latency: bool = False  # leave latency to the serialized ``bench measure`` stage
     device: str = "auto"  # training and evaluation: auto (CUDA when present), cpu, cuda, cuda:N
-    amp: bool = False  # bf16 autocast on CUDA
+    amp: bool = False  # bf16 autocast while training (CUDA, or a CPU with native bf16)
 
     def __post_init__(self):
         if self.executor == "submitit" and self.shard is not None:
@@ -86,7 +86,8 @@ def execution_options(command):
                      help="skip in-run latency (records say latency_deferred); time it in the serialized `bench measure`"),
         click.option("--device", default="auto", show_default=True,
                      help="training and evaluation device: auto (CUDA when present), cpu, cuda, cuda:N; latency stays on the CPU"),
-        click.option("--amp", is_flag=True, help="bf16 autocast while training and evaluating on CUDA"),
+        click.option("--amp", is_flag=True, help="bf16 autocast while training, on CUDA or on a CPU with native bf16 "
+                     "(AVX512-BF16, AMX); test scores stay float32"),
         click.option("--jobs", type=int, default=4, show_default=True, help="[submitit] array tasks, one shard each"),
         click.option("--partition", help="[submitit] Slurm partition"),
         click.option("--time-min", type=int, default=240, show_default=True, help="[submitit] time limit per task, minutes"),

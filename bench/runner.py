@@ -30,7 +30,7 @@ from bench.metrics import declared_scores
 from bench.models import build_backbone, preset_config, recipe
 from bench.registry import DATASETS, METHODS, BenchError
 from bench.results import run_id
-from bench.train import FitResult, Split, TrainConfig, evaluate, resolve_device
+from bench.train import FitResult, Split, TrainConfig, check_amp, evaluate, resolve_device, training_precision
 
 log = logging.getLogger("bench")
 LATENCY_SECONDS = 5.0  # input duration for MACs and latency in run records
@@ -74,13 +74,14 @@ class RunSpec:
                 "recipe": recipe(self.backbone, self.preset),
                 "teacher_recipe": recipe(self.backbone, self.teacher_preset) if self.uses_teacher() else None}
 
-    def plain_model_name(self, preset: str) -> str:
+    def plain_model_name(self, preset: str, amp: bool = False) -> str:
         """File stem of the cached plain ``preset`` model this run trains or reuses (shared by every run
-        with the same backbone, data, fold, seed and training settings)."""
-        key = json.dumps([self.backbone, preset, preset_config(self.backbone, preset), self.dataset,
-                          self.dataset_params, self.corpus_fingerprint, self.fold, self.seed,
-                          asdict(self.train_config(preset)),
-                          asdict(self.features)], sort_keys=True, default=str)
+        with the same backbone, data, fold, seed, training settings and training precision: ``amp``,
+        bf16 autocast, names other models than float32 training, whose names predate the option)."""
+        parts = [self.backbone, preset, preset_config(self.backbone, preset), self.dataset,
+                 self.dataset_params, self.corpus_fingerprint, self.fold, self.seed,
+                 asdict(self.train_config(preset)), asdict(self.features)]
+        key = json.dumps(parts + ([training_precision(True)] if amp else []), sort_keys=True, default=str)
         return f"{self.backbone}-{preset}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
 
     def train_config(self, preset: str | None = None) -> TrainConfig:
@@ -132,7 +133,8 @@ class Workspace:
         # a fresh export per new architecture costs 10 s to minutes, see the README.
         self.onnx_check = os.environ.get("HRF_BENCH_ONNX_CHECK", "1") not in ("", "0")
         self.device = resolve_device(device)  # training and evaluation; latency stays on the CPU
-        self.amp = amp  # bf16 autocast on CUDA
+        check_amp(self.device, amp)
+        self.amp = amp  # bf16 autocast while training (CUDA, or a CPU with native bf16)
         self._corpora: dict = {}
         self._fold: tuple | None = None  # (key, FoldData) of the latest fold
 
@@ -259,7 +261,7 @@ class RunContext:
         counts as the run's ``reused_fit_seconds``, or with ``reused=False`` (the baseline, whose deploy
         model it is) as its ``fit_seconds``."""
         spec = self.spec
-        path = cached_model_path(self.workspace.cache_dir, spec.plain_model_name(preset))
+        path = cached_model_path(self.workspace.cache_dir, spec.plain_model_name(preset, self.workspace.amp))
         model = self.new_model(preset)
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(path.with_suffix(".lock")):  # concurrent workers needing this model train it once
@@ -410,11 +412,11 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         return schema.merge(run_identity(spec), {"status": "failed", "status_reason": str(failure),
                             "wall_seconds": time.perf_counter() - started,
                             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}, environment())
-    test = evaluate(model.to(workspace.device), data.test, data.num_classes, workspace.device, workspace.amp)
+    # scored in float32 whatever the training precision: the deploy model is a float (or int8) model
+    test = evaluate(model.to(workspace.device), data.test, data.num_classes, workspace.device)
     # the validation speakers were trained on: no validation score
     final_fit = spec.train_config().final_fit or any(METHODS.get(c).obj.trains_on_validation for c in spec.components)
-    val = ({"ua": None, "wa": None} if final_fit
-           else evaluate(model, data.val, data.num_classes, workspace.device, workspace.amp))
+    val = ({"ua": None, "wa": None} if final_fit else evaluate(model, data.val, data.num_classes, workspace.device))
     model.to("cpu")  # latency and ONNX stay on the CPU
     frames = spec.features.frames(LATENCY_SECONDS)
     reference = latency_reference(spec, data)
@@ -435,7 +437,8 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
     scores.update(declared_scores(test, data.corpus.metrics, data.corpus.classes))
     record = schema.merge(run_identity(spec), scores, costs, method_figures, shipped, ctx.notes, {
         "status": "ok",
-        "train_device": str(workspace.device), "train_amp": workspace.amp and workspace.device.type == "cuda",
+        "train_device": str(workspace.device), "train_amp": workspace.amp,
+        "train_precision": training_precision(workspace.amp),
         "confusion": test["confusion"], "classes": data.corpus.classes,
         "headline_metric": data.corpus.headline_metric,
         "dataset_metrics": list(data.corpus.metrics),

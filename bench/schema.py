@@ -151,7 +151,8 @@ ONNX = {
 
 TRAINING = {
     "train_device": Field("str", "where training ran (`cpu`, `cuda`)"),
-    "train_amp": Field("bool", "mixed precision training"),
+    "train_amp": Field("bool", "bf16 autocast while training (`--amp`)"),
+    "train_precision": Field("str", "`fp32` or `bf16-autocast`; a cached plain model is reused only at the same precision"),
     "best_epoch": Field("int", "epoch of the best validation UA", True),
     "deployed_epoch": Field("int", "epoch whose weights are deployed", True),
     "history": Field("list", "per-epoch loss and validation scores of the training behind the deploy model"),

@@ -9,6 +9,7 @@ import inspect
 import math
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -268,10 +269,36 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that compute bf16 matmuls natively
+
+
+def native_bf16_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16). Without them oneDNN
+    emulates bf16 and autocast trains slower than float32; read from ``/proc/cpuinfo`` (False elsewhere)."""
+    try:
+        flags = set(cpuinfo.read_text(errors="replace").split())
+    except OSError:
+        return False
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def check_amp(device: torch.device | str, amp: bool) -> None:
+    """Refuse bf16 training where it would be emulated: a one-line error, not a slow run."""
+    if amp and torch.device(device).type == "cpu" and not native_bf16_cpu():
+        raise BenchError("--amp: this CPU has no native bf16 (neither AVX512-BF16 nor AMX-BF16 in /proc/cpuinfo), "
+                         "so bf16 autocast would be emulated and slower than float32; drop --amp")
+
+
+def training_precision(amp: bool) -> str:
+    """What records call the precision a model trained in."""
+    return "bf16-autocast" if amp else "fp32"
+
+
 def autocast(device: torch.device | str, amp: bool):
-    """bf16 autocast on CUDA when ``amp``; a no-op context otherwise (CPU training stays float32)."""
+    """bf16 autocast on ``device`` (CUDA or CPU) when ``amp``; a no-op context otherwise. The master
+    weights, the optimizer and the loss stay float32 (autocast runs matmuls and convolutions in bf16)."""
     device = torch.device(device)
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
 
 
 def on_device(device: torch.device | str, model: nn.Module, companions=(), extra_parameters=None) -> None:
@@ -376,7 +403,8 @@ def fit(model: nn.Module, train: Split, val: Split, num_classes: int, config: Tr
     Mixup, speed and noise draw from one generator seeded by ``seed`` (resumed like the batch order).
     ``on_epoch_end`` lets callers checkpoint; ``start_epoch`` and ``resume_state`` resume from such a
     checkpoint. ``device``: the model, ``extra_parameters`` and ``companions`` (modules ``loss_fn`` runs,
-    e.g. a teacher) move there while training and back to the CPU afterwards; ``amp``: bf16 autocast on CUDA.
+    e.g. a teacher) move there while training and back to the CPU afterwards; ``amp``: bf16 autocast
+    (:func:`autocast`) for the training steps and the per-epoch validation.
     """
     config = config.resolved(DEFAULT_RECIPE)  # the runner resolves with the trained preset's recipe first
     torch.manual_seed(seed)

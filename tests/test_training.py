@@ -181,6 +181,51 @@ def test_device_errors_are_one_line():
             resolve_device("cuda")
 
 
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    from bench.train import native_bf16_cpu
+
+    with_bf16, without = tmp_path / "with", tmp_path / "without"
+    with_bf16.write_text("flags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n")
+    without.write_text("flags\t\t: fpu sse avx2 avx512f\n")
+    assert native_bf16_cpu(with_bf16) and not native_bf16_cpu(without)
+    assert not native_bf16_cpu(tmp_path / "absent")  # not Linux: say absent, never guess
+
+
+def test_bf16_training_on_a_cpu_without_native_bf16_is_a_one_line_error(cache_dir, monkeypatch):
+    monkeypatch.setattr("bench.train.native_bf16_cpu", lambda: False)
+    with pytest.raises(BenchError, match="no native bf16.*drop --amp"):
+        Workspace(cache_dir, progress=False, device="cpu", amp=True)
+    Workspace(cache_dir, progress=False, device="cpu")  # float32 training is unaffected
+
+
+def test_bf16_cpu_training_runs_matmuls_in_bf16_keeps_float_weights_and_is_its_own_cached_model(cache_dir, monkeypatch):
+    """``--amp`` on the CPU: the model's linear layers compute in bf16 while training, its weights and the
+    deploy model stay float32, the test score is a float32 one, the record says the precision, and the
+    plain model trained this way is cached apart from the float32 one (a run never reuses the other)."""
+    monkeypatch.setattr("bench.train.native_bf16_cpu", lambda: True)  # emulated where the CPU lacks it: still correct
+    dtypes = set()
+    original = torch.nn.Linear.forward
+
+    def recording(self, x):
+        out = original(self, x)
+        if self.training:
+            dtypes.add(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", recording)
+    spec = toy_spec()
+    bf16 = execute(spec, Workspace(cache_dir, progress=False, device="cpu", amp=True))
+    assert dtypes == {torch.bfloat16}
+    assert bf16["train_precision"] == "bf16-autocast" and bf16["train_amp"] is True
+    assert bf16["ua"] > 0.6 and bf16["tiny_model_cache"] == "miss"
+    assert all(p.dtype == torch.float32 for p in bf16["_deploy_model"].parameters())
+    dtypes.clear()
+    fp32 = execute(spec, Workspace(cache_dir, progress=False, device="cpu"))
+    assert dtypes == {torch.float32} and fp32["train_precision"] == "fp32"
+    assert fp32["tiny_model_cache"] == "miss"  # trained afresh, not the bf16 model under the same settings
+    assert spec.plain_model_name("tiny") != spec.plain_model_name("tiny", amp=True)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine (the CPU path is tested above)")
 def test_cuda_training_matches_cpu_within_noise(tmp_path):
     spec = toy_spec(train=TrainConfig(epochs=6, batch_size=16, lr=3e-3))
