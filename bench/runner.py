@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -216,14 +217,39 @@ def normalize(corpus: Corpus, features: dict[str, torch.Tensor], splits: dict[st
     return normalized
 
 
+# Where a run's wall time goes: ``seconds_<phase>`` in its record (``bench.schema.TIMING`` says what each
+# covers; ``seconds_other`` is the rest).
+PHASES = tuple(name.removeprefix("seconds_") for name in schema.TIMING if name != "seconds_other")
+
+
+class PhaseTimes:
+    """Seconds per phase of one run (:data:`PHASES`)."""
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+
+    @contextmanager
+    def phase(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - started
+
+    def record(self, wall_seconds: float) -> dict:
+        fields = {f"seconds_{name}": value for name, value in self.seconds.items()}
+        return fields | {"seconds_other": max(0.0, wall_seconds - sum(self.seconds.values()))}
+
+
 class RunContext:
     """What a method sees of the run: the data, model builders and the shared trainer."""
 
-    def __init__(self, spec: RunSpec, data: FoldData, workspace: Workspace):
+    def __init__(self, spec: RunSpec, data: FoldData, workspace: Workspace, times: PhaseTimes | None = None):
         self.spec, self.data, self.workspace = spec, data, workspace
         self.fits: list[FitResult] = []
         self.reused_fits: list[FitResult] = []  # of cached plain models a method builds on (not its own training)
         self.notes: dict = {}
+        self.times = times or PhaseTimes()
 
     def new_model(self, preset: str | None = None, **overrides) -> nn.Module:
         """A freshly initialized backbone at ``preset`` (default: the run's), seeded by the run seed, with
@@ -244,11 +270,16 @@ class RunContext:
         # counted before training, while the models are on the CPU; the structure that trains is what counts
         per_epoch = training_flops_per_epoch(model, companions, self.data, config)
         path = checkpoint or run_checkpoint(self.workspace.cache_dir, self.spec.run_id, len(self.fits))
+        started = time.perf_counter()
         result, resumed_from = resumable_fit(
             model, self.data.train, self.data.val, self.data.num_classes, config, self.spec.seed, path,
             loss_fn=loss_fn, extra_parameters=extra_parameters, progress=self.workspace.progress,
             desc=desc or self.spec.method, device=self.workspace.device, amp=self.workspace.amp,
             companions=companions)
+        elapsed = time.perf_counter() - started
+        validation = min(elapsed, result.validation_seconds)  # of this attempt's epochs (a resumed fit: and earlier ones)
+        self.times.seconds["training"] += elapsed - validation
+        self.times.seconds["validation"] += validation
         if resumed_from:
             self.notes["resumed_from_epoch"] = resumed_from
         result.train_flops = None if per_epoch is None else per_epoch * result.epochs_run
@@ -340,17 +371,21 @@ def load_cached_model(path: Path, model: nn.Module) -> dict | None:
 
 
 def measure_deploy(model: nn.Module, input_dim: int, frames: int, latency: bool = True,
-                   reference: nn.Module | None = None, graph_cache: Path | None = None) -> dict:
+                   reference: nn.Module | None = None, graph_cache: Path | None = None,
+                   times: PhaseTimes | None = None) -> dict:
     """Deploy-model figures for the record, kept cheap: costs (params, MACs, FLOPs, size, peak memory)
     and 1-thread latency at LATENCY_SECONDS, timed against ``reference`` (the plain lightweight model
     of the backbone); ``bench measure`` covers runtimes, threads and durations. Without ``latency`` the
-    record is marked ``latency_deferred`` for ``bench measure``."""
-    figures = {"input_seconds": LATENCY_SECONDS, "input_frames": frames, "input_dim": input_dim,
-               **measure.cost_figures(model, input_dim, frames)}
+    record is marked ``latency_deferred`` for ``bench measure``. ``times``: where the seconds go."""
+    times = times or PhaseTimes()
+    with times.phase("costs"):
+        figures = {"input_seconds": LATENCY_SECONDS, "input_frames": frames, "input_dim": input_dim,
+                   **measure.cost_figures(model, input_dim, frames)}
     if latency:
         int8 = onnx_io.int8_graph(model)
-        macs = onnx_io.graph_macs(int8, input_dim, frames) if int8 else {"float_macs": figures["macs"]}
-        with measure.exclusive():  # one timing at a time on this machine (see ``bench measure``)
+        with times.phase("costs"):
+            macs = onnx_io.graph_macs(int8, input_dim, frames) if int8 else {"float_macs": figures["macs"]}
+        with times.phase("latency"), measure.exclusive():  # one timing at a time on this machine (``bench measure``)
             figures.update(measure.deploy_latency(model, reference, input_dim, frames, macs, graph_cache,
                                                   audio_seconds=LATENCY_SECONDS))
     else:
@@ -396,14 +431,16 @@ def run_identity(spec: RunSpec) -> dict:
 def execute(spec: RunSpec, workspace: Workspace) -> dict:
     """Run ``spec`` and return its record (not yet written), with the deploy model under ``_deploy_model``;
     a run that a method declares impossible (:class:`RunFailed`) returns a failed record without one."""
-    started = time.perf_counter()
-    data = workspace.fold_data(spec)
+    started, times = time.perf_counter(), PhaseTimes()
+    with times.phase("data"):
+        data = workspace.fold_data(spec)
     if spec.corpus_fingerprint != data.fingerprint:
         if spec.corpus_fingerprint:  # expanded by another process, and the corpus changed since
             raise BenchError(f"the {spec.dataset} corpus changed after the grid was expanded (fingerprint "
                              f"{spec.corpus_fingerprint}, now {data.fingerprint}): run the grid again")
         spec = replace(spec, corpus_fingerprint=data.fingerprint)
-    ctx = RunContext(spec, data, workspace)
+    ctx = RunContext(spec, data, workspace, times)
+    methods_started = time.perf_counter()
     try:
         model, train_params, method_figures = deploy_model(ctx)
     except RunFailed as failure:
@@ -412,20 +449,25 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         return schema.merge(run_identity(spec), {"status": "failed", "status_reason": str(failure),
                             "wall_seconds": time.perf_counter() - started,
                             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}, environment())
+    # the methods' own work: what their hooks took besides the trainings counted as they ran
+    times.seconds["methods"] += max(0.0, time.perf_counter() - methods_started - times.seconds["training"]
+                                    - times.seconds["validation"])
     # scored in float32 whatever the training precision: the deploy model is a float (or int8) model
-    test = evaluate(model.to(workspace.device), data.test, data.num_classes, workspace.device)
-    # the validation speakers were trained on: no validation score
     final_fit = spec.train_config().final_fit or any(METHODS.get(c).obj.trains_on_validation for c in spec.components)
-    val = ({"ua": None, "wa": None} if final_fit else evaluate(model, data.val, data.num_classes, workspace.device))
+    with times.phase("scoring"):
+        test = evaluate(model.to(workspace.device), data.test, data.num_classes, workspace.device)
+        # the validation speakers were trained on: no validation score
+        val = ({"ua": None, "wa": None} if final_fit else evaluate(model, data.val, data.num_classes, workspace.device))
     model.to("cpu")  # latency and ONNX stay on the CPU
     frames = spec.features.frames(LATENCY_SECONDS)
     reference = latency_reference(spec, data)
     figures = measure_deploy(model, data.input_dim, frames, not workspace.defer_latency, reference,
-                             workspace.cache_dir / "onnx-graphs")
+                             workspace.cache_dir / "onnx-graphs", times)
     # The ONNX model that ships, evaluated in ONNX Runtime; an int8 one's scores are the headline.
     shipped, shipped_test = {"onnx_status": "not exported"}, None
     if workspace.onnx_check or onnx_io.int8_graph(model) is not None:
-        shipped, shipped_test = onnx_io.shipped_figures(model, data, frames, workspace.cache_dir / "onnx-graphs")
+        with times.phase("onnx"):
+            shipped, shipped_test = onnx_io.shipped_figures(model, data, frames, workspace.cache_dir / "onnx-graphs")
     torch_ua = test["ua"]
     if shipped_test is not None:
         test = shipped_test
@@ -454,7 +496,7 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         "fit_seconds": sum(f.train_seconds for f in own_fits),  # the method's own training
         "fit_flops": _total_flops(own_fits), "reused_fit_flops": _total_flops(ctx.reused_fits),
         "reused_fit_seconds": sum(f.train_seconds for f in ctx.reused_fits),  # cached models it built on
-        "wall_seconds": time.perf_counter() - started,
+        "wall_seconds": (wall := time.perf_counter() - started), **times.record(wall),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }, environment())
     record["_deploy_model"] = model  # taken out and saved by the caller

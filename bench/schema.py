@@ -166,6 +166,21 @@ TRAINING = {
     "resumed_from_epoch": _optional("int", "the checkpoint an interrupted training resumed from"),
 }
 
+# Where the run's wall time went (``bench.runner.PhaseTimes``): they add up to ``wall_seconds``.
+TIMING = {
+    "seconds_data": Field("number", "loading, feature extraction (when not cached) and normalization of the fold"),
+    "seconds_training": Field("number", "training steps of every model trained in this run (cached plain models "
+                                        "trained here included)"),
+    "seconds_validation": Field("number", "the per-epoch validation of those trainings"),
+    "seconds_methods": Field("number", "the methods' other work: loading cached models, pruning scores, folding, "
+                                       "calibration, int8 conversion"),
+    "seconds_scoring": Field("number", "test and validation scores of the deploy model in PyTorch"),
+    "seconds_costs": Field("number", "counting parameters, MACs, FLOPs, size and peak memory"),
+    "seconds_latency": Field("number", "the interleaved latency timing (0 with `--defer-latency`)"),
+    "seconds_onnx": Field("number", "ONNX export of the shipped model and its check in ONNX Runtime"),
+    "seconds_other": Field("number", "the rest of `wall_seconds` (record assembly, model building)"),
+}
+
 # Fields whose names follow a pattern: (regular expression, field)
 PATTERNS = [
     (r"[a-z0-9]+_model_cache", _optional("str", "`hit` or `miss`: whether the plain model of that preset was reused")),
@@ -196,7 +211,7 @@ def harness_fields() -> dict[str, Field]:
     return {**IDENTITY, **OUTCOME,
             **_dataclass_fields("train_", TrainConfig, "training setting `{name}` as asked (null: the preset's recipe)"),
             **_dataclass_fields("features_", FeatureConfig, "front-end setting `{name}`"),
-            **SCORES, **DATA, **COSTS, **LATENCY, **ONNX, **TRAINING, **env}
+            **SCORES, **DATA, **COSTS, **LATENCY, **ONNX, **TRAINING, **TIMING, **env}
 
 
 def method_fields(method: str) -> dict[str, str]:
@@ -262,7 +277,8 @@ def reference() -> str:
     load_builtin_plugins()
     sections = [("Identity: which run it is", IDENTITY), ("Outcome", OUTCOME),
                 ("Test and validation scores", SCORES), ("Data", DATA), ("Costs of the deploy model", COSTS),
-                ("Latency (in-run, 1 thread)", LATENCY), ("ONNX", ONNX), ("Training", TRAINING)]
+                ("Latency (in-run, 1 thread)", LATENCY), ("ONNX", ONNX), ("Training", TRAINING),
+                ("Where the wall time went", TIMING)]
     harness = harness_fields()
     named = {n for _, section in sections for n in section}
     rest = {n: f for n, f in harness.items() if n not in named}

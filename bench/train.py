@@ -377,9 +377,15 @@ class FitResult:
     epochs_run: int
     train_seconds: float
     # per epoch: epoch, train_loss, val_loss, val_ua (both None: final fit), lr (at the epoch's end), seconds
+    # (the epoch's, validation included) and val_seconds (its validation's)
     history: list[dict]
     deployed_epoch: int | None = None  # whose weights the model kept (None: cached before this was recorded)
     train_flops: int | None = None  # estimated (``bench.runner.training_flops_per_epoch``); None: cached before
+
+    @property
+    def validation_seconds(self) -> float:
+        """Of ``train_seconds``, the time spent evaluating the validation split after each epoch."""
+        return sum(entry.get("val_seconds") or 0.0 for entry in self.history)
 
 
 def fit(model: nn.Module, train: Split, val: Split, num_classes: int, config: TrainConfig, seed: int,
@@ -456,10 +462,12 @@ def fit(model: nn.Module, train: Split, val: Split, num_classes: int, config: Tr
             scheduler.step()
             total_loss += loss.item() * len(labels)
         # a final fit has no validation split left: the last epoch is the one kept
+        validation_started = time.perf_counter()
         validation = {"loss": None, "ua": None} if config.final_fit else evaluate(model, val, num_classes, device, amp)
         state["history"].append({"epoch": epoch + 1, "train_loss": total_loss / len(train),
                                  "val_loss": validation["loss"], "val_ua": validation["ua"], "lr": optimizer.param_groups[0]["lr"],
-                                 "seconds": time.perf_counter() - epoch_started})
+                                 "seconds": time.perf_counter() - epoch_started,
+                                 "val_seconds": time.perf_counter() - validation_started})
         if config.final_fit:
             state.update(best_ua=None, best_epoch=epoch + 1)
             bar.set_postfix(loss=f"{total_loss / len(train):.3f}")

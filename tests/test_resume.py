@@ -58,7 +58,7 @@ def train(context: RunContext, path: Path, **options):
 
 
 def untimed(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+    return [{k: v for k, v in h.items() if k not in ("seconds", "val_seconds")} for h in history]
 
 
 def test_training_interrupted_mid_epoch_resumes_to_the_uninterrupted_result(context, tmp_path):

@@ -129,7 +129,7 @@ def test_history_has_every_epoch_and_early_stopping_shortens_it(cache_dir):
     history = record["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     for h in history:
-        assert set(h) == {"epoch", "train_loss", "val_loss", "val_ua", "lr", "seconds"}
+        assert set(h) == {"epoch", "train_loss", "val_loss", "val_ua", "lr", "seconds", "val_seconds"}
         assert h["train_loss"] > 0 and h["val_loss"] > 0 and 0 <= h["val_ua"] <= 1 and h["seconds"] > 0
     assert history[-1]["lr"] < history[1]["lr"]  # cosine decay
     assert max(h["val_ua"] for h in history) == history[record["best_epoch"] - 1]["val_ua"]
@@ -251,3 +251,24 @@ def test_a_presets_architecture_is_part_of_the_run_identity(cache_dir, monkeypat
     assert record["architecture"] == presets["tiny"] and record["architecture"]["d_model"] == 48
     assert record["teacher_architecture"] is None
     assert record["_deploy_model"].final_norm.normalized_shape == (48,)  # built from the edited preset
+
+
+def test_a_records_wall_time_is_split_into_its_phases(cache_dir):
+    """Every second of a run is accounted for: the phases add up to ``wall_seconds``, each measured where
+    it happens (a fresh plain model trains here, so training and validation are this run's)."""
+    from bench.runner import PHASES
+
+    record = execute(toy_spec(train=TrainConfig(epochs=2, batch_size=16)), Workspace(cache_dir / "fresh", progress=False))
+    phases = {name: record[f"seconds_{name}"] for name in PHASES}
+    assert abs(sum(phases.values()) + record["seconds_other"] - record["wall_seconds"]) < 1e-6
+    workspace_checks_onnx = Workspace(cache_dir, progress=False).onnx_check  # the tests turn the check off
+    assert (phases.pop("onnx") > 0) == workspace_checks_onnx
+    assert all(value > 0 for value in phases.values()), phases  # every other phase ran in this run
+    assert record["seconds_other"] < 0.2 * record["wall_seconds"]
+    validation = sum(entry["val_seconds"] for entry in record["history"])
+    assert phases["validation"] == pytest.approx(validation, rel=1e-6)
+    assert phases["training"] + phases["validation"] == pytest.approx(record["fit_seconds"], rel=0.05, abs=0.05)
+    deferred = execute(toy_spec(train=TrainConfig(epochs=2, batch_size=16)),
+                       Workspace(cache_dir / "fresh", progress=False, defer_latency=True))
+    assert deferred["seconds_latency"] == 0 and deferred["seconds_training"] == 0  # the cached model: nothing trains
+    assert deferred["seconds_methods"] > 0  # loading it
