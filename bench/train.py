@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from scipy.special import betaincinv
 from torch import nn
-from torchaudio.transforms import FrequencyMasking, TimeMasking
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
@@ -140,21 +139,33 @@ MASK_FRACTION = 0.2  # a time mask covers at most this share of its utterance (S
 def spec_augment(feats: torch.Tensor, lengths: torch.Tensor, config: TrainConfig) -> torch.Tensor:
     """SpecAugment on a padded batch ``(B, T, F)``: each utterance gets its own frequency and time masks
     (filled with 0, the normalized features' mean), drawn within its own length, so that no mask falls
-    on padding and a time mask never covers more than a fifth of the utterance. Returns a new tensor."""
+    on padding and a time mask never covers more than a fifth of the utterance. Returns a new tensor.
+
+    Each mask is drawn as torchaudio's ``mask_along_axis`` draws it (width ``floor(u * W)``, start
+    ``floor(u' * (size - u * W))``, with ``W`` capped at a fifth of the size), for the whole batch at once:
+    one loop over utterances and masks cost a third of a small model's training step."""
     if not (config.freq_masks and config.freq_mask_width) and not (config.time_masks and config.time_mask_width):
         return feats
+    batch, frames, bins = feats.shape
     # A frequency mask covers at most a fifth of the bins too (12 of 80 log-mel bins: up to 12; 16 features: 3).
-    freq = FrequencyMasking(min(config.freq_mask_width or 0, int(MASK_FRACTION * feats.shape[2])))
-    time = TimeMasking(config.time_mask_width or 0, p=MASK_FRACTION)
-    out = feats.clone()
-    for row, length in zip(out, lengths.tolist()):
-        view = row[:length].T  # (F, length): torchaudio masks the last two axes (freq, time)
-        for _ in range(config.freq_masks or 0):
-            view = freq(view)
-        for _ in range(config.time_masks or 0):
-            view = time(view)
-        row[:length] = view.T
-    return out
+    freq_width = torch.full((batch,), float(min(config.freq_mask_width or 0, int(MASK_FRACTION * bins))))
+    time_width = (MASK_FRACTION * lengths.float()).floor().clamp(max=float(config.time_mask_width or 0))
+    masked_bins = _masks(config.freq_masks or 0, freq_width, torch.full((batch,), float(bins)), bins)
+    masked_frames = _masks(config.time_masks or 0, time_width, lengths.float(), frames)
+    inside = torch.arange(frames) < lengths[:, None]  # (B, T): frequency masks stop where the utterance ends
+    return feats.masked_fill((masked_frames[:, :, None] | masked_bins[:, None, :]) & inside[:, :, None], 0.0)
+
+
+def _masks(count: int, widths: torch.Tensor, sizes: torch.Tensor, axis: int) -> torch.Tensor:
+    """``(B, axis)`` union of ``count`` masks per row, each of width ``floor(u * widths)`` starting at
+    ``floor(u' * (sizes - u * widths))`` (``u, u'`` uniform in [0, 1)): inside ``[0, sizes)``."""
+    if not count:
+        return torch.zeros(len(widths), axis, dtype=torch.bool)
+    value = torch.rand(len(widths), count) * widths[:, None]
+    start = (torch.rand(len(widths), count) * (sizes[:, None] - value)).long()
+    end = start + value.long()
+    index = torch.arange(axis)
+    return ((index >= start[..., None]) & (index < end[..., None])).any(1)
 
 
 def augment_generator(seed: int) -> torch.Generator:

@@ -99,6 +99,33 @@ def test_spec_augment_masks_only_inside_each_utterance_and_changes_it():
     assert torch.equal(spec_augment(feats, lengths, no_masks), feats)
 
 
+def test_spec_augment_masks_as_much_as_torchaudios_masking_does():
+    """The batched masks follow torchaudio's draws: over many utterances the share of masked frames and
+    bins matches ``FrequencyMasking`` and ``TimeMasking(p=0.2)`` applied one utterance at a time."""
+    from torchaudio.transforms import FrequencyMasking, TimeMasking
+
+    torch.manual_seed(0)
+    config = TrainConfig(freq_masks=2, freq_mask_width=12, time_masks=2, time_mask_width=40)
+    lengths = torch.randint(60, 400, (3000,))
+    feats = torch.ones(len(lengths), 400, 80)
+    ours = spec_augment(feats, lengths, config) == 0
+    freq, time = FrequencyMasking(12), TimeMasking(40, p=MASK_FRACTION)
+    reference_frames, reference_bins, frames, bins = [], [], [], []
+    for row, n in zip(ours, lengths.tolist()):
+        view = torch.ones(80, n)
+        for _ in range(2):
+            view = freq(view)
+        for _ in range(2):
+            view = time(view)
+        reference_frames.append((view == 0).all(0).float().mean())
+        reference_bins.append((view == 0).all(1).float().mean())
+        frames.append(row[:n].all(1).float().mean())
+        bins.append(row[:n].all(0).float().mean())
+    for mine, theirs in ((frames, reference_frames), (bins, reference_bins)):
+        mine, theirs = torch.stack(mine).mean().item(), torch.stack(theirs).mean().item()
+        assert theirs > 0.05 and abs(mine - theirs) < 0.05 * theirs, (mine, theirs)
+
+
 def test_recipe_reaches_the_model_the_trainer_and_the_record(cache_dir):
     spec = toy_spec(method="kd", train=TrainConfig(epochs=2, batch_size=16, lr=3e-3), teacher_preset="lightweight")
     record = execute(spec, Workspace(cache_dir, progress=False))
