@@ -17,8 +17,8 @@ import importlib
 import sys
 import types
 
-__all__ = ["run", "load_runs", "load_summary", "report", "list_methods", "list_backbones", "list_datasets",
-           "load_model", "BenchError"]
+__all__ = ["run", "plan", "tune", "load_runs", "load_summary", "report", "list_methods", "list_backbones",
+           "list_datasets", "load_model", "BenchError"]
 
 
 def __getattr__(name: str):
@@ -40,9 +40,9 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """Importing a submodule sets it as an attribute of its package; this keeps the API function
-    ``bench.report`` from being replaced by the module ``bench.report`` (``from bench.report import ...``
-    still gets the module)."""
+    """Importing a submodule sets it as an attribute of its package; this keeps the API functions
+    ``bench.report`` and ``bench.tune`` from being replaced by the modules of the same names (``from
+    bench.report import ...`` still gets the module)."""
 
     def __setattr__(self, name: str, value) -> None:
         if name in __all__ and isinstance(value, types.ModuleType):

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from bench.executors import Execution
     from bench.report import Report
+    from bench.tune import TuneResult
 
 LIST_AXES = ("methods", "backbones", "presets", "datasets")
 INT_AXES = ("folds", "seeds")
@@ -185,6 +186,17 @@ def report(results_dir: str | Path = "results", reports_dir: str | Path = "repor
     from bench.report import build_report
 
     return build_report(Path(results_dir), Path(reports_dir), light_preset, large_preset, seed)
+
+
+def tune(method: str, backbone: str = "convtransformer", preset: str = "lightweight", dataset: str = "embedded",
+         params: Any = (), **options: Any) -> TuneResult:
+    """Search ``method``'s parameters with Optuna on validation splits, then re-run the best setting on the
+    test folds (``bench tune``): ``params`` like ``["expansion_ratio=1:8"]``, options as the command's
+    (``trials``, ``objectives``, ``folds``, ``seeds``, ``epochs``, ``storage``, ``results_dir``, ``device``...).
+    Returns the study, its trials table, the best trials and the test-fold records."""
+    from bench.tune import tune as tune_study
+
+    return tune_study(method, backbone, preset, dataset, params, **options)
 
 
 def list_methods() -> list[str]:

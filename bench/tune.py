@@ -44,7 +44,9 @@ COSTS = {"macs": "macs", "latency": "latency_ratio"}
 
 class _HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     """Optuna's journal storage has no heartbeat; this one keeps it as a trial system attribute, so
-    that trials of killed workers on shared file systems are failed and retried as with RDB storages."""
+    that trials of killed workers on shared file systems are failed and retried as with RDB storages.
+    ``BaseHeartbeat`` is the one private name used: Optuna (5.0) exports no other way for a storage to
+    take part in ``fail_stale_trials``, and pyproject pins the minor it is tested with."""
 
     def __init__(self, backend: JournalFileBackend, heartbeat_interval: int, callback):
         super().__init__(backend)
@@ -56,7 +58,8 @@ class _HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.time()
         running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        return [t._trial_id for t in running if now - t.system_attrs.get("heartbeat", now) > self.grace_period]
+        return [self.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in running
+                if now - t.system_attrs.get("heartbeat", now) > self.grace_period]
 
     def get_heartbeat_interval(self) -> int:
         return self.heartbeat_interval
@@ -363,13 +366,80 @@ def plot_value(table: pd.DataFrame, column: str, label: str, path: Path, log: bo
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars or per-trial lines")
+@click.option("--device", default="auto", show_default=True,
+              help="training device of trials and final runs: auto (CUDA when present), cpu, cuda, cuda:N")
+@click.option("--amp", is_flag=True, help="bf16 autocast while training (CUDA, or a CPU with native bf16)")
 def tune_command(method, backbone, preset, dataset, params, trials, objectives, folds, test_folds, seeds, epochs,
                  batch_size, lr, teacher_preset, storage, study_name, heartbeat, max_retry, dataset_params,
-                 data_roots, results_dir, cache_dir, quiet, total_trials) -> None:
+                 data_roots, results_dir, cache_dir, quiet, total_trials, device, amp) -> None:
     """Search a method's parameters with Optuna, then re-run the best setting on the test folds."""
-    from bench.grid import make_grid, run_grid
     from bench.summary import print_summary
 
+    result = tune(method, backbone, preset, dataset, params, trials=trials, total_trials=total_trials,
+                  objectives=objectives, folds=folds, test_folds=test_folds, seeds=seeds, epochs=epochs,
+                  batch_size=batch_size, lr=lr, teacher_preset=teacher_preset, storage=storage,
+                  study_name=study_name, heartbeat=heartbeat, max_retry=max_retry, dataset_params=dataset_params,
+                  data_roots=data_roots, results_dir=results_dir, cache_dir=cache_dir, progress=not quiet,
+                  device=device, amp=amp, echo=None if quiet else click.echo)
+    for trial in result.best:
+        click.echo(f"best trial {trial.number}: validation {', '.join(f'{v:.4f}' for v in trial.values)} "
+                   f"with {trial.params}")
+    print_summary(result.records)
+    click.echo(f"trials: {result.trials_csv}  study: {result.study_name} in {result.storage}  "
+               f"records: {RecordStore(results_dir).records_dir}")
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune` did: the study, its trials as a table, the best trials (the Pareto front for
+    two objectives) and the records of their re-runs on the test folds."""
+
+    study: optuna.Study
+    study_name: str
+    storage: str
+    trials: pd.DataFrame
+    trials_csv: Path
+    best: list[optuna.trial.FrozenTrial]
+    records: list[dict]
+
+
+def _items(value) -> tuple[str, ...]:
+    """``--param``-style arguments from the API: one string, or an iterable of strings."""
+    return (value,) if isinstance(value, str) else tuple(value or ())
+
+
+def _numbers(value, what: str) -> str:
+    """Folds or seeds from the API: ``"1,2"``, ``"1-5"``, an int or a list of ints."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    try:
+        return ",".join(str(int(v)) for v in value)
+    except (TypeError, ValueError):
+        raise BenchError(f"bad {what} {value!r}: use integers like [1, 2] or a string like 1-5") from None
+
+
+def tune(method: str, backbone: str = "convtransformer", preset: str = "lightweight", dataset: str = "embedded",
+         params=(), *, trials: int = 20, total_trials: int | None = None, objectives: str = "ua",
+         folds="1,2", test_folds=None, seeds="0", epochs: int | None = None, batch_size: int | None = None,
+         lr: float | None = None, teacher_preset: str = "large", storage: str | None = None,
+         study_name: str | None = None, heartbeat: int = 60, max_retry: int = 3, dataset_params=(),
+         data_roots=(), results_dir: str | Path = "results", cache_dir: str | Path | None = None,
+         progress: bool = True, device: str = "auto", amp: bool = False, echo=None) -> TuneResult:
+    """Search ``method``'s parameters with Optuna on validation splits, then re-run the best setting on the
+    test folds (``bench tune``; the same arguments, ``params`` as ``["expansion_ratio=1:8", ...]``). Trials
+    train and score through ``bench run``'s path: the same device, the corpus fingerprint that names the
+    cached plain models, the int8 graph for ``+quant`` and the latency ratio for a latency objective.
+    ``echo``: called with one line per finished trial (None: silent)."""
+    from bench.grid import make_grid, run_grid
+
+    results_dir = Path(results_dir)
+    folds, seeds = _numbers(folds, "folds"), _numbers(seeds, "seeds")
+    test_folds = None if test_folds is None else _numbers(test_folds, "test folds")
+    params, dataset_params, data_roots = _items(params), _items(dataset_params), _items(data_roots)
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise BenchError(f"bad trials {trials!r}: a whole number >= 1")
     # Everything is validated (and the data loaded) before the storage is opened or a study created.
     components = method.split("+")
     for component in components:
@@ -400,20 +470,20 @@ def tune_command(method, backbone, preset, dataset, params, trials, objectives, 
                           teacher_preset=teacher_preset)
     store = RecordStore(results_dir)
     store.check_writable()
-    cache = cache_dir or default_cache_dir()
-    workspace = Workspace(cache, grid_values["data_roots"], progress=not quiet)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    workspace = Workspace(cache, grid_values["data_roots"], progress=progress, device=device, amp=amp)
     for fold in setting.folds:
         workspace.fold_data(setting.spec(fold, {}))
-    url = storage or f"sqlite:///{(Path(results_dir) / 'optuna.db').resolve()}"
+    url = storage or f"sqlite:///{(results_dir / 'optuna.db').resolve()}"
     name = study_name or f"{method}-{backbone}-{preset}-{dataset}"
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(make_storage(url, heartbeat, max_retry), name, setting, space)
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if not quiet:
+        if echo is not None:
             values = ", ".join(f"{v:.4g}" for v in trial.values or [])
-            click.echo(f"trial {trial.number} {trial.state.name} {values} {trial.params}")
+            echo(f"trial {trial.number} {trial.state.name} {values} {trial.params}")
 
     objective = make_objective(setting, space, workspace)
     if total_trials:  # workers on one study stop together at exactly this many complete trials
@@ -422,7 +492,7 @@ def tune_command(method, backbone, preset, dataset, params, trials, objectives, 
         study.optimize(objective, n_trials=trials, callbacks=[report])
 
     table = trials_table(study, space)
-    out = Path(results_dir) / "tune"
+    out = results_dir / "tune"
     atomic_write_text(out / f"{name}.csv", table.to_csv(index=False))
     for p in space:
         limits = None if p.kind == "categorical" else (p.low, p.high)
@@ -439,10 +509,7 @@ def tune_command(method, backbone, preset, dataset, params, trials, objectives, 
         searched: dict = {}
         for key, value in trial.params.items():
             searched.setdefault(by_key[key].component, {})[by_key[key].name] = value
-        click.echo(f"best trial {trial.number}: validation {', '.join(f'{v:.4f}' for v in trial.values)} "
-                   f"with {trial.params}")
         method_params = {c: dict(fixed.get(c, {})) | searched.get(c, {}) for c in components}
         grid = make_grid(grid_values | {"method_params": {c: p for c, p in method_params.items() if p}})
-        records += run_grid(grid, store, cache, progress=not quiet)
-    print_summary(records)
-    click.echo(f"trials: {out / f'{name}.csv'}  study: {name} in {url}  records: {store.records_dir}")
+        records += run_grid(grid, store, cache, progress=progress, device=device, amp=amp)
+    return TuneResult(study, name, url, table, out / f"{name}.csv", best, records)

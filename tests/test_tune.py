@@ -184,3 +184,30 @@ def test_a_study_whose_latency_objective_was_milliseconds_is_not_extended(result
     study.set_user_attr("setting", older)  # as such a study was stored
     result = tune(*args)
     assert result.exit_code == 2 and "was created with other settings (latency_objective=None)" in result.stderr
+
+
+def test_python_api_tunes_kd_on_the_run_device_and_reruns_the_best_setting(results, monkeypatch):
+    """``bench.tune`` is ``bench tune``: a kd study (the large model trained once, reused by every trial
+    and the final runs), trials trained on the device ``bench run`` would use, the best setting re-run
+    and recorded on the test folds."""
+    import bench
+    import bench.runner
+
+    devices = []
+    original = bench.runner.Workspace.__init__
+
+    def spying(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        devices.append(self.device.type)
+
+    monkeypatch.setattr(bench.runner.Workspace, "__init__", spying)
+    result = bench.tune("kd", "convtransformer", "tiny", "toy", ["temperature=1:8"], trials=2, folds=[1],
+                        seeds=0, epochs=1, teacher_preset="lightweight", results_dir=results, progress=False)
+    assert isinstance(result.study, optuna.Study) and len(result.study.trials) == 2
+    assert list(result.trials["trial"]) == [0, 1] and result.trials_csv.exists()
+    assert [r["method"] for r in result.records] == ["kd"] and result.records[0]["status"] == "ok"
+    assert result.records[0]["kd_temperature"] == pytest.approx(result.best[0].params["temperature"])
+    assert result.records[0]["lightweight_model_cache"] == "hit"  # the teacher the trials trained, reused
+    assert set(devices) == {bench.train.resolve_device("auto").type}  # trials and final runs: bench run's default
+    with pytest.raises(bench.BenchError, match="bad folds"):
+        bench.tune("kd", "convtransformer", "tiny", "toy", ["temperature=1:8"], folds=["x"], results_dir=results)
