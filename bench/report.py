@@ -20,7 +20,8 @@ from bench import plots, stats
 from bench.registry import BACKBONES, BenchError
 from bench.results import RecordStore, atomic_write_text
 from bench.summary import (KEYS, LABELS, METRICS, MISSING, classical_references, count, is_true, milliseconds,
-                           percent, runs_frame, signed_points, size, summary_table, to_latex, to_markdown, to_terminal)
+                           multiple, percent, runs_frame, signed_points, size, summary_table, to_latex, to_markdown,
+                           to_terminal)
 
 MAX_EXTRA_ROWS = 200  # rows shown per extra measurement table; the file keeps them all
 MAX_NAMED_FAILURES = 5  # failed runs named in the note; the tables under the leaderboards list them all
@@ -94,6 +95,11 @@ def board_columns(rows: pd.DataFrame, headline: str) -> list[tuple[str, str, str
                                                       "envelope of the runs' intervals)"),
                 ("latency_min_ms", "min ms", "num", "minimum latency, 5 s input, 1 thread"),
                 ("latency_ms", "median ms", "num", "median latency, 5 s input, 1 thread: typical, but drifts with the machine")]
+    columns += [("train_x", "train ×", "num", "training FLOPs of everything trained for the run (the method's own "
+                                              "training and the cached models it built on, e.g. a teacher) as a "
+                                              "multiple of the plain lightweight model's; under it the multiples of "
+                                              "training seconds and of peak training memory")] \
+        if rows["train_flops_x"].notna().any() else []
     columns += [("runs", "runs", "num", "runs averaged (folds x seeds)")]
     columns += [("failed", "failed", "num", "runs that could not run: listed under the table, never averaged")] if has_failed else []
     columns += [("details", "details", "text", "per-run details and learning curves")]
@@ -143,6 +149,10 @@ def leaderboard(dataset: str, rows: pd.DataFrame, runs: pd.DataFrame, curves: se
                  "latency_ratio": ratio,
                  "latency_min_ms": _num(milliseconds(row["latency_min_ms"]), row["latency_min_ms"]),
                  "latency_ms": _num(milliseconds(row["latency_ms"]), row["latency_ms"]),
+                 "train_x": dict(_num(multiple(row["train_flops_x"]), row["train_flops_x"]),
+                                 sub=" · ".join(f"{multiple(row[c])} {what}" for c, what in
+                                                (("train_seconds_x", "time"), ("train_memory_x", "memory"))
+                                                if not math.isnan(row[c]))),
                  "runs": _num(str(row["runs"]), row["runs"], title=f"{row['folds']} folds x {row['seeds']} seeds"),
                  "failed": _num(_whole(failed), failed, cls="num" + (" bad" if failed > 0 else ""))}
         cells.update({m: _num(percent(row[f"{m}_mean"], row[f"{m}_std"]), row[f"{m}_mean"]) for m in METRICS})

@@ -31,7 +31,8 @@ from bench.metrics import declared_scores
 from bench.models import build_backbone, preset_config, recipe
 from bench.registry import DATASETS, METHODS, BenchError
 from bench.results import run_id
-from bench.train import FitResult, Split, TrainConfig, check_amp, evaluate, resolve_device, training_precision
+from bench.train import (FitResult, Split, TrainConfig, TrainingMemory, check_amp, evaluate, resolve_device,
+                         training_precision)
 
 log = logging.getLogger("bench")
 LATENCY_SECONDS = 5.0  # input duration for MACs and latency in run records
@@ -270,12 +271,15 @@ class RunContext:
         # counted before training, while the models are on the CPU; the structure that trains is what counts
         per_epoch = training_flops_per_epoch(model, companions, self.data, config)
         path = checkpoint or run_checkpoint(self.workspace.cache_dir, self.spec.run_id, len(self.fits))
+        trim_heap()  # memory earlier work freed is not reused unseen by this training's peak
         started = time.perf_counter()
-        result, resumed_from = resumable_fit(
-            model, self.data.train, self.data.val, self.data.num_classes, config, self.spec.seed, path,
-            loss_fn=loss_fn, extra_parameters=extra_parameters, progress=self.workspace.progress,
-            desc=desc or self.spec.method, device=self.workspace.device, amp=self.workspace.amp,
-            companions=companions)
+        with TrainingMemory(self.workspace.device) as memory:
+            result, resumed_from = resumable_fit(
+                model, self.data.train, self.data.val, self.data.num_classes, config, self.spec.seed, path,
+                loss_fn=loss_fn, extra_parameters=extra_parameters, progress=self.workspace.progress,
+                desc=desc or self.spec.method, device=self.workspace.device, amp=self.workspace.amp,
+                companions=companions)
+        result.peak_memory_bytes, result.peak_memory_how = memory.bytes, memory.how
         elapsed = time.perf_counter() - started
         validation = min(elapsed, result.validation_seconds)  # of this attempt's epochs (a resumed fit: and earlier ones)
         self.times.seconds["training"] += elapsed - validation
@@ -495,12 +499,22 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         "history": ctx.fits[-1].history if ctx.fits else [],  # the training that produced the deploy model
         "fit_seconds": sum(f.train_seconds for f in own_fits),  # the method's own training
         "fit_flops": _total_flops(own_fits), "reused_fit_flops": _total_flops(ctx.reused_fits),
+        **_peak_memory(own_fits),
         "reused_fit_seconds": sum(f.train_seconds for f in ctx.reused_fits),  # cached models it built on
         "wall_seconds": (wall := time.perf_counter() - started), **times.record(wall),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }, environment())
     record["_deploy_model"] = model  # taken out and saved by the caller
     return record
+
+
+def _peak_memory(fits: list[FitResult]) -> dict:
+    """The largest peak memory of the method's own trainings (None when one was not measured: cached
+    before this was recorded, or not measurable here) and how it was measured."""
+    values = [f.peak_memory_bytes for f in fits]
+    known = bool(values) and all(v is not None for v in values)
+    return {"train_peak_memory_bytes": max(values) if known else None,
+            "train_peak_memory_how": fits[-1].peak_memory_how if known else None}
 
 
 def latency_reference(spec: RunSpec, data: FoldData) -> nn.Module:
@@ -522,6 +536,11 @@ def release_memory() -> None:
     this the heap kept every run's freed tensors and a 40-run EmoDB grid grew from 1.2 GB to 2.4 GB
     resident; trimmed after every run it stays at 0.84-0.91 GB (README, "Running at scale")."""
     gc.collect()  # models in reference cycles (hooks, pruning graphs) go first
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Return the heap's free memory to the system (glibc ``malloc_trim``; elsewhere nothing to do)."""
     try:
         ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
     except (OSError, AttributeError, TypeError):  # not glibc: nothing to trim

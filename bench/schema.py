@@ -163,6 +163,10 @@ TRAINING = {
                     "(null: not countable)", True),
     "reused_fit_flops": Field("int", "the same for the cached models it built on (null: cached before they were counted)",
                            True),
+    "train_peak_memory_bytes": Field("int", "peak memory of the method's own training above what the process held "
+                                            "before it (null: trained by a cached model only, or not measurable)", True),
+    "train_peak_memory_how": Field("str", "`process peak RSS above its start` (Linux CPU) or `cuda allocator peak`",
+                                   True),
     "resumed_from_epoch": _optional("int", "the checkpoint an interrupted training resumed from"),
 }
 

@@ -28,6 +28,9 @@ COSTS = ["params", "train_params", "macs", "flops", "size_bytes", "latency_ms", 
 LABELS = {"wa": "WA", "ua": "UA", "macro_f1": "F1", "weighted_f1": "wF1", "params": "params",
           "train_params": "train params", "macs": "MACs", "flops": "FLOPs", "size_bytes": "size",
           "latency_ms": "latency ms", "latency_p90_ms": "p90 ms"}
+# Training cost per run (means in the summary), and as multiples of the plain lightweight model's own training
+TRAINING_COSTS = ["fit_flops", "reused_fit_flops", "fit_seconds", "reused_fit_seconds", "train_peak_memory_bytes"]
+TRAINING_MULTIPLES = ["train_flops_x", "train_seconds_x", "train_memory_x"]
 NESTED = ("method_params", "dataset_params", "confusion", "classes", "skipped")
 BASELINE = "baseline"
 MISSING = "—"
@@ -93,7 +96,7 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
     for column in ["run_id", "dataset", "backbone", "method", "preset", "headline_metric"]:
         if column not in frame:
             frame[column] = None
-    for column in ["fold", "seed", *METRICS, *COSTS]:
+    for column in ["fold", "seed", *METRICS, *COSTS, *TRAINING_COSTS]:
         frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else np.nan
     frame[["dataset", "backbone", "method", "preset"]] = frame[["dataset", "backbone", "method", "preset"]].fillna(MISSING)
     frame["status"] = frame["status"].fillna(OK) if "status" in frame else OK
@@ -157,6 +160,7 @@ def summary_table(runs: pd.DataFrame, light_preset: str = "lightweight", large_p
     ``warning`` (see ``large_model_warnings``). Sorted by dataset, then headline mean, best first."""
     metrics = metric_columns(runs)
     columns = [*KEYS, "role", "headline_metric", *(f"{m}_{s}" for m in metrics for s in ("mean", "std")), *COSTS,
+               *TRAINING_COSTS, *TRAINING_MULTIPLES,
                "runs", "folds", "seeds", "failed", *(f"{r}_{m}" for r in ("light", "large") for m in metrics),
                *stats.COMPARISON_COLUMNS, "large_pairs", "warning", "headline_mean", "headline_std", "run_ids"]
     if runs.empty:
@@ -169,7 +173,7 @@ def summary_table(runs: pd.DataFrame, light_preset: str = "lightweight", large_p
                    teacher_preset=teacher.iloc[0] if len(teacher) else None)
         for metric in metrics:
             row[f"{metric}_mean"], row[f"{metric}_std"] = _complete_mean(done[metric]), _complete_std(done[metric])
-        row.update({cost: _complete_mean(done[cost]) for cost in COSTS})
+        row.update({cost: _complete_mean(done[cost]) for cost in COSTS + TRAINING_COSTS})
         row.update(runs=len(done), folds=done["fold"].nunique(), seeds=done["seed"].nunique(),
                    failed=len(group) - len(done), run_ids=" ".join(done["run_id"].astype(str)))
         rows.append(row)
@@ -184,6 +188,7 @@ def summary_table(runs: pd.DataFrame, light_preset: str = "lightweight", large_p
             table[f"{role}_{metric}"] = np.where(is_reference & table[f"{metric}_mean"].notna(), 0.0,
                                                  paired[metric].to_numpy(dtype=float))
     table = table.drop(columns="light_pairs")  # the headline's light pairs are ``pairs`` of the comparison
+    table = table.assign(**training_multiples(table, light_preset))
     comparison = stats.compare(runs, light_preset, seed=seed)
     table = table.merge(comparison, on=KEYS, how="left") if len(comparison) else \
         table.assign(**{c: np.nan for c in stats.COMPARISON_COLUMNS})
@@ -194,6 +199,27 @@ def summary_table(runs: pd.DataFrame, light_preset: str = "lightweight", large_p
     table = table.sort_values(["dataset", "headline_mean", *KEYS[1:]], ascending=[True, False] + [True] * 5,
                               na_position="last", kind="stable")
     return table[columns].reset_index(drop=True)
+
+
+def training_multiples(table: pd.DataFrame, light_preset: str = "lightweight") -> dict[str, np.ndarray]:
+    """Per summary row, its training cost as a multiple of the plain ``light_preset`` baseline's own
+    training on the same dataset, backbone and settings: FLOPs and seconds of everything trained for the
+    run (the method's own training plus the cached models it built on, e.g. kd's teacher), and its own
+    training's peak memory. NaN where either side lacks the figure."""
+    light = table[(table["method"] == BASELINE) & (table["preset"] == light_preset)]
+    light = light.drop_duplicates(["dataset", "backbone", "settings"]).set_index(["dataset", "backbone", "settings"])
+    where = pd.MultiIndex.from_frame(table[["dataset", "backbone", "settings"]])
+
+    def reference(column: str) -> np.ndarray:
+        values = light[column].reindex(where).to_numpy(dtype=float)
+        return np.where(values > 0, values, np.nan)
+
+    own_flops, own_seconds = table["fit_flops"].to_numpy(dtype=float), table["fit_seconds"].to_numpy(dtype=float)
+    return {"train_flops_x": (own_flops + table["reused_fit_flops"].to_numpy(dtype=float)) / reference("fit_flops"),
+            "train_seconds_x": (own_seconds + table["reused_fit_seconds"].to_numpy(dtype=float))
+            / reference("fit_seconds"),
+            "train_memory_x": table["train_peak_memory_bytes"].to_numpy(dtype=float)
+            / reference("train_peak_memory_bytes")}
 
 
 def starts_from_large_model(method: str, teacher_preset) -> bool:
@@ -343,7 +369,8 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
                                                                                  row["large_pairs"])}
         cells.update({LABELS[m]: percent(row[f"{m}_mean"]) for m in METRICS if m != headline})
         cells.update({"params": count(row["params"]), "MACs": count(row["macs"]),
-                      "latency ms": milliseconds(row["latency_ms"]), "runs": str(row["runs"]),
+                      "latency ms": milliseconds(row["latency_ms"]),
+                      "train ×": multiple(row.get("train_flops_x")), "runs": str(row["runs"]),
                       "failed": str(row["failed"]), "warning": row["warning"]})
         rows.append(cells)
     table = pd.DataFrame(rows)
@@ -353,6 +380,11 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
     if "failed" in table and (table["failed"] == "0").all():
         table = table.drop(columns="failed")
     return table
+
+
+def multiple(value) -> str:
+    """A cost multiple of the plain lightweight model's: ``2.3×``."""
+    return MISSING if _is_missing(value) else f"{value:.2g}×" if value < 10 else f"{value:.0f}×"
 
 
 def _datasets(summary: pd.DataFrame):

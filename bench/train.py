@@ -312,6 +312,50 @@ def autocast(device: torch.device | str, amp: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
 
 
+class TrainingMemory:
+    """Peak memory a training takes above what the process held when it began: on CUDA the allocator's
+    peak (``torch.cuda.max_memory_allocated``); on a Linux CPU the process's peak resident set
+    (``VmHWM``, reset through ``/proc/self/clear_refs``) less its resident set at the start, so weights,
+    gradients, optimizer state, activations and batches all count. ``bytes`` is None where neither
+    applies (another OS), and ``how`` says which was measured."""
+
+    STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self.bytes: int | None = None
+        self.how = "unavailable"
+
+    def _status_bytes(self, key: str) -> int | None:
+        try:
+            for line in self.STATUS.read_text().splitlines():
+                if line.startswith(f"{key}:"):
+                    return int(line.split()[1]) * 1024  # kB
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
+
+    def __enter__(self) -> "TrainingMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            return self
+        self._start = self._status_bytes("VmRSS")
+        try:
+            self.CLEAR_REFS.write_text("5")  # Linux >= 4.0: the peak resident set restarts from the current one
+        except OSError:
+            self._start = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.bytes, self.how = torch.cuda.max_memory_allocated(self.device) - self._start, "cuda allocator peak"
+            return
+        peak = self._status_bytes("VmHWM")
+        if self._start is not None and peak is not None:
+            self.bytes, self.how = max(0, peak - self._start), "process peak RSS above its start"
+
+
 def on_device(device: torch.device | str, model: nn.Module, companions=(), extra_parameters=None) -> None:
     """Move ``model``, ``companions`` and loose ``extra_parameters`` to ``device`` in place."""
     for module in (model, *companions):
@@ -392,6 +436,8 @@ class FitResult:
     history: list[dict]
     deployed_epoch: int | None = None  # whose weights the model kept (None: cached before this was recorded)
     train_flops: int | None = None  # estimated (``bench.runner.training_flops_per_epoch``); None: cached before
+    peak_memory_bytes: int | None = None  # see ``TrainingMemory``; None: cached before, or not measurable
+    peak_memory_how: str | None = None
 
     @property
     def validation_seconds(self) -> float:

@@ -108,6 +108,18 @@ def test_tables_are_the_runs_summarized(report, tiny_grid_results):
     markdown, latex = (tables / "summary.md").read_text(), (tables / "summary.tex").read_text()
     for method in set(summary["method"]):
         assert f"| {method} |" in markdown and f"{method} &" in latex
+    # training cost as a multiple of the plain lightweight (here: tiny) model's own training
+    by_hand = runs.groupby(["method", "preset"])[["fit_flops", "reused_fit_flops", "fit_seconds",
+                                                  "train_peak_memory_bytes"]].mean()
+    light_flops = by_hand.loc[("baseline", "tiny"), "fit_flops"]
+    for _, row in summary.iterrows():
+        mine = by_hand.loc[(row["method"], row["preset"])]
+        assert row["train_flops_x"] == pytest.approx((mine["fit_flops"] + mine["reused_fit_flops"]) / light_flops)
+        assert row["train_memory_x"] > 0 and row["train_seconds_x"] > 0
+    flops_x = summary.set_index(["method", "preset"])["train_flops_x"]
+    assert flops_x[("baseline", "tiny")] == 1 and flops_x[("baseline", "lightweight")] > 2
+    if ("hrf", "tiny") in flops_x:  # HRF trains a wider model than it deploys
+        assert flops_x[("hrf", "tiny")] > 1
 
 
 def test_terminal_summary_and_quiet_mode(report, tiny_grid_results, tmp_path):
@@ -126,6 +138,7 @@ def test_page_is_self_contained_and_regenerates_identically(report, tiny_grid_re
     assert not re.search(r"https?://", html.replace("http://www.w3.org", ""))  # no remote URL anywhere
     assert headers(html)[:5] == ["method", "backbone", "preset", "headline", "light"]  # headline metric first
     assert "int8" not in headers(html)  # no quantized model: no int8 column, even where records say 0
+    assert "train_x" in headers(html)  # the training cost multiple, since the records count training FLOPs
     rows = Leaderboard(html).rows
     summary = pd.read_csv(tiny_grid_results / "tables" / "summary.csv")
     assert len(rows) == len(summary)

@@ -299,3 +299,16 @@ def test_a_records_wall_time_is_split_into_its_phases(cache_dir):
                        Workspace(cache_dir / "fresh", progress=False, defer_latency=True))
     assert deferred["seconds_latency"] == 0 and deferred["seconds_training"] == 0  # the cached model: nothing trains
     assert deferred["seconds_methods"] > 0  # loading it
+
+
+def test_peak_training_memory_is_measured_and_grows_with_the_model(cache_dir):
+    """The record's peak training memory is the training's own (a wider model at the same batch needs
+    more for its weights, gradients, optimizer state and activations)."""
+    train = TrainConfig(epochs=1, batch_size=32)
+    small = execute(toy_spec(train=train), Workspace(cache_dir / "memory", progress=False, defer_latency=True))
+    large = execute(toy_spec(preset="large", train=train), Workspace(cache_dir / "memory", progress=False,
+                                                                     defer_latency=True))
+    for record in (small, large):
+        assert record["train_peak_memory_how"] == "process peak RSS above its start"
+        assert record["train_peak_memory_bytes"] > 0
+    assert large["train_peak_memory_bytes"] > small["train_peak_memory_bytes"] + 4 * large["params"] * 3
