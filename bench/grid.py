@@ -84,7 +84,8 @@ class Grid:
             raise BenchError(f"seeds must be >= 0, got {self.seeds}")
 
     def method_names(self) -> list[str]:
-        return self.methods or METHODS.names()
+        """The grid's methods; when it names none, every registered method that runs by default."""
+        return self.methods or [n for n in METHODS.names() if METHODS.get(n).obj.included_by_default]
 
     def presets_for(self, method: str) -> list[str]:
         given = self.presets.get(method) if isinstance(self.presets, dict) else self.presets

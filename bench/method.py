@@ -61,6 +61,9 @@ class Method:
     # Its deploy model is exactly the plain model of the run's preset (baseline, hrf after deHRF, kd's
     # student): the backbone's analytic MAC formula applies, and the method-matrix test holds it to that.
     deploys_preset_model: bool = False
+    # Runs in grids that do not name their methods (the default grid, studies without ``methods``): a method
+    # whose training costs many times any other's (expandnets) opts out and runs where it is named.
+    included_by_default: bool = True
     # The fields ``record`` returns, name -> meaning: the record's declared schema (bench.schema) takes
     # them from here, refuses a record with fields nobody declared, and ``bench schema`` documents them.
     record_fields: dict[str, str] = {}

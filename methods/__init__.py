@@ -2,4 +2,4 @@
 
 from methods import baseline  # noqa: F401
 from methods import hrf  # noqa: F401
-from methods import kd, lowrank, prune, prune_unstructured, quant, repadapter, svm  # noqa: F401
+from methods import expandnets, kd, lowrank, prune, prune_unstructured, quant, repadapter, svm  # noqa: F401
