@@ -260,6 +260,11 @@ class RunContext:
         overrides = {"dropout": self.spec.train_config(preset).dropout} | overrides
         return build_backbone(self.spec.backbone, preset, self.data.input_dim, self.data.num_classes, **overrides)
 
+    def epoch_flops(self, model: nn.Module, companions: list[nn.Module] = (), preset: str | None = None) -> int | None:
+        """Estimated FLOPs of one training epoch of ``model`` (and forwards of ``companions``) with
+        ``preset``'s recipe (default: the run's), as records count them (:func:`training_flops_per_epoch`)."""
+        return training_flops_per_epoch(model, companions, self.data, self.spec.train_config(preset))
+
     def fit(self, model: nn.Module, loss_fn=None, extra_parameters=None, epochs: int | None = None,
             desc: str | None = None, checkpoint: Path | None = None, preset: str | None = None,
             companions: list[nn.Module] = ()) -> nn.Module:

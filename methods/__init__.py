@@ -2,4 +2,5 @@
 
 from methods import baseline  # noqa: F401
 from methods import hrf  # noqa: F401
-from methods import expandnets, kd, lowrank, prune, prune_unstructured, quant, repadapter, svm  # noqa: F401
+from methods import expandnets, kd, lowrank, matched_compute, prune, prune_unstructured  # noqa: F401
+from methods import quant, repadapter, svm  # noqa: F401
