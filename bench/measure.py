@@ -7,6 +7,7 @@ so that every runtime is timed and reported alike.
 
 from __future__ import annotations
 
+import copy
 import functools
 import io
 import os
@@ -194,10 +195,8 @@ def time_cuda(model: nn.Module, input_dim: int, frames: int, rule: TimingRule) -
 
 
 def _copy_to(model: nn.Module, device: torch.device) -> nn.Module:
-    buffer = io.BytesIO()
-    torch.save(model, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False, map_location=device).eval()
+    """A copy of ``model`` on ``device`` (the original stays where it is)."""
+    return copy.deepcopy(model).to(device).eval()
 
 
 @functools.cache
