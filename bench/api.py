@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 LIST_AXES = ("methods", "backbones", "presets", "datasets")
 INT_AXES = ("folds", "seeds")
-NESTED_SETTINGS = ("method_params", "dataset_params")  # {owner: {param: value}}, merged per owner
+NESTED_SETTINGS = ("method_params", "sweeps", "dataset_params")  # {owner: {param: value}}, merged per owner
 
 
 def default_cache_dir() -> Path:
@@ -68,7 +68,7 @@ def grid_values(config: str | Path | None = None, **given: Any) -> dict:
     """The settings of a grid: the grid file (TOML or YAML) when given, overridden by ``given``.
 
     ``given`` takes the grid's fields (``methods``, ``backbones``, ``presets``, ``datasets``, ``folds``,
-    ``seeds``, ``train``, ``features``, ``method_params``, ``dataset_params``, ``data_roots``,
+    ``seeds``, ``train``, ``features``, ``method_params``, ``sweeps``, ``dataset_params``, ``data_roots``,
     ``teacher_preset``) and, as shortcuts, training settings (``epochs=8``, ``lr=1e-3``...) and feature
     settings (``features="mfcc"``, ``n_mels=64``...). None means "not given". Given ``methods`` narrow
     the file's: its presets and method parameters for methods left out are dropped (an explicit one
@@ -83,8 +83,9 @@ def grid_values(config: str | Path | None = None, **given: Any) -> dict:
         components = {c for m in names for c in m.split("+")}
         if isinstance(values.get("presets"), dict):
             values["presets"] = {m: p for m, p in values["presets"].items() if m in names}
-        if "method_params" in values:
-            values["method_params"] = {m: p for m, p in values["method_params"].items() if m in components}
+        for nested in ("method_params", "sweeps"):
+            if nested in values:
+                values[nested] = {m: p for m, p in values[nested].items() if m in components}
     train_fields = {f.name for f in fields(TrainConfig)}
     feature_fields = {f.name for f in fields(FeatureConfig)} - {"kind"}
     grid_fields = {f.name for f in fields(Grid)}

@@ -4,6 +4,7 @@ that executes the runs not yet recorded."""
 from __future__ import annotations
 
 import difflib
+import itertools
 import logging
 import math
 import os
@@ -42,6 +43,9 @@ class Grid:
     train: TrainConfig = TrainConfig()
     features: FeatureConfig = FeatureConfig()
     method_params: dict = field(default_factory=dict)
+    # {method: {param: [values]}}: each run of a method with that component repeats at every combination
+    # of its swept values (accuracy-cost curves: [sweeps.prune] ratio = [0.5, 0.25, 0.125])
+    sweeps: dict = field(default_factory=dict)
     dataset_params: dict = field(default_factory=dict)  # {dataset: {param: value}}
     data_roots: dict = field(default_factory=dict)
     teacher_preset: str = "large"
@@ -65,11 +69,20 @@ class Grid:
             early = [c for c in method.split("+")[:-1] if METHODS.get(c).obj.must_be_last]
             if early:  # e.g. quant: nothing trains or transforms its model further
                 raise BenchError(f"{early[0]} must come last in a composition, got {method!r}: e.g. hrf+{early[0]}")
+        for component, swept in self.sweeps.items():
+            for name, values in swept.items():
+                if name in self.method_params.get(component, {}):
+                    raise BenchError(f"{component}.{name} is both swept and fixed (-p): give it in one of them")
+                resolved = [repr(METHODS.get(component).make_params(self.method_params.get(component, {}) | {name: value}))
+                            for value in values]  # every swept value must be a valid parameter value
+                if len(set(resolved)) < len(values):
+                    raise BenchError(f"the sweep of {component}.{name} repeats a value ({values}): each once")
         stray = set(self.presets) - set(self.method_names()) if isinstance(self.presets, dict) else set()
         if stray:
             raise BenchError(f"presets given for {sorted(stray)[0]!r}, which is not among the grid's methods")
         components = {c for m in self.method_names() for c in m.split("+")}
         for given, option, known, what in ((self.method_params, "-p", components, "methods"),
+                                           (self.sweeps, "sweep", components, "methods"),
                                            (self.dataset_params, "--dataset-param", self.datasets, "datasets"),
                                            (self.data_roots, "--data-root", self.datasets, "datasets")):
             unused = sorted(set(given) - set(known))
@@ -102,17 +115,29 @@ class Grid:
             fingerprint = workspace.fingerprint(dataset, self.dataset_params.get(dataset, {}))
             for backbone in self.backbones:
                 for method in self.method_names():
-                    for preset in self.presets_for(method):
-                        for fold in self.folds:
-                            for seed in self.seeds:
-                                runs.append(RunSpec(
-                                    method=method, backbone=backbone, preset=preset, dataset=dataset, fold=fold,
-                                    seed=seed, train=self.train, features=self.features,
-                                    method_params={c: self.method_params[c] for c in method.split("+")
-                                                   if c in self.method_params},
-                                    dataset_params=self.dataset_params.get(dataset, {}),
-                                    teacher_preset=self.teacher_preset, corpus_fingerprint=fingerprint))
+                    for params in self.method_settings(method):
+                        for preset in self.presets_for(method):
+                            for fold in self.folds:
+                                for seed in self.seeds:
+                                    runs.append(RunSpec(
+                                        method=method, backbone=backbone, preset=preset, dataset=dataset,
+                                        fold=fold, seed=seed, train=self.train, features=self.features,
+                                        method_params=params, dataset_params=self.dataset_params.get(dataset, {}),
+                                        teacher_preset=self.teacher_preset, corpus_fingerprint=fingerprint))
         return runs
+
+    def method_settings(self, method: str) -> list[dict]:
+        """``method``'s parameter settings: its fixed ones, at every combination of its components' sweeps."""
+        components = method.split("+")
+        fixed = {c: dict(self.method_params[c]) for c in components if c in self.method_params}
+        axes = [(c, name, values) for c in components for name, values in self.sweeps.get(c, {}).items()]
+        settings = []
+        for combination in itertools.product(*(values for _, _, values in axes)):
+            params = {c: dict(p) for c, p in fixed.items()}
+            for (component, name, _), value in zip(axes, combination):
+                params.setdefault(component, {})[name] = value
+            settings.append(params)
+        return settings
 
 
 def check_preset(backbone: str, preset: str) -> None:
@@ -142,6 +167,8 @@ GRID_TYPES = {
     "train": (lambda v: isinstance(v, dict), "a table of training settings"),
     "features": (lambda v: isinstance(v, dict), "a table of feature settings"),
     "method_params": (_table_of_tables, "a table of tables, e.g. [method_params.hrf]"),
+    "sweeps": (lambda v: _table_of_tables(v) and all(isinstance(x, list) and x for t in v.values() for x in t.values()),
+               "a table of tables of non-empty lists, e.g. [sweeps.prune] ratio = [0.5, 0.25]"),
     "dataset_params": (_table_of_tables, "a table of tables, e.g. [dataset_params.emodb]"),
     "data_roots": (lambda v: isinstance(v, dict) and all(isinstance(x, (str, os.PathLike)) for x in v.values()),
                    "a table of NAME = \"PATH\""),

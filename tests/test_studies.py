@@ -33,6 +33,45 @@ def test_study_files_are_valid_grids_over_every_backbone_method_and_preset(name)
     assert "Tuning budgets" in text and "0 trials" in text  # the fairness note
 
 
+def test_the_curves_study_sweeps_budgets_and_presets_against_the_plain_frontier(tmp_path):
+    """``emodb-curves``: prune and lowrank at 5 fractions of the large model by params and by MACs,
+    prune-unstructured at the same 5, the over-parameterizing methods and kd at every plain preset but
+    the large one, each point paired with the plain frontier's folds."""
+    grid = make_grid(load_config(study_path("emodb-curves")))
+    ratios = {"0.5", "0.25", "0.125", "0.0625", "0.03125"}
+    for method, budgets in (("prune", {"params", "macs"}), ("lowrank", {"params", "macs"}),
+                            ("prune-unstructured", {"params"})):
+        settings = [METHODS.get(method).make_params(p.get(method)) for p in grid.method_settings(method)]
+        assert {(s.ratio, getattr(s, "budget", "params")) for s in settings} == {(r, b) for r in ratios for b in budgets}
+    assert set(grid.presets_for("baseline")) == {"tiny", "lightweight", "medium", "large"}
+    for method in ("hrf", "repadapter", "expandnets", "kd", "matched-compute"):
+        assert set(grid.presets_for(method)) == {"tiny", "lightweight", "medium"}
+    assert grid.folds == [1, 2, 3, 4, 5] and grid.seeds == [0] and grid.train.final_fit
+
+
+def test_a_sweep_runs_each_combination_once_with_the_ids_of_fixed_parameters(tmp_path):
+    from bench.api import grid_values
+
+    toy = {"datasets": ["toy"], "folds": [1], "seeds": [0]}
+    swept = make_grid(grid_values(methods=["prune"], sweeps={"prune": {"ratio": [0.5, 0.25], "budget": ["params", "macs"]}},
+                                  **toy)).specs()
+    fixed = [make_grid(grid_values(methods=["prune"], method_params={"prune": {"ratio": r, "budget": b}}, **toy)).specs()[0]
+             for r in ("0.5", "0.25") for b in ("params", "macs")]
+    assert sorted(s.run_id for s in swept) == sorted(s.run_id for s in fixed) and len({s.run_id for s in swept}) == 4
+    for sweeps, message in (({"prune": {"ratio": [0.5, "0.5"]}}, "repeats a value"),
+                            ({"hrf": {"expansion_ratio": [2.0]}}, "sweep given for 'hrf'"),
+                            ({"prune": {"ratio": [2]}}, "must be 'preset' or a fraction")):
+        with pytest.raises(BenchError, match=message):
+            make_grid(grid_values(methods=["prune"], sweeps=sweeps, **toy))
+    with pytest.raises(BenchError, match="both swept and fixed"):
+        make_grid(grid_values(methods=["prune"], sweeps={"prune": {"ratio": [0.5]}},
+                              method_params={"prune": {"ratio": "0.5"}}, **toy))
+    bad = tmp_path / "grid.toml"
+    bad.write_text("[sweeps.prune]\nratio = 0.5\n")
+    with pytest.raises(BenchError, match="sweeps must be a table of tables of non-empty lists"):
+        load_config(bad)
+
+
 def test_list_names_the_studies_and_recipes():
     out = CliRunner().invoke(main, ["list"], catch_exceptions=False).output
     assert all(f"  {name}: " in out for name in STUDIES)
