@@ -2,8 +2,11 @@
 estimate of the compute, calibrated by timing a few training and evaluation steps of every backbone and
 preset involved on this machine (or the ``--device`` given).
 
-The estimate is an upper bound for early-stopped trainings (every epoch is counted). Corpus sizes are
-the nominal sizes of each protocol (``CORPUS_SIZES``); real corpora differ by a few per cent.
+The estimate is an upper bound for early-stopped trainings (every epoch is counted). A method that
+trains a wider model than it deploys (``Method.training_model``: hrf, repadapter, expandnets) is timed
+on that model; a final fit trains on the validation speakers too and skips the per-epoch validation.
+``matched-compute`` is counted at the run's epochs (it trains a few times more). Corpus sizes are the
+nominal sizes of each protocol (``CORPUS_SIZES``); real corpora differ by a few per cent.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 
 from bench.features import FeatureConfig
 from bench.models import build_backbone, recipe
+from bench.method import Method
 from bench.registry import METHODS
 from bench.results import RecordStore
 from bench.runner import RunSpec, Workspace, cached_model_path
@@ -58,11 +62,12 @@ class StepTimes:
 
 
 def time_steps(backbone: str, preset: str, size: CorpusSize, features: FeatureConfig, batch_size: int,
-               device: torch.device, steps: int = 3, amp: bool = False) -> StepTimes:
+               device: torch.device, steps: int = 3, amp: bool = False, method=None) -> StepTimes:
     """Seconds of a training step (bf16 autocast with ``amp``) and an evaluation forward pass on
-    batches of nominal length."""
+    batches of nominal length, of the plain model or of what ``method`` (a ``Method``) trains from it."""
     torch.manual_seed(0)
-    model = build_backbone(backbone, preset, features.dim, size.classes).to(device)
+    model = build_backbone(backbone, preset, features.dim, size.classes)
+    model = (model if method is None else method.training_model(model)).to(device)
     frames = features.frames(size.mean_seconds)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -132,18 +137,30 @@ class Calibration:
         self.device, self.amp = device, amp
         self.times: dict[tuple, StepTimes] = {}
 
-    def get(self, spec: RunSpec, preset: str) -> StepTimes:
-        key = (spec.backbone, preset, spec.dataset, spec.train.batch_size, spec.features)
+    def get(self, spec: RunSpec, preset: str, component: str | None = None) -> StepTimes:
+        """Step times of the plain ``preset`` model, or of what ``component`` trains from it when that
+        method declares another training model (``Method.training_model``)."""
+        method = None
+        if component is not None and _method(component).training_model is not Method.training_model:
+            method = METHODS.get(component).obj(METHODS.get(component).make_params(spec.method_params.get(component)))
+        key = (spec.backbone, preset, spec.dataset, spec.train.batch_size, spec.features,
+               None if method is None else (component, repr(method.params)))
         if key not in self.times:
             self.times[key] = time_steps(spec.backbone, preset, size_of(spec.dataset), spec.features,
-                                         spec.train.batch_size, self.device, amp=self.amp)
+                                         spec.train.batch_size, self.device, amp=self.amp, method=method)
         return self.times[key]
 
-    def epoch_seconds(self, spec: RunSpec, preset: str, teacher: str | None = None) -> float:
-        """One training epoch at ``preset`` (plus the teacher's forward passes) and its validation."""
-        size, times = size_of(spec.dataset), self.get(spec, preset)
-        steps = math.ceil(size.train / spec.train.batch_size)
-        seconds = steps * times.train + math.ceil(size.evaluate / 2 / EVAL_BATCH) * times.forward
+    def epoch_seconds(self, spec: RunSpec, preset: str, teacher: str | None = None,
+                      component: str | None = None) -> float:
+        """One training epoch at ``preset`` (of ``component``'s training model; plus the teacher's forward
+        passes) and its validation; a final fit trains on the validation speakers too and has none."""
+        size, times = size_of(spec.dataset), self.get(spec, preset, component)
+        final_fit = spec.train_config(preset).final_fit
+        # the validation part: about half of the evaluation utterances (a fifth of the speakers tested,
+        # a fifth to a quarter of the rest validated)
+        validation = size.evaluate / 2
+        steps = math.ceil((size.train + (validation if final_fit else 0)) / spec.train.batch_size)
+        seconds = steps * times.train + (0 if final_fit else math.ceil(validation / EVAL_BATCH) * times.forward)
         if teacher is not None:  # distillation: one teacher forward per training batch
             seconds += steps * self.get(spec, teacher).forward * spec.train.batch_size / EVAL_BATCH
         return seconds
@@ -171,7 +188,7 @@ def run_seconds(spec: RunSpec, calibration: Calibration, latency: bool = True) -
         preset = training_preset(component, spec)
         if preset is not None:
             teacher = spec.teacher_preset if _method(component).teacher_forward_per_step else None
-            seconds += spec.train.epochs * calibration.epoch_seconds(spec, preset, teacher)
+            seconds += spec.train.epochs * calibration.epoch_seconds(spec, preset, teacher, component)
     return seconds + (LATENCY_SECONDS_PER_RUN if latency else 0.0)
 
 
@@ -219,6 +236,10 @@ def describe_plan(grid, store: RecordStore, workspace: Workspace, force: bool = 
         times = calibration.get(spec, preset)
         lines.append(f"  {spec.backbone}/{preset} on {spec.dataset}: {times.train * 1000:.0f} ms per training step "
                      f"(batch {spec.train.batch_size}), {calibration.epoch_seconds(spec, preset):.1f} s per epoch")
+    for (backbone, preset, dataset, _, _, method), times in calibration.times.items():
+        if method is not None:  # a method that trains a wider model than the plain one
+            lines.append(f"  {backbone}/{preset} on {dataset}, as {method[0]} trains it: "
+                         f"{times.train * 1000:.0f} ms per training step")
     lines.append(f"  plain models still to train: {plain_seconds / 3600:.2f} h ({plain_seconds / 60:.2f} min); "
                  f"the runs' own training, evaluation and latency: {own_seconds / 3600:.2f} h")
     early = any(stops_early(s, p) for s, p in found.plain_models.values()) or any(stops_early(s, s.preset)

@@ -77,8 +77,15 @@ class Method:
         when composing, else None; a check must not need trained weights."""
 
     def build(self, ctx: RunContext, start: nn.Module | None) -> nn.Module:
-        """The model to train: ``start`` when composing, else a fresh model at the run's preset."""
-        return start if start is not None else ctx.new_model()
+        """The model to train: ``start`` when composing, else a fresh model at the run's preset, made into
+        what trains by :meth:`training_model`."""
+        return self.training_model(start if start is not None else ctx.new_model())
+
+    def training_model(self, model: nn.Module) -> nn.Module:
+        """What trains, made from a plain model (in place or new): the plain model itself by default; an
+        over-parameterizing method returns it expanded. The dry-run estimate times a training step of
+        this model, so a method that trains something wider than it deploys is costed as such."""
+        return model
 
     def train(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         """Train ``model`` with the shared trainer (best epoch chosen on validation)."""

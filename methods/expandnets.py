@@ -152,8 +152,7 @@ class ExpandNets(Method):
     }
     params: ExpandNetsParams
 
-    def build(self, ctx, start: nn.Module | None) -> nn.Module:
-        model = super().build(ctx, start)
+    def training_model(self, model: nn.Module) -> nn.Module:
         self.expanded = expand_model(model, self.params.expansion_ratio, self.params.targets)
         self.train_params = measure.count_params(model)
         return model

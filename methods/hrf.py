@@ -190,8 +190,7 @@ class HRF(Method):
     }
     params: HRFParams
 
-    def build(self, ctx, start: nn.Module | None) -> nn.Module:
-        model = super().build(ctx, start)
+    def training_model(self, model: nn.Module) -> nn.Module:
         p = self.params
         self.expanded_layers = expand_model(model, p.expansion_ratio, p.init, p.targets)
         self.train_params = measure.count_params(model)

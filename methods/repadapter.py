@@ -174,8 +174,7 @@ class RepAdapter(Method):
     }
     params: RepAdapterParams
 
-    def build(self, ctx, start: nn.Module | None) -> nn.Module:
-        model = super().build(ctx, start)
+    def training_model(self, model: nn.Module) -> nn.Module:
         self.adapted_layers = adapt_model(model, self.params.bottleneck_ratio, self.params.targets)
         self.train_params = measure.count_params(model)
         return model

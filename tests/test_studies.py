@@ -120,6 +120,28 @@ def test_dry_run_lists_runs_shared_models_and_an_estimate_without_running(tmp_pa
     assert len(records) == 2 and {r["train_device"] for r in records} == {"cpu"}
 
 
+def test_the_estimate_times_what_an_over_parameterizing_method_trains(tmp_path, cache_dir, monkeypatch):
+    """hrf and expandnets train a wider model than they deploy: the dry run times a step of that model
+    (``Method.training_model``), not the plain one's; a method without one shares the plain timing."""
+    from bench import estimate
+
+    monkeypatch.setenv("HRF_BENCH_CACHE", str(cache_dir))
+    timed = []
+    original = estimate.time_steps
+
+    def recording(*args, method=None, **kwargs):
+        timed.append(None if method is None else type(method).__name__)
+        return original(*args, method=method, **kwargs)
+
+    monkeypatch.setattr(estimate, "time_steps", recording)
+    out = CliRunner().invoke(main, ["run", "--methods", "baseline,hrf,expandnets,kd", "--presets", "tiny",
+                                    "--teacher-preset", "lightweight", "--results-dir", str(tmp_path), *TINY,
+                                    "--dry-run"], catch_exceptions=False).output
+    assert "convtransformer/tiny on toy, as hrf trains it:" in out and "as expandnets trains it:" in out
+    assert "as kd trains it" not in out and "as baseline trains it" not in out
+    assert sorted(timed, key=str) == sorted([None, None, "HRF", "ExpandNets"], key=str)  # tiny, lightweight, 2 methods
+
+
 def test_cuda_device_without_a_gpu_is_one_line_exit_2(tmp_path):
     import torch
     if torch.cuda.is_available():
