@@ -32,7 +32,7 @@ from bench.models import build_backbone, preset_config, recipe
 from bench.registry import DATASETS, METHODS, BenchError
 from bench.results import run_id
 from bench.train import (FitResult, Split, TrainConfig, TrainingMemory, check_amp, evaluate, resolve_device,
-                         training_precision)
+                         scores_of, training_precision)
 
 log = logging.getLogger("bench")
 LATENCY_SECONDS = 5.0  # input duration for MACs and latency in run records
@@ -480,6 +480,10 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
     torch_ua = test["ua"]
     if shipped_test is not None:
         test = shipped_test
+        if val["ua"] is not None:  # the validation score of what ships too, as bench tune's trials score it
+            with times.phase("onnx"):
+                val = scores_of(onnx_io.predict_graph(onnx_io.int8_graph(model), data.val), data.val,
+                                data.num_classes)
     own_fits = [f for f in ctx.fits if not any(f is reused for reused in ctx.reused_fits)]
     costs = dict(figures, int8_macs=0, float_macs=figures["macs"])
     # an int8 graph's costs (MACs by precision, flops, size) replace the float model's: the graph is what ships

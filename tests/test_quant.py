@@ -59,6 +59,14 @@ def test_static_quant_makes_every_multiply_accumulate_int8_and_ships_the_onnx_ac
     assert not any(isinstance(v, bytes) for v in saved.values())  # the .pt is the float model; int8 lies beside
     assert int8_graph(bench.load_model(record["run_id"], results)) == graph.read_bytes()  # and loads with it
     assert graph_macs(graph.read_bytes(), TOY_DIM, record["input_frames"])["int8_macs"] == float_macs
+    # the validation score is the int8 graph's too (as a tune trial scores it), not the float model's
+    from bench.onnx_io import predict_graph
+    from bench.runner import RunSpec, Workspace
+    from bench.train import scores_of
+    spec = RunSpec(method="quant", backbone="convtransformer", preset="tiny", dataset="toy", fold=record["fold"],
+                   seed=record["seed"])
+    data = Workspace(results.parent / "unused-cache", progress=False).fold_data(spec)
+    assert record["val_ua"] == pytest.approx(scores_of(predict_graph(graph.read_bytes(), data.val), data.val, 4)["ua"])
 
 
 def test_dynamic_quant_leaves_the_convolutions_and_attention_products_float(quant_runs):
