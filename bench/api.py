@@ -32,6 +32,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HRF_BENCH_CACHE", Path.home() / ".cache" / "hrf-bench"))
 
 
+MAX_RANGE = 10_000  # values one range may expand to (folds and seeds; a grid of more is a mistake)
+
+
 def parse_ints(text: str, what: str) -> list[int]:
     """``"1,2"`` or ``"1-5"`` -> list of ints; anything else is a one-line error."""
     values = []
@@ -41,6 +44,8 @@ def parse_ints(text: str, what: str) -> list[int]:
                 low, high = item.split("-", 1)
                 if int(low) > int(high):
                     raise BenchError(f"bad {what} range {item!r}: it is empty; write it low-high, e.g. {high}-{low}")
+                if int(high) - int(low) >= MAX_RANGE:
+                    raise BenchError(f"bad {what} range {item!r}: more than {MAX_RANGE} values")
                 values.extend(range(int(low), int(high) + 1))
             else:
                 values.append(int(item))

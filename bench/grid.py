@@ -30,6 +30,10 @@ log = logging.getLogger("bench")
 DEFAULT_PRESETS = {"baseline": ("lightweight", "large")}  # others deploy at the lightweight budget
 
 
+MAX_SEED = 2 ** 32
+MAX_FOLD = 1000  # leave-one-speaker-out folds of the largest corpora stay far below this
+
+
 @dataclass
 class Grid:
     """The axes of a benchmark; ``presets`` empty means each method's default presets."""
@@ -95,6 +99,21 @@ class Grid:
             raise BenchError(f"folds are numbered from 1, got {self.folds}")
         if any(s < 0 for s in self.seeds):
             raise BenchError(f"seeds must be >= 0, got {self.seeds}")
+        if any(s >= MAX_SEED for s in self.seeds):  # torch seeds its generators with the low 32 bits
+            raise BenchError(f"seeds must be < 2**32 = {MAX_SEED} (a larger seed repeats a smaller one's random "
+                             f"stream), got {max(self.seeds)}")
+        if any(f > MAX_FOLD for f in self.folds):
+            raise BenchError(f"fold {max(self.folds)} is past any protocol's folds (at most {MAX_FOLD})")
+        for axis in ("methods", "backbones", "datasets", "folds", "seeds"):
+            values = getattr(self, axis)
+            repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+            if repeated:
+                raise BenchError(f"{axis}: {repeated[0]!r} is given twice; each run is run once, give each once")
+        for method in self.method_names():
+            components = method.split("+")
+            twice = sorted({c for c in components if components.count(c) > 1})
+            if twice:
+                raise BenchError(f"method {method!r} composes {twice[0]} twice; a component applies once")
 
     def method_names(self) -> list[str]:
         """The grid's methods; when it names none, every registered method that runs by default."""

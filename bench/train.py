@@ -29,6 +29,7 @@ RECIPE_FIELDS = ("lr", "weight_decay", "warmup_epochs", "patience", "dropout", "
                  "freq_masks", "freq_mask_width", "time_masks", "time_mask_width", "keep_weights",
                  "mixup_alpha", "speed_perturb", "noise_std")
 KEEP_WEIGHTS = ("best", "last")
+MAX_EPOCHS, MAX_BATCH = 100_000, 65_536  # bounds on what one setting may ask of the machine
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,10 @@ class TrainConfig:
     final_fit: bool = False  # train on training + validation speakers; no validation, the last epoch is kept
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise BenchError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise BenchError(f"batch size must be >= 1, got {self.batch_size}")
+        if not 1 <= self.epochs <= MAX_EPOCHS:
+            raise BenchError(f"epochs must be >= 1 and at most {MAX_EPOCHS}, got {self.epochs}")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise BenchError(f"batch size must be >= 1 and at most {MAX_BATCH}, got {self.batch_size}")
         if self.lr is not None and self.lr <= 0:
             raise BenchError(f"learning rate must be > 0, got {self.lr}")
         if self.dropout is not None and not 0 <= self.dropout < 1:

@@ -90,6 +90,13 @@ ERRORS = [
     ("preset-typo", lambda w: [*GRID, *RUN, "--presets", "tinny"], "Did you mean 'tiny'?"),
     ("param-owner-typo", lambda w: [*GRID, *RUN, "--methods", "hrf", "-p", "hfr.expansion_ratio=2"],
      "did you mean 'hrf'?"),
+    ("seed-past-32-bits", lambda w: [*GRID, *RUN, "--seeds", str(2 ** 32)], "seeds must be < 2**32"),
+    ("fold-twice", lambda w: [*GRID, *RUN, "--folds", "1,1"], "folds: 1 is given twice"),
+    ("method-twice", lambda w: [*GRID, *RUN, "--methods", "baseline,baseline"], "methods: 'baseline' is given twice"),
+    ("component-twice", lambda w: [*GRID, *RUN, "--methods", "hrf+hrf"], "composes hrf twice"),
+    ("epochs-huge", lambda w: [*GRID, *RUN, "--epochs", str(10 ** 30)], "epochs must be >= 1 and at most"),
+    ("fold-huge", lambda w: [*GRID, *RUN, "--folds", "100000000"], "past any protocol's folds"),
+    ("fold-range-huge", lambda w: [*GRID, *RUN, "--folds", "1-100000000"], "more than 10000 values"),
 ]
 
 
