@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
+from bench.method import RunFailed
 from bench.metrics import scores
 from bench.models import DEFAULT_RECIPE
 from bench.registry import BenchError
@@ -518,7 +519,11 @@ def fit(model: nn.Module, train: Split, val: Split, num_classes: int, config: Tr
             torch.nn.utils.clip_grad_norm_(parameters, 5.0)
             optimizer.step()
             scheduler.step()
-            total_loss += loss.item() * len(labels)
+            value = loss.item()
+            if not math.isfinite(value):  # NaN features, a diverging learning rate: no score would mean anything
+                raise RunFailed(f"the training loss became {value} at epoch {epoch + 1}: the model diverged "
+                                f"(non-finite features, or a learning rate or weight decay too large)")
+            total_loss += value * len(labels)
         # a final fit has no validation split left: the last epoch is the one kept
         validation_started = time.perf_counter()
         validation = {"loss": None, "ua": None} if config.final_fit else evaluate(model, val, num_classes, device, amp)

@@ -312,3 +312,9 @@ def test_peak_training_memory_is_measured_and_grows_with_the_model(cache_dir):
         assert record["train_peak_memory_how"] == "process peak RSS above its start"
         assert record["train_peak_memory_bytes"] > 0
     assert large["train_peak_memory_bytes"] > small["train_peak_memory_bytes"] + 4 * large["params"] * 3
+
+
+def test_a_diverging_training_is_a_failed_run_with_the_reason(cache_dir):
+    record = execute(toy_spec(train=TrainConfig(epochs=2, batch_size=16, lr=1e30)),
+                     Workspace(cache_dir / "diverge", progress=False, defer_latency=True))
+    assert record["status"] == "failed" and "the training loss became nan" in record["status_reason"]
