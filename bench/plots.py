@@ -100,6 +100,18 @@ def plain_frontier(panel: pd.DataFrame, cost: str) -> list[pd.DataFrame]:
     return [line.sort_values([cost, "preset"], kind="stable") for _, line in plain.groupby("settings", sort=True)]
 
 
+def method_curves(panel: pd.DataFrame, cost: str) -> list[tuple[str, pd.DataFrame]]:
+    """Per method (its parameters other than the budget ``ratio``, and its settings), its summary rows sorted by
+    ``cost`` when it has two or more: the curve of its operating points, at several budgets or presets.
+    The plain baseline is left to :func:`plain_frontier`."""
+    def without_ratio(config: str) -> str:
+        return ", ".join(item for item in str(config or "").split(", ") if not item.split("=")[0].endswith(".ratio"))
+
+    keyed = panel[panel["method"] != BASELINE]
+    keyed = keyed.assign(curve=keyed["method"] + " " + keyed["config"].map(without_ratio) + " | " + keyed["settings"])
+    return [(key, group.sort_values(cost)) for key, group in keyed.groupby("curve", sort=True) if len(group) >= 2]
+
+
 def tradeoff_figure(summary: pd.DataFrame, dataset: str, cost: str, folder: Path) -> Figure | None:
     """Headline metric (mean +- std over runs) against ``cost``, one panel per backbone, with the
     plain-model frontier and the Pareto front of the plotted points. None when no row has the cost."""
@@ -116,6 +128,9 @@ def tradeoff_figure(summary: pd.DataFrame, dataset: str, cost: str, folder: Path
             std = 0.0 if math.isnan(row["headline_std"]) else 100 * row["headline_std"]
             ax.errorbar(row[cost], 100 * row["headline_mean"], yerr=std, marker=markers[row["preset"]], ms=7,
                         color=colours[row["method"]], capsize=3, ls="")
+        for _, curve in method_curves(panel, cost):  # a method's operating points (budgets, presets) joined
+            ax.plot(curve[cost], 100 * curve["headline_mean"], color=colours[curve["method"].iloc[0]], lw=0.9,
+                    alpha=0.7, zorder=1)
         front = pareto_front(panel[cost].tolist(), panel["headline_mean"].tolist())
         xs = [panel[cost].iloc[i] for i in front] + [panel[cost].max()]  # best so far, up to the costliest
         ys = [100 * panel["headline_mean"].iloc[i] for i in front]
@@ -133,7 +148,8 @@ def tradeoff_figure(summary: pd.DataFrame, dataset: str, cost: str, folder: Path
     svg, png = _save(fig, folder, name)
     return Figure("tradeoff", f"{dataset}: {headline} vs {COSTS[cost]}",
                   "Mean ± std over folds and seeds. Solid line: the plain models (baseline trained directly at each "
-                  "preset); a compression method must lie above it, not only above one preset's point, to beat "
+                  "preset); thin coloured lines join a method's operating points (budgets, presets); a compression "
+                  "method must lie above the solid line, not only above one preset's point, to beat "
                   "training a model of its size (ShrinkBench's rule). Dashed: Pareto front (nothing cheaper is "
                   "better).", svg, png)
 

@@ -385,3 +385,24 @@ def test_forest_shows_but_does_not_pool_a_single_fold_and_leaves_out_references(
     assert set(table["method"]) == {"hrf"} and list(table["row"]) == ["cell", "cell"]  # 1 usable cell: no pool
     single = table[table["dataset"] == "b"].iloc[0]
     assert single["folds"] == 1 and math.isnan(single["ci_low"]) and math.isnan(single["weight"])
+
+
+def test_a_methods_budget_points_join_into_one_curve_per_other_setting():
+    """The tradeoff figure's curves: prune's ratios joined per budget kind, presets of hrf joined, the
+    plain baseline left to the frontier, a method with one point drawn as a point only."""
+    import pandas as pd
+
+    from bench.plots import method_curves
+
+    rows = [("baseline", "", "tiny", 1e4, 0.60), ("baseline", "", "lightweight", 1e5, 0.70),
+            ("prune", "prune.budget=params, prune.ratio=0.5", "lightweight", 4e5, 0.72),
+            ("prune", "prune.budget=params, prune.ratio=0.125", "lightweight", 1e5, 0.66),
+            ("prune", "prune.budget=macs, prune.ratio=0.5", "lightweight", 5e5, 0.71),
+            ("prune", "prune.budget=macs, prune.ratio=0.25", "lightweight", 2e5, 0.69),
+            ("hrf", "", "tiny", 1e4, 0.62), ("hrf", "", "lightweight", 1e5, 0.71), ("kd", "", "lightweight", 1e5, 0.7)]
+    panel = pd.DataFrame(rows, columns=["method", "config", "preset", "params", "headline_mean"]).assign(settings="")
+    curves = dict(method_curves(panel, "params"))
+    assert sorted(k.split(" |")[0] for k in curves) == ["hrf ", "prune prune.budget=macs", "prune prune.budget=params"]
+    params_curve = curves["prune prune.budget=params | "]
+    assert list(params_curve["params"]) == [1e5, 4e5]  # by increasing cost
+    assert list(curves["hrf  | "]["preset"]) == ["tiny", "lightweight"]
