@@ -18,9 +18,9 @@ from bench.grid import make_grid
 from bench.results import RecordStore
 from bench.runner import Workspace
 
-GRID = {"methods": ["baseline", "baseline+baseline"], "datasets": ["toy"], "presets": ["tiny"],
+GRID = {"methods": ["baseline", "quant"], "datasets": ["toy"], "presets": ["tiny"],
         "folds": [1, 2, 3], "seeds": [0], "train": {"epochs": 4}}
-ARGS = ["--methods", "baseline,baseline+baseline", "--datasets", "toy", "--presets", "tiny", "--folds", "1-3",
+ARGS = ["--methods", "baseline,quant", "--datasets", "toy", "--presets", "tiny", "--folds", "1-3",
         "--seeds", "0", "--epochs", "4", "--quiet", "--defer-latency"]
 
 # Holds the claim on one run until killed, like a worker busy with it.
@@ -47,7 +47,7 @@ def test_two_workers_share_a_grid_each_run_recorded_once_and_a_dead_holders_run_
     results = tmp_path / "results"
     specs = make_grid(GRID).specs(Workspace(tmp_path / "cache", progress=False))
     expected = {s.run_id for s in specs}
-    held = specs[-1].run_id  # baseline+baseline, fold 3
+    held = specs[-1].run_id  # quant, fold 3
 
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(results), held], env=bench_env,
                               stdout=subprocess.PIPE, text=True)
@@ -81,6 +81,6 @@ def test_two_workers_share_a_grid_each_run_recorded_once_and_a_dead_holders_run_
     assert {r["run_id"]: int(r["worker"].rsplit(":", 1)[1]) for r in records} == recorded_by
     table = pd.read_csv(results / "runs.csv")  # rebuilt under a lock: no row lost to a race
     assert sorted(table["run_id"]) == sorted(expected)
-    # baseline and baseline+baseline of one fold start from the same cached plain model: trained once
+    # baseline and quant of one fold start from the same cached plain model: trained once
     misses = collections.Counter(r["fold"] for r in records if r.get("tiny_model_cache") == "miss")
     assert misses == {1: 1, 2: 1, 3: 1}, misses
