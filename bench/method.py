@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from bench import measure
 from bench.registry import BenchError
 
 if TYPE_CHECKING:
     from bench.runner import RunContext
 
-__all__ = ["FINETUNE_FIELDS", "Method", "RunFailed", "TRAINS_AT"]
+__all__ = ["FINETUNE_FIELDS", "Method", "Reparameterization", "RunFailed", "TRAINS_AT"]
 
 
 class RunFailed(BenchError):
@@ -98,3 +99,29 @@ class Method:
     def record(self) -> dict:
         """Extra method-specific figures for the run record, each declared in ``record_fields``."""
         return {}
+
+
+class Reparameterization(Method):
+    """A method that trains a wider model than it deploys and folds it back exactly into the plain preset
+    (hrf, repadapter, expandnets): subclasses give :meth:`expand` and :meth:`fold`; the parameter counts
+    before and after folding are kept as ``train_params`` and ``deploy_params`` for their records."""
+
+    deploys_preset_model = True  # every expansion folds into a layer of the plain model's shape
+
+    def expand(self, model: nn.Module) -> Any:
+        """Expand ``model`` in place; returns what the record says was expanded."""
+        raise NotImplementedError
+
+    def fold(self, model: nn.Module) -> nn.Module:
+        """Fold every expansion back in place: the model is then the plain one."""
+        raise NotImplementedError
+
+    def training_model(self, model: nn.Module) -> nn.Module:
+        self.expanded = self.expand(model)
+        self.train_params = measure.count_params(model)
+        return model
+
+    def deploy(self, model: nn.Module, ctx: RunContext) -> nn.Module:
+        model = self.fold(model)
+        self.deploy_params = measure.count_params(model)
+        return model

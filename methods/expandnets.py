@@ -24,8 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench import measure
-from bench.method import Method
+from bench.method import Reparameterization
 from bench.registry import METHODS, BenchError, param
 
 __all__ = ["ConvChain", "ExpandNets", "ExpandNetsParams", "LinearChain", "expand_model", "merge_model"]
@@ -137,8 +136,7 @@ def merge_model(model: nn.Module) -> nn.Module:
 
 @METHODS.register("expandnets", "ExpandNets: every linear layer and k x k convolution trained as a wider linear "
                   "chain, folded into the plain preset for deployment", params=ExpandNetsParams)
-class ExpandNets(Method):
-    deploys_preset_model = True  # every chain folds into a layer of the plain model's shape
+class ExpandNets(Reparameterization):  # every chain folds into a layer of the plain model's shape
     # Its chains train several times slower per step than the plain model (the widened k x k convolutions
     # most), so it runs where a grid names it (--methods expandnets), not in the quick default grid.
     included_by_default = False
@@ -152,15 +150,11 @@ class ExpandNets(Method):
     }
     params: ExpandNetsParams
 
-    def training_model(self, model: nn.Module) -> nn.Module:
-        self.expanded = expand_model(model, self.params.expansion_ratio, self.params.targets)
-        self.train_params = measure.count_params(model)
-        return model
+    def expand(self, model: nn.Module) -> dict[str, int]:
+        return expand_model(model, self.params.expansion_ratio, self.params.targets)
 
-    def deploy(self, model: nn.Module, ctx) -> nn.Module:
-        model = merge_model(model)
-        self.deploy_params = measure.count_params(model)
-        return model
+    def fold(self, model: nn.Module) -> nn.Module:
+        return merge_model(model)
 
     def record(self) -> dict:
         return {"expandnets_expansion_ratio": self.params.expansion_ratio,

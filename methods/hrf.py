@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones.ffn import FeedForward
-from bench import measure
-from bench.method import Method
+from bench.method import Reparameterization
 from bench.registry import METHODS, BenchError, param
 
 __all__ = ["ExpandedAttention", "ExpandedLinear", "HRF", "HRFParams", "expand_model", "merge_model"]
@@ -178,8 +177,7 @@ def merge_model(model: nn.Module) -> nn.Module:
 
 @METHODS.register("hrf", "HRF re-parameterization: an expansion before each FFN while training, merged "
                   "(deHRF) into the plain preset for deployment", params=HRFParams)
-class HRF(Method):
-    deploys_preset_model = True  # deHRF merges every expansion back into the plain layers
+class HRF(Reparameterization):  # deHRF merges every expansion back into the plain layers
     record_fields = {
         "hrf_expansion_ratio": "the expansion ratio r (the HRF layer's width over the model width)",
         "hrf_init": "how the expansion was initialized",
@@ -190,19 +188,15 @@ class HRF(Method):
     }
     params: HRFParams
 
-    def training_model(self, model: nn.Module) -> nn.Module:
+    def expand(self, model: nn.Module) -> int:
         p = self.params
-        self.expanded_layers = expand_model(model, p.expansion_ratio, p.init, p.targets)
-        self.train_params = measure.count_params(model)
-        return model
+        return expand_model(model, p.expansion_ratio, p.init, p.targets)
 
-    def deploy(self, model: nn.Module, ctx) -> nn.Module:
-        model = merge_model(model)
-        self.deploy_params = measure.count_params(model)
-        return model
+    def fold(self, model: nn.Module) -> nn.Module:
+        return merge_model(model)
 
     def record(self) -> dict:
         p = self.params
         return {"hrf_expansion_ratio": p.expansion_ratio, "hrf_init": p.init, "hrf_targets": p.targets,
-                "hrf_expanded_layers": self.expanded_layers, "hrf_train_params": self.train_params,
+                "hrf_expanded_layers": self.expanded, "hrf_train_params": self.train_params,
                 "hrf_deploy_params": self.deploy_params}

@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from bench.method import Method, RunFailed
-from bench.registry import METHODS, param
+from bench.registry import METHODS, BenchError, param
+
+NAME = "matched-compute"
 
 
 @dataclass
@@ -23,8 +25,17 @@ class MatchedComputeParams:
     method: str = param("hrf", "the method whose own training FLOPs the plain model's training matches (one that "
                         "trains a model of the run's preset from scratch: hrf, repadapter, expandnets)")
 
+    def __post_init__(self):  # a bad value is a one-line error before anything runs, not a failed run
+        if self.method not in METHODS or self.method == NAME:
+            raise BenchError(f"matched-compute.method={self.method!r} is not a registered method to match: choose "
+                             f"one of {', '.join(n for n in METHODS.names() if n != NAME)}")
+        matched = METHODS.get(self.method).obj
+        if matched.trains_at != "preset" or matched.uses_large_model:
+            raise BenchError(f"matched-compute matches methods that train a model of the run's preset from scratch; "
+                             f"{self.method} starts from a cached or large model: its cost is in its record (fit_flops)")
 
-@METHODS.register("matched-compute", "the plain preset trained for as many FLOPs as another method's training "
+
+@METHODS.register(NAME, "the plain preset trained for as many FLOPs as another method's training "
                   "(more epochs, same schedule): the control for over-parameterizing methods",
                   params=MatchedComputeParams)
 class MatchedCompute(Method):
@@ -39,14 +50,6 @@ class MatchedCompute(Method):
     params: MatchedComputeParams
 
     def check(self, ctx, start: nn.Module | None) -> None:
-        name = self.params.method
-        if name not in METHODS or name == "matched-compute":
-            raise RunFailed(f"matched-compute.method={name!r} is not a registered method to match: choose one of "
-                            f"{', '.join(n for n in METHODS.names() if n != 'matched-compute')}")
-        matched = METHODS.get(name).obj
-        if matched.trains_at != "preset" or matched.uses_large_model:
-            raise RunFailed(f"matched-compute matches methods that train a model of the run's preset from scratch; "
-                            f"{name} starts from a cached or large model: its cost is in its record (fit_flops)")
         if start is not None:
             raise RunFailed("matched-compute trains a fresh plain model: it cannot follow another method")
 

@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones.ffn import FeedForward
-from bench import measure
-from bench.method import Method
+from bench.method import Reparameterization
 from bench.registry import METHODS, BenchError, param
 
 __all__ = ["AdaptedAttention", "AdaptedLinear", "RepAdapter", "RepAdapterParams", "Bottleneck"]
@@ -163,8 +162,7 @@ def merge_model(model: nn.Module) -> nn.Module:
 
 @METHODS.register("repadapter", "RepAdapter: a zero-initialized residual linear bottleneck before the attention "
                   "input and the FFN while training, folded into them for deployment", params=RepAdapterParams)
-class RepAdapter(Method):
-    deploys_preset_model = True  # every adapter is folded into the plain layer it feeds
+class RepAdapter(Reparameterization):  # every adapter is folded into the plain layer it feeds
     record_fields = {
         "repadapter_bottleneck_ratio": "r: the adapter's bottleneck width over the model width",
         "repadapter_targets": "which layers got an adapter",
@@ -174,17 +172,13 @@ class RepAdapter(Method):
     }
     params: RepAdapterParams
 
-    def training_model(self, model: nn.Module) -> nn.Module:
-        self.adapted_layers = adapt_model(model, self.params.bottleneck_ratio, self.params.targets)
-        self.train_params = measure.count_params(model)
-        return model
+    def expand(self, model: nn.Module) -> int:
+        return adapt_model(model, self.params.bottleneck_ratio, self.params.targets)
 
-    def deploy(self, model: nn.Module, ctx) -> nn.Module:
-        model = merge_model(model)
-        self.deploy_params = measure.count_params(model)
-        return model
+    def fold(self, model: nn.Module) -> nn.Module:
+        return merge_model(model)
 
     def record(self) -> dict:
         return {"repadapter_bottleneck_ratio": self.params.bottleneck_ratio,
-                "repadapter_targets": self.params.targets, "repadapter_adapted_layers": self.adapted_layers,
+                "repadapter_targets": self.params.targets, "repadapter_adapted_layers": self.expanded,
                 "repadapter_train_params": self.train_params, "repadapter_deploy_params": self.deploy_params}

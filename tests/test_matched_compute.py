@@ -31,9 +31,13 @@ def test_the_plain_model_trains_as_many_flops_as_the_matched_method(matched, cac
     assert control["fit_flops"] > plain["fit_flops"]
 
 
-def test_a_method_it_cannot_match_is_a_failed_run_with_the_reason(cache_dir):
-    workspace = Workspace(cache_dir, progress=False, defer_latency=True)
-    for params, reason in (({"method": "kd"}, "starts from a cached or large model"),
-                           ({"method": "nonesuch"}, "not a registered method")):
-        record = execute(spec(**params), workspace)
-        assert record["status"] == "failed" and reason in record["status_reason"]
+def test_a_method_it_cannot_match_is_a_one_line_error_before_anything_runs():
+    from bench.api import grid_values
+    from bench.grid import make_grid
+    from bench.registry import BenchError
+
+    for method, reason in (("kd", "starts from a cached or large model"), ("nonesuch", "not a registered method"),
+                           ("matched-compute", "not a registered method")):
+        with pytest.raises(BenchError, match=reason):
+            make_grid(grid_values(methods=["matched-compute"], datasets=["toy"],
+                                  method_params={"matched-compute": {"method": method}}))
