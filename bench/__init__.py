@@ -18,7 +18,7 @@ import sys
 import types
 
 __all__ = ["run", "plan", "tune", "load_runs", "load_summary", "report", "list_methods", "list_backbones",
-           "list_datasets", "load_model", "BenchError"]
+           "list_datasets", "load_model", "load_deployed", "BenchError"]
 
 
 def __getattr__(name: str):

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from bench.executors import Execution
+    from bench.method import Deployed
     from bench.report import Report
     from bench.tune import TuneResult
 
@@ -219,7 +220,14 @@ def list_datasets() -> list[str]:
 
 
 def load_model(run_id: str, results_dir: str | Path = "results") -> nn.Module:
-    """The deploy model of a recorded run (``run_id`` or a unique prefix of it), in eval mode."""
+    """The deploy model of a recorded run (``run_id`` or a unique prefix of it), in eval mode: the float
+    PyTorch module (for a method that ships its own ONNX graph, quant's int8 one, see :func:`load_deployed`)."""
+    return load_deployed(run_id, results_dir).model
+
+
+def load_deployed(run_id: str, results_dir: str | Path = "results") -> Deployed:
+    """What a recorded run ships (``run_id`` or a unique prefix of it): the module in eval mode, and the
+    ONNX graph its method ships in the module's place (``.graph``, bytes; None when the module's export ships)."""
     from bench.model_store import find_model, load_deploy_model
 
     return load_deploy_model(find_model(run_id, Path(results_dir)))

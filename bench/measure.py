@@ -237,20 +237,20 @@ def latency_against(run_model, run_reference, threads: int, rule: TimingRule, au
 
 def deploy_latency(model: nn.Module, reference: nn.Module, input_dim: int, frames: int, macs: dict,
                    graph_cache: Path | None = None, rule: TimingRule = IN_RUN_RULE,
-                   audio_seconds: float | None = None) -> dict:
-    """The run record's latency at 1 thread against ``reference``: eager PyTorch, or for an int8 model
-    (``quant``, which has no eager int8 path) ONNX Runtime, against the reference's float export."""
-    from bench.onnx_io import export_onnx, int8_graph
+                   audio_seconds: float | None = None, graph: bytes | None = None) -> dict:
+    """The run record's latency at 1 thread against ``reference``: eager PyTorch, or, when the method
+    ships its own ONNX ``graph`` (quant's int8 one, which has no eager path), that graph in ONNX Runtime
+    against the reference's float export."""
+    from bench.onnx_io import export_onnx
 
-    int8 = int8_graph(model)
-    if int8 is None:
+    if graph is None:
         runners = eager_runner(model, input_dim, frames), eager_runner(reference, input_dim, frames)
         runtime = RUNTIME_EAGER
     else:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "reference.onnx"
             export_onnx(reference, input_dim, path, what="the plain reference model", graph_cache=graph_cache)
-            runners = ort_runner(int8, input_dim, frames, 1), ort_runner(path, input_dim, frames, 1)
+            runners = ort_runner(graph, input_dim, frames, 1), ort_runner(path, input_dim, frames, 1)
         runtime = RUNTIME_ORT
     figures = latency_against(*runners, 1, rule, audio_seconds, macs)
     return {**figures, "latency_threads": 1, "latency_runtime": runtime}

@@ -25,7 +25,8 @@ import torch
 from bench import measure, probe
 from bench.env import environment
 from bench.features import FeatureConfig
-from bench.onnx_io import export_onnx, graph_macs, int8_graph, peak_graphs
+from bench.method import Deployed
+from bench.onnx_io import export_onnx, graph_costs, peak_graphs
 from bench.registry import BenchError
 from bench.results import RecordStore, atomic_write_text
 
@@ -89,7 +90,7 @@ class LatencyStore:
         return self.root / "latency.csv"
 
 
-def select_runs(store: RecordStore, runs: str | None) -> list[tuple[dict, torch.nn.Module]]:
+def select_runs(store: RecordStore, runs: str | None) -> list[tuple[dict, Deployed]]:
     """Recorded runs (all, or those whose id starts with one of ``runs``) that have a saved deploy
     model, each with that model loaded: every file is read before anything is measured or written,
     so that a damaged one stops the command with one line instead of partway through."""
@@ -111,21 +112,21 @@ def select_runs(store: RecordStore, runs: str | None) -> list[tuple[dict, torch.
     return [(r, load_model(path)) for r, path in chosen]
 
 
-def load_model(path: Path) -> torch.nn.Module:
-    """The saved deploy model (see :mod:`bench.model_store`), with its int8 graph attached if any; a
-    damaged int8 graph is named now, not halfway through the measurements."""
-    from bench.model_store import load_deploy_model
+def load_model(path: Path) -> Deployed:
+    """What the run shipped (see :mod:`bench.model_store`): its module, and its method's own ONNX graph
+    if any; a damaged graph is named now, not halfway through the measurements."""
+    from bench.model_store import load_deploy_model, saved_graph
 
-    model = load_deploy_model(path)
-    int8 = path.with_suffix(".int8.onnx")
-    if int8.exists():
-        _checked(probe.ort_session, int8, 1)
-    return model
+    shipped = load_deploy_model(path)
+    if shipped.graph is not None:
+        _checked(probe.ort_session, saved_graph(path), 1)
+    return shipped
 
 
-def describe(record: dict, model: torch.nn.Module, seconds: list[float]) -> dict:
+def describe(record: dict, shipped: Deployed, seconds: list[float]) -> dict:
     """A run's deploy model as a manifest entry: identity, sizes, and costs per input duration (for
-    an int8 model, MACs by precision and size of its int8 graph)."""
+    a graph the method ships, such as quant's int8 one, MACs by precision and size of that graph)."""
+    model = shipped.model
     features = FeatureConfig(**{f.name: record[f"features_{f.name}"] for f in fields(FeatureConfig)
                                 if f"features_{f.name}" in record})
     input_dim = int(record.get("input_dim") or features.dim)
@@ -133,15 +134,13 @@ def describe(record: dict, model: torch.nn.Module, seconds: list[float]) -> dict
     entry["input_dim"] = input_dim
     with torch.inference_mode():
         entry["num_classes"] = int(model(*measure.example_input(input_dim, 32)).shape[-1])
-    int8 = int8_graph(model)
     inputs = []
     for duration in seconds:
         frames = features.frames(duration)
         costs = measure.cost_figures(model, input_dim, frames)
         costs |= {"int8_macs": 0, "float_macs": costs["macs"]}
-        if int8 is not None:
-            costs |= graph_macs(int8, input_dim, frames) | {"size_bytes": len(int8), "size_format": "int8 onnx"}
-            costs["flops"] = 2 * costs["macs"]
+        if shipped.graph is not None:
+            costs |= graph_costs(shipped.graph, input_dim, frames)
         entry.update({k: costs[k] for k in ("params", "nonzero_params", "size_bytes", "size_format")})
         inputs.append({"seconds": duration, "frames": frames,
                        **{k: costs.get(k) for k in ("macs", "flops", "int8_macs", "float_macs", "peak_memory_bytes")}})
@@ -165,16 +164,17 @@ def reference_model(entry: dict) -> torch.nn.Module:
         return build_backbone(entry["backbone"], "lightweight", entry["input_dim"], entry["num_classes"]).eval()
 
 
-def measure_run(entry: dict, model: torch.nn.Module, device: str, runtimes: list[str], threads: list[int],
+def measure_run(entry: dict, shipped: Deployed, device: str, runtimes: list[str], threads: list[int],
                 rule: probe.TimingRule, onnx_dir: Path, graph_cache: Path) -> list[dict]:
     """Rows of one deploy model for every runtime x thread count x duration (under the machine lock),
     each timed in alternating blocks with the plain lightweight reference of its backbone."""
+    model = shipped.model
     env = {**probe.probe_environment(), **environment()}
     reference, rows = reference_model(entry), []
     with measure.exclusive():
         for runtime in runtimes:
             if runtime == probe.RUNTIME_ORT:
-                rows += _onnx_rows(entry, model, reference, device, threads, rule, onnx_dir, graph_cache, env)
+                rows += _onnx_rows(entry, shipped, reference, device, threads, rule, onnx_dir, graph_cache, env)
                 continue
             for count in [1] if runtime == measure.RUNTIME_CUDA else threads:
                 for item in entry["inputs"]:
@@ -190,9 +190,9 @@ def measure_run(entry: dict, model: torch.nn.Module, device: str, runtimes: list
     return rows
 
 
-def _onnx_rows(entry, model, reference, device, threads, rule, onnx_dir, graph_cache, env) -> list[dict]:
+def _onnx_rows(entry, shipped, reference, device, threads, rule, onnx_dir, graph_cache, env) -> list[dict]:
     try:
-        difference = _write_onnx(entry, model, onnx_dir / f"{entry['run_id']}.onnx", graph_cache)
+        difference = _write_onnx(entry, shipped, onnx_dir / f"{entry['run_id']}.onnx", graph_cache)
         reference_path = onnx_dir / f"reference-{entry['backbone']}-{entry['input_dim']}.onnx"
         export_onnx(reference, entry["input_dim"], reference_path, check_frames(entry), "the plain reference model",
                     graph_cache)
@@ -212,15 +212,14 @@ def _onnx_rows(entry, model, reference, device, threads, rule, onnx_dir, graph_c
     return rows
 
 
-def _write_onnx(entry: dict, model: torch.nn.Module, path: Path, graph_cache: Path | None) -> float | None:
-    """Write the run's ONNX model (its int8 graph, or the float model exported and checked against
-    PyTorch); returns the export's largest difference from PyTorch (None for an int8 graph)."""
-    int8 = int8_graph(model)
-    if int8 is None:
-        return export_onnx(model, entry["input_dim"], path, check_frames(entry), f"run {entry['run_id']} "
+def _write_onnx(entry: dict, shipped: Deployed, path: Path, graph_cache: Path | None) -> float | None:
+    """Write the run's ONNX model (the graph its method ships, or the module exported and checked against
+    PyTorch); returns the export's largest difference from PyTorch (None for a shipped graph)."""
+    if shipped.graph is None:
+        return export_onnx(shipped.model, entry["input_dim"], path, check_frames(entry), f"run {entry['run_id']} "
                            f"({entry.get('method')})", graph_cache)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(int8)
+    path.write_bytes(shipped.graph)
     return None
 
 
@@ -274,19 +273,19 @@ def measure_command(results_dir, runs, seconds, runtimes, threads, device, max_s
                          f"drop it from --runtimes")
     store, latency = RecordStore(results_dir), LatencyStore(results_dir)
     chosen = select_runs(store, runs)
-    for number, (record, model) in enumerate(chosen, 1):
+    for number, (record, shipped) in enumerate(chosen, 1):
         have = {(r["runtime"], int(r["threads"]), float(r["input_seconds"]))
                 for r in latency.rows(tag, record["run_id"])}
-        # an int8 model runs in onnxruntime only: PyTorch has no int8 path for it
-        runnable = [r for r in chosen_runtimes if int8_graph(model) is None or r == probe.RUNTIME_ORT]
+        # a graph the method ships (quant's int8 one) runs in onnxruntime only: PyTorch has no path for it
+        runnable = [r for r in chosen_runtimes if shipped.graph is None or r == probe.RUNTIME_ORT]
         todo = [r for r in runnable if force or any(
             (r, c, s) not in have for c in ([1] if r == measure.RUNTIME_CUDA else counts) for s in durations)]
         click.echo(f"[{number}/{len(chosen)}] {record['run_id']} {record.get('method')} "
                    f"{record.get('backbone')}/{record.get('preset')}: " + (", ".join(todo) or "already measured"))
         if not todo:
             continue
-        entry = describe(record, model, durations)
-        rows = measure_run(entry, model, tag, todo, counts, rule, results_dir / "onnx",
+        entry = describe(record, shipped, durations)
+        rows = measure_run(entry, shipped, tag, todo, counts, rule, results_dir / "onnx",
                            default_cache_dir() / "onnx-graphs")
         latency.merge(tag, record["run_id"], rows)
     click.echo(f"rows: {latency.folder}  table: {latency.write_table()}")
@@ -354,13 +353,13 @@ def _export_models(chosen, folder: Path, durations: list[float], skip_unexportab
     left out. Float models' check logits are PyTorch's; an int8 model's are ONNX Runtime's own at export
     (other CPUs' int8 kernels may round differently, so its tolerance is relative to the logits)."""
     entries, skipped = [], []
-    for number, (record, model) in enumerate(chosen, 1):
+    for number, (record, shipped) in enumerate(chosen, 1):
         rid = record["run_id"]
         click.echo(f"[{number}/{len(chosen)}] {rid} {record.get('method')} "
                    f"{record.get('backbone')}/{record.get('preset')}")
-        entry = describe(record, model, durations)
+        entry = describe(record, shipped, durations)
         try:
-            difference = _write_onnx(entry, model, folder / f"{rid}.onnx", graph_cache)
+            difference = _write_onnx(entry, shipped, folder / f"{rid}.onnx", graph_cache)
         except BenchError:
             if not skip_unexportable:
                 raise
@@ -371,9 +370,9 @@ def _export_models(chosen, folder: Path, durations: list[float], skip_unexportab
         check = Path("checks") / f"input-{entry['input_dim']}x{frames}.npy"
         (folder / check).parent.mkdir(exist_ok=True)
         np.save(folder / check, features.numpy())
-        if int8_graph(model) is None:
+        if shipped.graph is None:
             with torch.inference_mode():
-                logits, atol = model(features, lengths).tolist(), probe.CHECK_ATOL
+                logits, atol = shipped.model(features, lengths).tolist(), probe.CHECK_ATOL
         else:
             output = _checked(probe.ort_session, folder / f"{rid}.onnx", 1).run(
                 None, {"features": features.numpy(), "lengths": lengths.numpy()})[0]

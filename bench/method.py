@@ -9,17 +9,18 @@ that run alone, recorded as failed. Composition (``a+b``) runs ``a`` fully, then
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from bench import measure
-from bench.registry import BenchError
+from bench.registry import METHODS, BenchError
 
 if TYPE_CHECKING:
     from bench.runner import RunContext
 
-__all__ = ["FINETUNE_FIELDS", "Method", "Reparameterization", "RunFailed", "TRAINS_AT"]
+__all__ = ["FINETUNE_FIELDS", "Deployed", "Method", "Reparameterization", "RunFailed", "TRAINS_AT", "plain_reference"]
 
 
 class RunFailed(BenchError):
@@ -29,6 +30,27 @@ class RunFailed(BenchError):
 
 
 TRAINS_AT = ("plain", "preset", "large", "none")
+
+
+@dataclass
+class Deployed:
+    """What a run ships. ``model`` is the float PyTorch module: what parameters are counted on and what
+    the next method of a composition starts from. ``graph`` is an ONNX model (bytes) that the method ships
+    in the module's place (quant's int8 graph), or None when the module's own ONNX export ships. Where
+    there is a graph, the harness scores it in ONNX Runtime (its scores are the record's headline), costs
+    and times it, saves it beside the module (``<run_id>.onnx``) and exports it as is. A method's
+    ``deploy`` returns a module or one of these; the harness reads nothing else off the module."""
+
+    model: nn.Module
+    graph: bytes | None = None
+
+    @classmethod
+    def of(cls, shipped: nn.Module | Deployed) -> Deployed:
+        if isinstance(shipped, Deployed):
+            return shipped
+        if isinstance(shipped, nn.Module):
+            return cls(shipped)
+        raise BenchError(f"a method's deploy returned {type(shipped).__name__}: return an nn.Module or a Deployed")
 
 # Record fields of methods that (fine-)tune a model they start from (their ``record_fields`` include these)
 FINETUNE_FIELDS = {
@@ -49,8 +71,8 @@ class Method:
     # Starts from or learns from the trained large (teacher-preset) model (kd, prune, lowrank): the runner
     # trains or reuses that model, and the summary warns when it is not better than the lightweight one.
     uses_large_model: bool = False
-    # Nothing may train or transform its deploy model further (quant's int8 graph): it comes last in a
-    # composition, checked when a grid is validated.
+    # Nothing may train or transform its deploy model further (a method that ships its own ONNX graph, as
+    # quant does its int8 one): it comes last in a composition, checked when a grid is validated.
     must_be_last: bool = False
     # What the first step of a run of this method costs, for the dry-run estimate: "plain" (the cached
     # plain model at the run's preset, trained once and reused: baseline, quant), "preset" (it trains a
@@ -62,6 +84,11 @@ class Method:
     # Its deploy model is exactly the plain model of the run's preset (baseline, hrf after deHRF, kd's
     # student): the backbone's analytic MAC formula applies, and the method-matrix test holds it to that.
     deploys_preset_model: bool = False
+    # Its runs are the plain model of each preset (baseline): the reference every other method is paired
+    # with, whose presets draw the plain-model frontier. Exactly one registered method declares it.
+    plain_reference: bool = False
+    # The presets it deploys at when a grid names none (the plain reference: the lightweight and the large).
+    default_presets: tuple[str, ...] = ("lightweight",)
     # Runs in grids that do not name their methods (the default grid, studies without ``methods``): a method
     # whose training costs many times any other's (expandnets) opts out and runs where it is named.
     included_by_default: bool = True
@@ -92,13 +119,25 @@ class Method:
         """Train ``model`` with the shared trainer (best epoch chosen on validation)."""
         return ctx.fit(model)
 
-    def deploy(self, model: nn.Module, ctx: RunContext) -> nn.Module:
-        """Turn the trained model into what is shipped (merge, prune, quantize...)."""
+    def deploy(self, model: nn.Module, ctx: RunContext) -> nn.Module | Deployed:
+        """Turn the trained model into what is shipped (merge, prune, quantize...): the module, or a
+        :class:`Deployed` with the ONNX graph the method ships in its place (then declare ``must_be_last``:
+        nothing can train a graph further)."""
         return model
 
     def record(self) -> dict:
         """Extra method-specific figures for the run record, each declared in ``record_fields``."""
         return {}
+
+
+def plain_reference() -> str:
+    """The name of the registered method that declares ``plain_reference`` (the built-in ``baseline``)."""
+    names = [e.name for e in METHODS.entries()
+             if isinstance(e.obj, type) and issubclass(e.obj, Method) and e.obj.plain_reference]
+    if len(names) != 1:
+        raise BenchError(f"exactly one registered method must declare plain_reference (the plain model every method "
+                         f"is compared with); found {len(names)}: {', '.join(names) or 'none'}")
+    return names[0]
 
 
 class Reparameterization(Method):

@@ -22,12 +22,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bench.method import Deployed
 from bench.models import build_backbone
 from bench.registry import BACKBONES, METHODS, BenchError
 
 log = logging.getLogger("bench")
 FORMAT = "hrf-bench-deploy-model"
 VERSION = 1
+LEGACY_GRAPH_SUFFIX = ".int8.onnx"
 _BOOKKEEPING = frozenset(vars(nn.Module()))  # what nn.Module.__init__ sets: hooks, _parameters, training...
 
 
@@ -149,11 +151,32 @@ def _attach(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
     return model
 
 
-def save_deploy_model(model: nn.Module, path: Path, backbone: str, input_dim: int, num_classes: int,
+def graph_path(path: Path) -> Path:
+    """Where the ONNX graph a method ships (:class:`bench.method.Deployed`) is saved beside its module."""
+    return Path(path).with_suffix(".onnx")
+
+
+def saved_graph(path: Path) -> Path | None:
+    """The saved graph beside ``path``: ``<run_id>.onnx``, or ``<run_id>.int8.onnx`` as 0.2 named quant's."""
+    return next((p for p in (graph_path(path), Path(path).with_suffix(LEGACY_GRAPH_SUFFIX)) if p.is_file()), None)
+
+
+def save_deploy_model(shipped: Deployed | nn.Module, path: Path, backbone: str, input_dim: int, num_classes: int,
                       presets: list[str] | None = None) -> None:
-    """Save ``model`` (built by ``backbone``'s builder) as data, atomically. The structure is stored as
-    changes to the build of the closest of ``presets`` (default: all of the backbone's presets); any
-    preset rebuilds the model exactly, a close one keeps the list of changes short."""
+    """Save what ships (the module, built by ``backbone``'s builder, as data; the method's own ONNX graph,
+    if any, beside it), each file atomically; a graph left by an earlier run of the same id is removed. The
+    structure is stored as changes to the build of the closest of ``presets`` (default: all of the
+    backbone's presets); any preset rebuilds the model exactly, a close one keeps the list of changes short."""
+    shipped = Deployed.of(shipped)
+    model = shipped.model
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (graph_path(path), path.with_suffix(LEGACY_GRAPH_SUFFIX)):
+        stale.unlink(missing_ok=True)
+    if shipped.graph is not None:  # written first: a module file is only ever beside its own graph
+        tmp = path.with_suffix(f".onnx.tmp{os.getpid()}")
+        tmp.write_bytes(shipped.graph)
+        os.replace(tmp, graph_path(path))
     best = None
     for preset in dict.fromkeys(presets or BACKBONES.get(backbone).extra["presets"]):
         changes = _changes(model, build_backbone(backbone, preset, input_dim, num_classes))
@@ -167,7 +190,6 @@ def save_deploy_model(model: nn.Module, path: Path, backbone: str, input_dim: in
     document = {"format": FORMAT, "version": VERSION, "backbone": backbone, "preset": preset, "input_dim": input_dim,
                 "num_classes": num_classes, "changes": changes, "state_dict": model.state_dict(),
                 "non_persistent_buffers": non_persistent}
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(document, tmp)
     os.replace(tmp, path)
@@ -190,8 +212,8 @@ def build_saved(document: dict) -> nn.Module:
     return model.eval()
 
 
-def load_deploy_model(path: Path) -> nn.Module:
-    """A saved deploy model, with quant's int8 graph (``<run_id>.int8.onnx`` beside it) attached if any.
+def load_deploy_model(path: Path) -> Deployed:
+    """What a run shipped: the saved module, and the ONNX graph its method shipped (beside it) if any.
     Reading it runs no code from the file: tensors and plain values only, and the classes it names
     come from torch or a registered plug-in's package (``_import``). A whole pickled module (hrf-bench
     before 0.2) is refused, since unpickling it could run anything."""
@@ -217,12 +239,8 @@ def load_deploy_model(path: Path) -> nn.Module:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError):  # an edited document, anywhere in the rebuild
         raise BenchError(damaged) from None
-    int8 = Path(path).with_suffix(".int8.onnx")
-    if int8.exists():
-        from bench.onnx_io import attach_int8
-
-        attach_int8(model, int8.read_bytes())
-    return model.eval()
+    graph = saved_graph(path)
+    return Deployed(model.eval(), graph.read_bytes() if graph is not None else None)
 
 
 def find_model(run_id: str, results_dir: Path) -> Path:

@@ -43,7 +43,6 @@ INPUT_NAMES, OUTPUT_NAMES = ["features", "lengths"], ["logits"]
 # (padding to a window multiple, say) is traced in its special case.
 EXPORT_FRAMES, EXPORT_LENGTH = 227, 163
 MAX_PREDICTION_MISMATCH = 0.005  # a float export may disagree with PyTorch on at most this share of utterances
-INT8_ATTRIBUTE = "int8_onnx"  # the int8 graph ``quant`` attaches to the float deploy model
 _graphs: dict[str, bytes] = {}  # architecture fingerprint -> serialized ModelProto (this process)
 
 
@@ -253,17 +252,6 @@ def _plain_session(graph: bytes):
     return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
-def attach_int8(model: nn.Module, graph: bytes) -> nn.Module:
-    """Let ``model`` (the float deploy model) carry its int8 ONNX graph, as a plain attribute: the
-    runner saves it beside the model (``<run_id>.int8.onnx``) and evaluates and times it."""
-    model.__dict__[INT8_ATTRIBUTE] = graph
-    return model
-
-
-def int8_graph(model: nn.Module) -> bytes | None:
-    return model.__dict__.get(INT8_ATTRIBUTE)
-
-
 def predict_graph(graph: bytes | Path, split) -> np.ndarray:
     """Class probabilities ``(N, C)`` of the ONNX model on every utterance of ``split``, one at a
     time at its own length (batch 1, as on a device)."""
@@ -280,28 +268,29 @@ def predict_graph(graph: bytes | Path, split) -> np.ndarray:
     return np.stack(rows)
 
 
-def shipped_figures(model: nn.Module, data, frames: int, graph_cache: Path | None) -> tuple[dict, dict | None]:
-    """Record figures of the ONNX model that ships for ``model``: its int8 graph (``quant``), or else
-    its float export (a failed export is recorded as ``onnx_status: "failed: ..."``); see
-    :func:`onnx_figures`."""
-    int8 = int8_graph(model)
-    if int8 is not None:
-        return onnx_figures(int8, model, data, frames, quantized=True)
+def shipped_figures(model: nn.Module, data, frames: int, graph_cache: Path | None,
+                    graph: bytes | None = None) -> tuple[dict, dict | None]:
+    """Record figures of the ONNX model that ships for ``model``: the ``graph`` its method ships (quant's
+    int8 one), or else its float export (a failed export is recorded as ``onnx_status: "failed: ..."``);
+    see :func:`onnx_figures`."""
+    if graph is not None:
+        return onnx_figures(graph, model, data, frames, shipped=True)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
         try:
             export_onnx(model, data.input_dim, path, graph_cache=graph_cache)
         except BenchError as error:
             return {"onnx_status": f"failed: {error}"}, None
-        return onnx_figures(path.read_bytes(), model, data, frames, quantized=False)
+        return onnx_figures(path.read_bytes(), model, data, frames, shipped=False)
 
 
-def onnx_figures(graph: bytes, model: nn.Module, data, frames: int, quantized: bool) -> tuple[dict, dict | None]:
-    """``graph`` (the ONNX model of ``model``) evaluated in ONNX Runtime on the test split:
+def onnx_figures(graph: bytes, model: nn.Module, data, frames: int, shipped: bool) -> tuple[dict, dict | None]:
+    """``graph`` (an ONNX model of ``model``) evaluated in ONNX Runtime on the test split:
     ``onnx_status``, ``ua_onnx``, ``<headline>_onnx`` and the share of test utterances whose prediction
-    differs from PyTorch's (``onnx_prediction_mismatch``). A float graph that differs on more than
-    0.5 % is a failed export. For an int8 graph, its MACs by precision and size are the record's, and
-    its test scores (returned second) are the headline, because it is what ships; else None."""
+    differs from PyTorch's (``onnx_prediction_mismatch``). A float export that differs on more than
+    0.5 % is a failed export. For a graph the method ships in the module's place (``shipped``: quant's
+    int8 graph), its MACs by precision and size are the record's, and its test scores (returned second)
+    are the headline, because it is what ships; else None."""
     from bench.metrics import declared_scores
     from bench.train import predict, scores_of
 
@@ -311,14 +300,21 @@ def onnx_figures(graph: bytes, model: nn.Module, data, frames: int, quantized: b
     headline = data.corpus.headline_metric
     figures = {"onnx_status": "ok", "onnx_prediction_mismatch": mismatch, "ua_onnx": scores["ua"],
                f"{headline}_onnx": declared_scores(scores, (headline,), data.corpus.classes)[headline]}
-    if not quantized:
+    if not shipped:
         if mismatch > MAX_PREDICTION_MISMATCH:
             figures["onnx_status"] = (f"failed: the ONNX export's predictions differ from PyTorch's on {mismatch:.1%} "
                                       f"of the test utterances (at most {MAX_PREDICTION_MISMATCH:.1%} allowed)")
         return figures, None
-    costs = graph_macs(graph, data.input_dim, frames)
-    figures.update(costs, flops=2 * costs["macs"], size_bytes=len(graph), size_format="int8 onnx")
+    figures.update(graph_costs(graph, data.input_dim, frames))
     return figures, scores
+
+
+def graph_costs(graph: bytes, input_dim: int, frames: int) -> dict:
+    """The record's costs of a shipped ONNX graph: MACs by precision, FLOPs, size and its format
+    (``int8 onnx`` when integer kernels do some of its MACs, else ``onnx``)."""
+    costs = graph_macs(graph, input_dim, frames)
+    return dict(costs, flops=2 * costs["macs"], size_bytes=len(graph),
+                size_format="int8 onnx" if costs["int8_macs"] else "onnx")
 
 
 def peak_graphs() -> dict[str, bytes]:

@@ -26,7 +26,7 @@ from bench.checkpoint import model_checkpoint, resumable_fit, run_checkpoint
 from bench.corpus import Corpus, corpus_fingerprint
 from bench.env import environment, git_commit
 from bench.features import FeatureConfig, extract
-from bench.method import RunFailed
+from bench.method import Deployed, RunFailed
 from bench.metrics import declared_scores
 from bench.models import build_backbone, preset_config, recipe
 from bench.registry import DATASETS, METHODS, BenchError
@@ -132,7 +132,7 @@ class Workspace:
         self.defer_latency = defer_latency  # leave latency to the serialized ``bench measure`` stage
         self._listings: dict = {}
         # Evaluate every run's float ONNX export in ONNX Runtime (int8 models always are); 0 skips it:
-        # a fresh export per new architecture costs 10 s to minutes, see the README.
+        # a fresh export per new architecture costs 10 s to minutes, see docs/latency.md.
         self.onnx_check = os.environ.get("HRF_BENCH_ONNX_CHECK", "1") not in ("", "0")
         self.device = resolve_device(device)  # training and evaluation; latency stays on the CPU
         check_amp(self.device, amp)
@@ -381,7 +381,7 @@ def load_cached_model(path: Path, model: nn.Module) -> dict | None:
 
 def measure_deploy(model: nn.Module, input_dim: int, frames: int, latency: bool = True,
                    reference: nn.Module | None = None, graph_cache: Path | None = None,
-                   times: PhaseTimes | None = None) -> dict:
+                   times: PhaseTimes | None = None, graph: bytes | None = None) -> dict:
     """Deploy-model figures for the record, kept cheap: costs (params, MACs, FLOPs, size, peak memory)
     and 1-thread latency at LATENCY_SECONDS, timed against ``reference`` (the plain lightweight model
     of the backbone); ``bench measure`` covers runtimes, threads and durations. Without ``latency`` the
@@ -391,37 +391,42 @@ def measure_deploy(model: nn.Module, input_dim: int, frames: int, latency: bool 
         figures = {"input_seconds": LATENCY_SECONDS, "input_frames": frames, "input_dim": input_dim,
                    **measure.cost_figures(model, input_dim, frames)}
     if latency:
-        int8 = onnx_io.int8_graph(model)
         with times.phase("costs"):
-            macs = onnx_io.graph_macs(int8, input_dim, frames) if int8 else {"float_macs": figures["macs"]}
+            macs = onnx_io.graph_macs(graph, input_dim, frames) if graph else {"float_macs": figures["macs"]}
         with times.phase("latency"), measure.exclusive():  # one timing at a time on this machine (``bench measure``)
             figures.update(measure.deploy_latency(model, reference, input_dim, frames, macs, graph_cache,
-                                                  audio_seconds=LATENCY_SECONDS))
+                                                  audio_seconds=LATENCY_SECONDS, graph=graph))
     else:
         figures["latency_deferred"] = True
     return figures
 
 
-def deploy_model(ctx: RunContext) -> tuple[nn.Module, int, dict]:
+def deploy_model(ctx: RunContext) -> tuple[Deployed, int, dict]:
     """Each component's check -> build -> train -> deploy hooks in turn (``bench run`` and ``bench tune``
-    trials): the deploy model in eval mode, the most parameters trained at once, and the methods' figures.
-    A method that declares the run impossible (e.g. an unreachable budget) raises :class:`RunFailed` in
-    its check, before it (for the first method: anything) trains."""
-    model, train_params, method_figures = None, 0, {}
-    for name in ctx.spec.components:
+    trials): what ships (the module in eval mode, and the graph the last method ships, if any), the most
+    parameters trained at once, and the methods' figures. A method that declares the run impossible
+    (e.g. an unreachable budget) raises :class:`RunFailed` in its check, before it (for the first method:
+    anything) trains."""
+    shipped, train_params, method_figures = None, 0, {}
+    for position, name in enumerate(ctx.spec.components):
         entry = METHODS.get(name)
         method = entry.obj(entry.make_params(ctx.spec.method_params.get(name)))
-        method.check(ctx, model)
-        model = method.build(ctx, model)
+        start = shipped.model if shipped is not None else None
+        method.check(ctx, start)
+        model = method.build(ctx, start)
         model = method.train(model, ctx)
         train_params = max(train_params, measure.count_params(model))
-        model = method.deploy(model, ctx)
+        shipped = Deployed.of(method.deploy(model, ctx))
+        if shipped.graph is not None and position < len(ctx.spec.components) - 1:
+            raise BenchError(f"method {name} ships its own ONNX graph, which nothing can train further: it must come "
+                             f"last in a composition (declare must_be_last = True)")
         figures = method.record()
         undeclared = sorted(set(figures) - set(method.record_fields))
         if undeclared:
             raise BenchError(f"method {name} records fields its record_fields do not declare: {', '.join(undeclared)}")
         method_figures = schema.merge(method_figures, figures)
-    return model.eval(), train_params, method_figures
+    shipped.model.eval()
+    return shipped, train_params, method_figures
 
 
 def run_identity(spec: RunSpec) -> dict:
@@ -438,7 +443,7 @@ def run_identity(spec: RunSpec) -> dict:
 
 
 def execute(spec: RunSpec, workspace: Workspace) -> dict:
-    """Run ``spec`` and return its record (not yet written), with the deploy model under ``_deploy_model``;
+    """Run ``spec`` and return its record (not yet written), with what ships (a :class:`Deployed`) under ``_deploy_model``;
     a run that a method declares impossible (:class:`RunFailed`) returns a failed record without one."""
     started, times = time.perf_counter(), PhaseTimes()
     with times.phase("data"):
@@ -451,7 +456,7 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
     ctx = RunContext(spec, data, workspace, times)
     methods_started = time.perf_counter()
     try:
-        model, train_params, method_figures = deploy_model(ctx)
+        shipped_model, train_params, method_figures = deploy_model(ctx)
     except RunFailed as failure:
         log.warning("run %s (%s %s/%s %s fold %d seed %d) failed: %s", spec.run_id, spec.method, spec.backbone,
                     spec.preset, spec.dataset, spec.fold, spec.seed, failure)
@@ -462,6 +467,7 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
     times.seconds["methods"] += max(0.0, time.perf_counter() - methods_started - times.seconds["training"]
                                     - times.seconds["validation"])
     # scored in float32 whatever the training precision: the deploy model is a float (or int8) model
+    model, graph = shipped_model.model, shipped_model.graph
     final_fit = spec.train_config().final_fit or any(METHODS.get(c).obj.trains_on_validation for c in spec.components)
     with times.phase("scoring"):
         test = evaluate(model.to(workspace.device), data.test, data.num_classes, workspace.device)
@@ -471,19 +477,19 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
     frames = spec.features.frames(LATENCY_SECONDS)
     reference = latency_reference(spec, data)
     figures = measure_deploy(model, data.input_dim, frames, not workspace.defer_latency, reference,
-                             workspace.cache_dir / "onnx-graphs", times)
-    # The ONNX model that ships, evaluated in ONNX Runtime; an int8 one's scores are the headline.
+                             workspace.cache_dir / "onnx-graphs", times, graph=graph)
+    # The ONNX model that ships, evaluated in ONNX Runtime; a method's own graph's scores are the headline.
     shipped, shipped_test = {"onnx_status": "not exported"}, None
-    if workspace.onnx_check or onnx_io.int8_graph(model) is not None:
+    if workspace.onnx_check or graph is not None:
         with times.phase("onnx"):
-            shipped, shipped_test = onnx_io.shipped_figures(model, data, frames, workspace.cache_dir / "onnx-graphs")
+            shipped, shipped_test = onnx_io.shipped_figures(model, data, frames, workspace.cache_dir / "onnx-graphs",
+                                                            graph=graph)
     torch_ua = test["ua"]
     if shipped_test is not None:
         test = shipped_test
         if val["ua"] is not None:  # the validation score of what ships too, as bench tune's trials score it
             with times.phase("onnx"):
-                val = scores_of(onnx_io.predict_graph(onnx_io.int8_graph(model), data.val), data.val,
-                                data.num_classes)
+                val = scores_of(onnx_io.predict_graph(graph, data.val), data.val, data.num_classes)
     own_fits = [f for f in ctx.fits if not any(f is reused for reused in ctx.reused_fits)]
     costs = dict(figures, int8_macs=0, float_macs=figures["macs"])
     # an int8 graph's costs (MACs by precision, flops, size) replace the float model's: the graph is what ships
@@ -501,7 +507,7 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
         "n_fit": len(data.train) + len(data.val) if final_fit else len(data.train),  # utterances trained on
         "skipped_files": len(data.corpus.skipped), "skipped": data.corpus.skipped,
-        "ua_torch": torch_ua, "accuracy_runtime": "pytorch" if shipped_test is None else "onnxruntime int8",
+        "ua_torch": torch_ua, "accuracy_runtime": _accuracy_runtime(shipped_test, costs),
         "train_params": train_params,
         "best_epoch": ctx.fits[-1].best_epoch if ctx.fits else None,  # of validation UA
         "deployed_epoch": ctx.fits[-1].deployed_epoch if ctx.fits else None,  # whose weights are deployed
@@ -513,8 +519,15 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
         "wall_seconds": (wall := time.perf_counter() - started), **times.record(wall),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }, environment())
-    record["_deploy_model"] = model  # taken out and saved by the caller
+    record["_deploy_model"] = shipped_model  # taken out and saved by the caller
     return record
+
+
+def _accuracy_runtime(shipped_test: dict | None, costs: dict) -> str:
+    """Where the headline scores come from: PyTorch, or ONNX Runtime for a graph the method ships."""
+    if shipped_test is None:
+        return "pytorch"
+    return "onnxruntime int8" if costs.get("size_format") == "int8 onnx" else "onnxruntime"
 
 
 def _peak_memory(fits: list[FitResult]) -> dict:
@@ -543,7 +556,7 @@ def release_memory() -> None:
     """Hand the memory freed by a finished run back to the system. ``bench`` runs with glibc's
     trimming threshold at 1 GB (``bench.probe.steady_allocator``, for steady latency), so without
     this the heap kept every run's freed tensors and a 40-run EmoDB grid grew from 1.2 GB to 2.4 GB
-    resident; trimmed after every run it stays at 0.84-0.91 GB (README, "Running at scale")."""
+    resident; trimmed after every run it stays at 0.84-0.91 GB (docs/scaling.md)."""
     gc.collect()  # models in reference cycles (hooks, pruning graphs) go first
     trim_heap()
 
@@ -556,18 +569,11 @@ def trim_heap() -> None:
         pass
 
 
-def save_model(model: nn.Module, path: Path, record: dict) -> None:
+def save_model(shipped: Deployed, path: Path, record: dict) -> None:
     """Save ``record``'s deploy model as data (see :mod:`bench.model_store`), so that ``bench measure``
-    and ``bench.load_model`` use it without retraining; quant's int8 graph goes beside it as ONNX
-    (``<run_id>.int8.onnx``)."""
+    and ``bench.load_model`` use it without retraining; the graph a method ships goes beside it
+    (``<run_id>.onnx``)."""
     from bench.model_store import save_deploy_model
 
-    int8 = model.__dict__.pop(onnx_io.INT8_ATTRIBUTE, None)
-    if int8 is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        onnx_tmp = path.with_suffix(f".int8.tmp{os.getpid()}")
-        onnx_tmp.write_bytes(int8)
-        os.replace(onnx_tmp, path.with_suffix(".int8.onnx"))
-
-    save_deploy_model(model, path, record["backbone"], record["input_dim"], len(record["classes"]),
+    save_deploy_model(shipped, path, record["backbone"], record["input_dim"], len(record["classes"]),
                       [record["preset"], record.get("teacher_preset") or record["preset"]])

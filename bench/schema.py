@@ -83,8 +83,8 @@ SCORES = {
     "classes": Field("list", "class names in the matrix's order"),
     "headline_metric": Field("str", "the corpus's headline metric (`ua` for most; DAIC-WOZ's `f1_depressed`)"),
     "dataset_metrics": Field("list", "the metrics the corpus declares, each a field of the record"),
-    "ua_torch": Field("number", "test UA of the PyTorch model (equal to `ua` unless an int8 graph ships)"),
-    "accuracy_runtime": Field("str", "where `ua` was measured: `pytorch` or `onnxruntime int8`"),
+    "ua_torch": Field("number", "test UA of the PyTorch model (equal to `ua` unless the method ships its own ONNX graph, as quant does)"),
+    "accuracy_runtime": Field("str", "where `ua` was measured: `pytorch`, or `onnxruntime int8` / `onnxruntime` for an ONNX graph the method ships (int8 or not)"),
     "val_ua": Field("number", "validation UA of the deploy model (null after a final fit on the validation speakers)", True),
     "val_wa": Field("number", "validation WA, likewise", True),
 }
@@ -114,7 +114,7 @@ COSTS = {
     "peak_memory_method": _optional("str", "how peak memory was measured"),
     "peak_memory_error": _optional("str", "why it could not be"),
     "size_bytes": Field("int", "size of the shipped model file"),
-    "size_format": Field("str", "its format (`float32 state_dict`, `int8 onnx`)"),
+    "size_format": Field("str", "its format (`float32 state_dict`; `int8 onnx` or `onnx` for a graph the method ships)"),
 }
 
 LATENCY = {

@@ -216,20 +216,20 @@ def validation_scores(spec: RunSpec, workspace: Workspace, cost: str | None = No
     data = workspace.fold_data(spec)
     # as `bench run` does: the fingerprint names the cached plain models a trial reuses (the large one too)
     spec = replace(spec, corpus_fingerprint=data.fingerprint)
-    model, _, _ = deploy_model(RunContext(spec, data, workspace))
-    model.to("cpu")
-    int8 = onnx_io.int8_graph(model)
-    if int8 is None:
+    shipped, _, _ = deploy_model(RunContext(spec, data, workspace))
+    model, graph = shipped.model.to("cpu"), shipped.graph
+    if graph is None:
         scores = {"val_ua": evaluate(model, data.val, data.num_classes)["ua"]}
-    else:  # what ships is the int8 graph: scored in ONNX Runtime, as recorded runs are
-        scores = {"val_ua": scores_of(onnx_io.predict_graph(int8, data.val), data.val, data.num_classes)["ua"]}
+    else:  # what ships is the method's graph (quant's int8 one): scored in ONNX Runtime, as recorded runs are
+        scores = {"val_ua": scores_of(onnx_io.predict_graph(graph, data.val), data.val, data.num_classes)["ua"]}
     frames = spec.features.frames(LATENCY_SECONDS)
     if cost == "macs":
-        scores["macs"] = (onnx_io.graph_macs(int8, data.input_dim, frames)["macs"] if int8 is not None
+        scores["macs"] = (onnx_io.graph_macs(graph, data.input_dim, frames)["macs"] if graph is not None
                           else measure.count_macs(model, data.input_dim, frames))
     elif cost == "latency_ratio":
         scores["latency_ratio"] = measure.deploy_latency(model, latency_reference(spec, data), data.input_dim, frames,
-                                                         {}, workspace.cache_dir / "onnx-graphs")["latency_ratio"]
+                                                         {}, workspace.cache_dir / "onnx-graphs",
+                                                         graph=graph)["latency_ratio"]
     discard_run_checkpoints(workspace.cache_dir, spec.run_id)  # trials are not recorded runs
     return scores
 

@@ -11,8 +11,8 @@ Alone it quantizes the trained plain model of the run's preset (the cached basel
 (``hrf+quant``, ``kd+quant``, ``prune+quant``, ``lowrank+quant``) it quantizes the previous method's
 deploy model. It must come last in a composition: nothing trains a quantized model further.
 
-The deploy model stays the float PyTorch model (saved as usual); the int8 graph travels with it
-(:func:`bench.onnx_io.attach_int8`) and is saved beside it as ``<run_id>.int8.onnx``. The runner
+``deploy`` returns a :class:`bench.method.Deployed`: the float PyTorch model (saved as usual) and the
+int8 graph, which ships in its place and is saved beside it as ``<run_id>.onnx``. The runner
 evaluates that graph in ONNX Runtime, and its figures are the run's headline (what ships); its
 ``int8_macs`` and ``float_macs`` come from the quantized graph's own nodes.
 """
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.method import Method
-from bench.onnx_io import attach_int8, export_onnx, int8_graph
+from bench.method import Deployed, Method
+from bench.onnx_io import export_onnx
 from bench.registry import METHODS, BenchError, param
 
 __all__ = ["Quant", "QuantParams", "quantize_graph"]
@@ -122,9 +122,7 @@ class Quant(Method):
     def train(self, model: nn.Module, ctx) -> nn.Module:
         return model  # post-training: nothing to train
 
-    def deploy(self, model: nn.Module, ctx) -> nn.Module:
-        if int8_graph(model) is not None:
-            raise BenchError("the model is already quantized: use quant once, as the last method of a composition")
+    def deploy(self, model: nn.Module, ctx) -> Deployed:
         model.eval()
         train = ctx.data.train.features
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(ctx.spec.seed))
@@ -137,7 +135,7 @@ class Quant(Method):
             graph = quantize_graph(path, self.params.scheme, calibration)
         self.int8_size = len(graph)
         self.calibrated_on = len(calibration) if self.params.scheme == "static" else 0
-        return attach_int8(model, graph)
+        return Deployed(model, graph)
 
     def record(self) -> dict:
         return {"quant_source": self.source, "quant_scheme": self.params.scheme,

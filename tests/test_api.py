@@ -4,7 +4,6 @@ dependencies (optional extras, the private APIs the code relies on)."""
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import subprocess
@@ -20,7 +19,6 @@ import bench
 from bench.cli import main
 from bench.measure import example_input
 from bench.model_store import load_deploy_model
-from bench.onnx_io import int8_graph
 from bench.registry import BenchError
 from bench.runner import RunSpec, Workspace, execute, save_model
 from bench.train import TrainConfig
@@ -105,15 +103,16 @@ def deploy_models(tmp_path_factory):
         spec = RunSpec(method, "convtransformer", "tiny", "toy", 1, 0, TrainConfig(epochs=1), method_params=params,
                        teacher_preset="lightweight")
         record = execute(spec, workspace)
-        model = record.pop("_deploy_model")
-        save_model(model, folder / f"{record['run_id']}.pt", record)
-        saved[method] = (model, folder / f"{record['run_id']}.pt", record)
+        shipped = record.pop("_deploy_model")
+        save_model(shipped, folder / f"{record['run_id']}.pt", record)
+        saved[method] = (shipped, folder / f"{record['run_id']}.pt", record)
     return saved
 
 
 @pytest.mark.parametrize("method", ["baseline", "hrf", "prune", "lowrank", "quant"])
 def test_saved_deploy_model_is_data_and_gives_identical_outputs(deploy_models, method):
-    model, path, record = deploy_models[method]
+    shipped, path, record = deploy_models[method]
+    model = shipped.model
     document = torch.load(path, weights_only=True)  # tensors and plain values only: no pickled classes
     assert (document["backbone"], document["input_dim"], document["num_classes"]) == ("convtransformer", 16, 4)
     changed = {c["path"] for c in document["changes"]}
@@ -124,11 +123,12 @@ def test_saved_deploy_model_is_data_and_gives_identical_outputs(deploy_models, m
     elif method == "lowrank":  # factor pairs and LowRankAttention replace modules of the teacher
         assert document["preset"] == "lightweight"
         assert any(c["class"] == "methods.lowrank:LowRankAttention" for c in document["changes"])
-    else:  # quant: the float plain model as data, its int8 ONNX graph beside it, attached on loading
+    else:  # quant: the float plain model as data, the int8 ONNX graph it ships beside it, loaded with it
         assert document["preset"] == "tiny" and not changed
-        assert int8_graph(load_deploy_model(path)) == path.with_suffix(".int8.onnx").read_bytes()
+        assert shipped.graph is not None and load_deploy_model(path).graph == path.with_suffix(".onnx").read_bytes()
+    assert (shipped.graph is None) == (not path.with_suffix(".onnx").exists())
 
-    loaded = load_deploy_model(path)
+    loaded = load_deploy_model(path).model
     assert [type(m) for m in loaded.modules()] == [type(m) for m in model.modules()]
     assert not loaded.training
     for frames in (37, 120):
@@ -153,7 +153,7 @@ def test_a_module_inserted_before_unchanged_ones_keeps_its_place(tmp_path):
     last = model.head.mlp[0]
     model.head.mlp = nn.Sequential(OrderedDict(pre=nn.Linear(last.in_features, last.in_features), **{"0": last}))
     save_deploy_model(model, tmp_path / "m.pt", "convtransformer", 16, 4, ["tiny"])
-    loaded = load_deploy_model(tmp_path / "m.pt")
+    loaded = load_deploy_model(tmp_path / "m.pt").model
     assert list(loaded.head.mlp._modules) == ["pre", "0"]
     features, lengths = example_input(16, 40)
     with torch.inference_mode():
@@ -161,7 +161,8 @@ def test_a_module_inserted_before_unchanged_ones_keeps_its_place(tmp_path):
 
 
 def test_load_model_by_run_id_prefix_and_pickles_are_refused_unrun(deploy_models, tmp_path, code_payload):
-    model, path, record = deploy_models["prune"]
+    shipped, path, record = deploy_models["prune"]
+    model = shipped.model
     models = tmp_path / "results" / "models"
     models.mkdir(parents=True)
     (models / path.name).write_bytes(path.read_bytes())

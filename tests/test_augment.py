@@ -212,7 +212,7 @@ def test_a_final_fit_run_is_recorded_without_validation_epochs(cache_dir):
     plain = execute(replace(spec, train=TrainConfig(epochs=2, batch_size=16)), workspace)
     assert plain["run_id"] != record["run_id"]
     assert plain["n_fit"] == plain["n_train"] and 0 <= plain["val_ua"] <= 1
-    assert not same_weights(plain["_deploy_model"], record["_deploy_model"])
+    assert not same_weights(plain["_deploy_model"].model, record["_deploy_model"].model)
 
 
 class Interrupt(KeyboardInterrupt):

@@ -65,7 +65,7 @@ def test_svm_run_is_recorded_like_a_model_and_decides_as_scikit_learn(cache_dir)
     scaler = StandardScaler().fit(x)
     svc = SVC(C=record["svm_c"], gamma="scale", class_weight="balanced").fit(scaler.transform(x), y)
     expected = svc.predict(scaler.transform(vectors(data.test)))
-    model = record["_deploy_model"]
+    model = record["_deploy_model"].model
     with torch.inference_mode():
         ours = torch.cat([model(f[None], torch.tensor([len(f)])).argmax(1) for f in data.test.features]).numpy()
     assert (ours == expected).mean() >= 0.98  # float32 module against float64 libsvm: ties may differ

@@ -95,7 +95,7 @@ def test_composition_runs_in_order_and_quantizes_last(grid):
     assert composed["size_int8_bytes"] < composed["size_float32_bytes"]
     assert composed["params"] == records["quant"]["params"]  # deHRF merged into the plain tiny model
     assert composed["macs"] == records["quant"]["macs"] == composed["int8_macs"]  # all int8 (static QDQ)
-    assert (results / "models" / f"{composed['run_id']}.int8.onnx").exists()  # the int8 graph beside the float model
+    assert (results / "models" / f"{composed['run_id']}.onnx").exists()  # the int8 graph beside the float model
     model = bench.load_model(composed["run_id"], results)
     assert not any(type(m).__name__.startswith("Expanded") for m in model.modules())  # merged before quantizing
     assert records["kd+quant"]["kd_temperature"] == records["kd"]["kd_temperature"]

@@ -234,7 +234,7 @@ def test_measure_without_runs_says_what_to_do(tmp_path):
     assert result.exit_code == 2 and "run `bench run` first" in result.output
 
 
-@pytest.mark.parametrize("damaged", [".pt", ".int8.onnx"])
+@pytest.mark.parametrize("damaged", [".pt", ".onnx", ".int8.onnx"])  # .int8.onnx: how 0.2 saved quant's graph
 def test_measure_names_a_damaged_saved_model_and_writes_nothing(results, damaged):
     model, = (results / "models").glob("*.pt")
     path = model.with_suffix(damaged)

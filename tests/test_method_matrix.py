@@ -133,7 +133,7 @@ def test_recorded_costs_are_the_deploy_models_true_costs(method, backbone, run):
     written = {k: v for k, v in record.items() if k != "_deploy_model"} | {"worker": "w", "schema_version": 1,
                                                                             "checksum": ""}
     assert schema.problems(written) == []  # every field declared, by the harness or the method
-    model = record["_deploy_model"].eval()
+    model = record["_deploy_model"].model.eval()
     with torch.inference_mode():
         logits = model(*variable_length_batch(TOY_DIM))
     assert logits.shape == (3, len(TOY_CLASSES)) and torch.isfinite(logits).all()

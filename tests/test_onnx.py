@@ -12,7 +12,7 @@ import torch
 
 from bench.measure import count_macs, example_input
 from bench.models import build_backbone
-from bench.onnx_io import EXPORT_FRAMES, export_onnx, graph_macs, int8_graph, onnx_figures
+from bench.onnx_io import EXPORT_FRAMES, export_onnx, graph_macs, onnx_figures
 from bench.probe import ort_session
 from bench.registry import BACKBONES, METHODS
 from bench.runner import RunSpec, Workspace, execute
@@ -57,8 +57,9 @@ def test_deploy_model_round_trips_through_onnx(backbone, method, workspace, grap
                    train=TrainConfig(epochs=3), teacher_preset="tiny",
                    method_params={method: HALF_BUDGET} if takes_ratio else {})
     record = execute(spec, workspace)
-    model = record["_deploy_model"].eval()
-    assert record["onnx_status"] == "ok" and (int8_graph(model) is not None) == (method == "quant")
+    shipped = record["_deploy_model"]
+    model = shipped.model.eval()
+    assert record["onnx_status"] == "ok" and (shipped.graph is not None) == (method == "quant")
     if method != "quant":  # int8 may change a few predictions: what matters is that it ships with its own scores
         assert record["onnx_prediction_mismatch"] <= 0.005 and record["ua_onnx"] == pytest.approx(record["ua"], abs=0.02)
     path = tmp_path / "model.onnx"
@@ -103,9 +104,9 @@ def test_a_float_graph_whose_predictions_differ_from_pytorch_is_a_failed_export(
     other = build_backbone("convtransformer", "tiny", TOY_DIM, 4).eval()  # e.g. weights bound from a stale file
     export_onnx(shipped, TOY_DIM, tmp_path / "model.onnx", check_frames=(40, 120))
     graph = (tmp_path / "model.onnx").read_bytes()
-    figures, headline = onnx_figures(graph, shipped, data, 64, quantized=False)
+    figures, headline = onnx_figures(graph, shipped, data, 64, shipped=False)
     assert figures["onnx_status"] == "ok" and figures["onnx_prediction_mismatch"] == 0 and headline is None
-    figures, _ = onnx_figures(graph, other, data, 64, quantized=False)
+    figures, _ = onnx_figures(graph, other, data, 64, shipped=False)
     assert figures["onnx_prediction_mismatch"] > 0.005
     assert figures["onnx_status"].startswith("failed: the ONNX export's predictions differ from PyTorch's on")
 
@@ -114,7 +115,7 @@ def test_a_low_rank_models_recorded_macs_equal_its_graphs_count(workspace, graph
     spec = RunSpec(method="lowrank", backbone="convtransformer", preset="tiny", dataset="toy", fold=1, seed=0,
                    train=TrainConfig(epochs=1), teacher_preset="tiny", method_params={"lowrank": HALF_BUDGET})
     record = execute(spec, workspace)
-    export_onnx(record["_deploy_model"], TOY_DIM, tmp_path / "model.onnx", check_frames=(40, 120),
+    export_onnx(record["_deploy_model"].model, TOY_DIM, tmp_path / "model.onnx", check_frames=(40, 120),
                 graph_cache=graph_cache)
     counted = graph_macs((tmp_path / "model.onnx").read_bytes(), TOY_DIM, record["input_frames"])
     assert record["macs"] == counted["macs"] == record["float_macs"] and record["flops"] == 2 * counted["macs"]

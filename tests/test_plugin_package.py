@@ -1,7 +1,9 @@
-"""A third-party plug-in package, end to end: a throw-away package with a method (the README's
-"Write your own method" code) and a dataset, each registered by an entry point in its pyproject.toml,
-installed with pip into a folder of its own; then `bench list` shows both, `bench run` runs them and
-the leaderboard of `bench report` ranks them."""
+"""A third-party plug-in package, end to end: a throw-away package with methods (the plug-in
+guide's "Write your own method" code, docs/plugins.md; a variant of it that starts from the large model, and one that ships its
+own ONNX graph) and a dataset, each registered by an entry point in its pyproject.toml, installed with
+pip into a folder of its own; then `bench list` shows them, `bench run` runs them, the leaderboard of
+`bench report` ranks them, and `bench export` and `bench probe` ship and time them, with nothing in the
+harness knowing their names."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 import pytest
 
 from bench.api import load_model
@@ -55,6 +58,65 @@ def load(root, cache_dir, params):
                   fingerprint=f"blobs-{params.shift}")
 '''
 
+# Starts from the large (teacher-preset) model, declared on the interface: the harness trains and caches it
+FROM_LARGE = '''"""ffn-magnitude-large: the plug-in guide's FFN magnitude pruning, applied to the trained large model."""
+from bench.registry import METHODS
+
+from hrf_bench_example.ffn_magnitude import FFNMagnitude, FFNMagnitudeParams
+
+
+@METHODS.register("ffn-magnitude-large", "FFN magnitude pruning of the trained large model, then fine-tuning",
+                  params=FFNMagnitudeParams)
+class FFNMagnitudeLarge(FFNMagnitude):
+    uses_large_model = True
+
+    def build(self, ctx, start):
+        return start if start is not None else ctx.large_model()
+'''
+
+# Ships its own ONNX graph (ONNX Runtime's offline basic graph optimizations of the float export)
+OWN_GRAPH = '''"""ort-optimized: the plain model's ONNX export, optimized offline by ONNX Runtime, is what ships."""
+import tempfile
+from pathlib import Path
+
+import onnxruntime as ort
+
+from bench.method import Deployed, Method
+from bench.onnx_io import export_onnx
+from bench.registry import METHODS
+
+
+@METHODS.register("ort-optimized", "the plain model's ONNX graph with ONNX Runtime's basic optimizations baked in")
+class OrtOptimized(Method):
+    must_be_last = True  # a graph cannot be trained further
+    trains_at = "plain"
+    record_fields = {"graph_nodes_saved": "ONNX nodes the optimizations removed"}
+
+    def build(self, ctx, start):
+        return start if start is not None else ctx.trained_model(ctx.spec.preset)
+
+    def train(self, model, ctx):
+        return model
+
+    def deploy(self, model, ctx):
+        import onnx
+
+        with tempfile.TemporaryDirectory() as folder:
+            plain, optimized = Path(folder) / "plain.onnx", Path(folder) / "optimized.onnx"
+            export_onnx(model.eval(), ctx.data.input_dim, plain)
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            options.optimized_model_filepath = str(optimized)
+            ort.InferenceSession(str(plain), options, providers=["CPUExecutionProvider"])
+            before = len(onnx.load(str(plain)).graph.node)
+            graph = optimized.read_bytes()
+        self.saved = before - len(onnx.ModelProto.FromString(graph).graph.node)
+        return Deployed(model, graph)
+
+    def record(self):
+        return {"graph_nodes_saved": self.saved}
+'''
+
 PYPROJECT = '''[build-system]
 requires = ["setuptools>=68"]
 build-backend = "setuptools.build_meta"
@@ -65,6 +127,8 @@ version = "0.1.0"
 
 [project.entry-points."hrf_bench.methods"]
 ffn-magnitude = "hrf_bench_example.ffn_magnitude"
+ffn-magnitude-large = "hrf_bench_example.from_large"
+ort-optimized = "hrf_bench_example.own_graph"
 
 [project.entry-points."hrf_bench.datasets"]
 blobs = "hrf_bench_example.blobs"
@@ -72,8 +136,8 @@ blobs = "hrf_bench_example.blobs"
 
 
 def readme_method() -> str:
-    """The method code of the README's "Write your own method" section."""
-    section = ROOT.joinpath("README.md").read_text().split("### Write your own method", 1)[1]
+    """The method code of the plug-in guide's "Write your own method" section."""
+    section = ROOT.joinpath("docs", "plugins.md").read_text().split("### Write your own method", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -87,6 +151,8 @@ def installed(tmp_path_factory) -> dict[str, str]:
     (package / "__init__.py").write_text("")
     (package / "ffn_magnitude.py").write_text(readme_method())
     (package / "blobs.py").write_text(DATASET)
+    (package / "from_large.py").write_text(FROM_LARGE)
+    (package / "own_graph.py").write_text(OWN_GRAPH)
     (source / "pyproject.toml").write_text(PYPROJECT)
     site = tmp_path_factory.mktemp("plugin-site")
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
@@ -137,3 +203,39 @@ def test_installed_package_is_listed_run_and_ranked(installed, tmp_path):
     order = re.findall(r'<tr data-dataset="blobs"[^>]*data-method="([^"]+)"', board.group(0))
     assert order == list(ranked["method"])  # the page ranks them as the summary does
     assert json.loads((tmp_path / "results" / "records" / f"{rid}.json").read_text())["method"] == "ffn-magnitude"
+
+
+def test_methods_from_the_large_model_and_with_their_own_graph_need_no_harness_change(installed, tmp_path):
+    """What the harness needs is declared on the interface: ``uses_large_model`` (the large model is
+    trained, cached and recorded as the teacher) and a :class:`bench.method.Deployed` graph (scored,
+    costed, saved, exported and probed as what ships)."""
+    bench(installed, "run", "--methods", "baseline,ffn-magnitude-large,ort-optimized", "--datasets", "blobs",
+          "--presets", "tiny", "--folds", "1", "--seeds", "0", "--epochs", "2", "-p", "ffn-magnitude-large.keep=0.25",
+          "--quiet", cwd=tmp_path)
+    results = tmp_path / "results"
+    runs = pd.read_csv(results / "runs.csv").set_index("method")
+    assert sorted(runs.index) == ["baseline", "ffn-magnitude-large", "ort-optimized"] and (runs["status"] == "ok").all()
+    large = runs.loc["ffn-magnitude-large"]
+    assert large["teacher_preset"] == "large" and large["ffn_keep"] == 0.25 and large["reused_fit_flops"] > 0
+    document = torch.load(results / "models" / f"{large['run_id']}.pt", weights_only=True)
+    assert document["preset"] == "large" and document["changes"]  # the large model's build, its FFNs pruned
+    own = runs.loc["ort-optimized"]
+    graph = results / "models" / f"{own['run_id']}.onnx"
+    assert own["accuracy_runtime"] == "onnxruntime" and own["size_format"] == "onnx"
+    assert own["size_bytes"] == graph.stat().st_size and own["ua"] == own["ua_onnx"] and own["latency_runtime"] == "onnxruntime"
+    assert own["graph_nodes_saved"] >= 0
+    assert not (results / "models" / f"{runs.loc['baseline', 'run_id']}.onnx").exists()  # the module's export ships
+
+    bench(installed, "report", "--light-preset", "tiny", "--quiet", cwd=tmp_path)
+    summary = pd.read_csv(results / "tables" / "summary.csv")
+    assert set(summary.loc[summary["dataset"] == "blobs", "method"]) == set(runs.index)
+
+    bench(installed, "export", "--out", str(tmp_path / "ship"), "--seconds", "2", cwd=tmp_path)
+    models = {m["method"]: m for m in json.loads((tmp_path / "ship" / "manifest.json").read_text())["models"]}
+    assert set(models) == set(runs.index)
+    assert (tmp_path / "ship" / models["ort-optimized"]["file"]).read_bytes() == graph.read_bytes()
+    assert models["ort-optimized"]["size_format"] == "onnx"
+    bench(installed, "probe", str(tmp_path / "ship"), "--device", "box", "--threads", "1", "--seconds", "2",
+          "--max-seconds", "0.2", cwd=tmp_path)
+    rows = json.loads((tmp_path / "ship" / "latency-box.json").read_text())["rows"]
+    assert {r["run_id"] for r in rows} == set(runs["run_id"]) and all(r["latency_ms"] > 0 for r in rows)

@@ -155,7 +155,7 @@ def test_export_of_a_model_onnx_cannot_express_is_refused_or_left_out(results, t
     trusted = model_store._trusted_packages() | {__name__.partition(".")[0]}
     monkeypatch.setattr(model_store, "_trusted_packages", lambda: trusted)
     model_store.save_deploy_model(DataDependent(), path, "convtransformer", 16, 4)
-    assert isinstance(model_store.load_deploy_model(path), DataDependent)
+    assert isinstance(model_store.load_deploy_model(path).model, DataDependent)
     refused = invoke("export", "--out", tmp_path / "out", "--results-dir", results)
     assert refused.exit_code == 2 and "cannot export run" in one_line_error(refused.output.splitlines()[-1])
     assert not (tmp_path / "out").exists()  # nothing half-written
@@ -203,7 +203,7 @@ def test_an_int8_model_exports_and_is_probed_in_a_bare_venv(probe_python, result
     assert invoke("export", "--out", out, "--results-dir", results, "--runs", record["run_id"],
                   "--seconds", "2").exit_code == 0
     model, = json.loads((out / "manifest.json").read_text())["models"]
-    assert (out / model["file"]).read_bytes() == (results / "models" / f"{record['run_id']}.int8.onnx").read_bytes()
+    assert (out / model["file"]).read_bytes() == (results / "models" / f"{record['run_id']}.onnx").read_bytes()
     assert model["size_format"] == "int8 onnx" and model["inputs"][0]["int8_macs"] == model["inputs"][0]["macs"] > 0
     probed = run_probe(probe_python, out / "probe.py", out, "--device", "testpi", "--threads", "1", "--seconds", "2",
                        "--max-seconds", "0.2", cwd=tmp_path)

@@ -6,6 +6,7 @@ the int8 graph stays close to the float model; quantizing twice is refused."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,9 +18,11 @@ from bench import measure
 from bench.cli import main
 from bench.features import FeatureConfig
 from bench.models import build_backbone
-from bench.onnx_io import attach_int8, export_onnx, graph_macs, int8_graph
+from bench.onnx_io import export_onnx, graph_macs
 from bench.probe import ort_session
 from bench.registry import METHODS, BenchError
+from bench.runner import RunSpec, Workspace, execute
+from bench.train import TrainConfig
 from conftest import TOY_DIM
 from methods.quant import quantize_graph
 
@@ -53,11 +56,11 @@ def test_static_quant_makes_every_multiply_accumulate_int8_and_ships_the_onnx_ac
     assert record["accuracy_runtime"] == "onnxruntime int8" and record["onnx_status"] == "ok"
     assert record["ua"] == record["ua_onnx"] and 0 <= record["ua_torch"] <= 1
     assert record["size_format"] == "int8 onnx" and record["size_bytes"] == record["size_int8_bytes"]
-    graph = results / "models" / f"{record['run_id']}.int8.onnx"
+    graph = results / "models" / f"{record['run_id']}.onnx"
     assert graph.stat().st_size == record["size_bytes"]
     saved = torch.load(results / "models" / f"{record['run_id']}.pt", weights_only=True)
     assert not any(isinstance(v, bytes) for v in saved.values())  # the .pt is the float model; int8 lies beside
-    assert int8_graph(bench.load_model(record["run_id"], results)) == graph.read_bytes()  # and loads with it
+    assert bench.load_deployed(record["run_id"], results).graph == graph.read_bytes()  # and loads with it
     assert graph_macs(graph.read_bytes(), TOY_DIM, record["input_frames"])["int8_macs"] == float_macs
     # the validation score is the int8 graph's too (as a tune trial scores it), not the float model's
     from bench.onnx_io import predict_graph
@@ -95,7 +98,7 @@ def test_composed_quant_quantizes_the_previous_methods_deploy_model(quant_runs):
     composed = records["hrf+quant-static"]
     assert composed["quant_source"] == "previous method's deploy model" and composed["hrf_expansion_ratio"] > 0
     assert composed["int8_macs"] == records["quant-static"]["int8_macs"]  # deHRF: the plain tiny model's shapes
-    assert (results / "models" / f"{composed['run_id']}.int8.onnx").exists()
+    assert (results / "models" / f"{composed['run_id']}.onnx").exists()
 
 
 @pytest.mark.parametrize("scheme", ["static", "dynamic"])
@@ -121,8 +124,13 @@ def test_int8_graph_stays_close_to_the_float_model(scheme, tmp_path):
     assert len(graph) < 0.4 * (tmp_path / "float.onnx").stat().st_size
 
 
-def test_quantizing_twice_is_an_error():
-    model = attach_int8(build_backbone("convtransformer", "tiny", TOY_DIM, 4), b"int8 graph")
-    quant = METHODS.get("quant")
-    with pytest.raises(BenchError, match="already quantized"):
-        quant.obj(quant.make_params({})).deploy(model, ctx=None)
+def test_a_graph_shipped_before_the_last_component_is_refused(tmp_path, monkeypatch):
+    """What a method ships as its own ONNX graph cannot be trained further: a method that ships one but is
+    composed before another (not declared ``must_be_last``, so no grid caught it) fails with one line."""
+    class GraphFirst(METHODS.get("quant").obj):
+        must_be_last = False
+
+    monkeypatch.setitem(METHODS._entries, "graph-first", replace(METHODS.get("quant"), name="graph-first", obj=GraphFirst))
+    spec = RunSpec("graph-first+hrf", "convtransformer", "tiny", "toy", 1, 0, TrainConfig(epochs=1))
+    with pytest.raises(BenchError, match="graph-first ships its own ONNX graph.*must come last"):
+        execute(spec, Workspace(tmp_path, progress=False, defer_latency=True))

@@ -31,9 +31,9 @@ def test_tiny_training_beats_chance_on_an_easy_split(cache_dir):
 def test_same_seed_same_result_different_seed_differs(tmp_path):
     spec = toy_spec(train=TrainConfig(epochs=2, batch_size=16))
     # separate caches, so the second run really trains again instead of reusing the cached model
-    first = execute(spec, Workspace(tmp_path / "a", progress=False))["_deploy_model"].state_dict()
-    second = execute(spec, Workspace(tmp_path / "b", progress=False))["_deploy_model"].state_dict()
-    other = execute(toy_spec(seed=1, train=spec.train), Workspace(tmp_path / "a", progress=False))["_deploy_model"].state_dict()
+    first = execute(spec, Workspace(tmp_path / "a", progress=False))["_deploy_model"].model.state_dict()
+    second = execute(spec, Workspace(tmp_path / "b", progress=False))["_deploy_model"].model.state_dict()
+    other = execute(toy_spec(seed=1, train=spec.train), Workspace(tmp_path / "a", progress=False))["_deploy_model"].model.state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
@@ -147,7 +147,7 @@ def test_recipe_reaches_the_model_the_trainer_and_the_record(cache_dir):
 
 def test_recipe_dropout_is_built_into_the_model(cache_dir):
     record = execute(toy_spec(train=TrainConfig(epochs=1, batch_size=16, dropout=0.3)), Workspace(cache_dir, progress=False))
-    rates = {m.p for m in record["_deploy_model"].modules() if isinstance(m, torch.nn.Dropout)}
+    rates = {m.p for m in record["_deploy_model"].model.modules() if isinstance(m, torch.nn.Dropout)}
     assert rates == {0.3} and record["recipe"]["dropout"] == 0.3
 
 
@@ -245,7 +245,7 @@ def test_bf16_cpu_training_runs_matmuls_in_bf16_keeps_float_weights_and_is_its_o
     assert dtypes == {torch.bfloat16}
     assert bf16["train_precision"] == "bf16-autocast" and bf16["train_amp"] is True
     assert bf16["ua"] > 0.6 and bf16["tiny_model_cache"] == "miss"
-    assert all(p.dtype == torch.float32 for p in bf16["_deploy_model"].parameters())
+    assert all(p.dtype == torch.float32 for p in bf16["_deploy_model"].model.parameters())
     dtypes.clear()
     fp32 = execute(spec, Workspace(cache_dir, progress=False, device="cpu"))
     assert dtypes == {torch.float32} and fp32["train_precision"] == "fp32"
@@ -260,7 +260,7 @@ def test_cuda_training_matches_cpu_within_noise(tmp_path):
     cuda = execute(spec, Workspace(tmp_path / "cuda", progress=False, device="cuda", amp=True))
     assert cuda["train_device"].startswith("cuda") and cuda["train_amp"] is True
     assert abs(cuda["ua"] - cpu["ua"]) <= 0.1
-    assert next(cuda["_deploy_model"].parameters()).device.type == "cpu"  # latency is measured on the CPU
+    assert next(cuda["_deploy_model"].model.parameters()).device.type == "cpu"  # latency is measured on the CPU
 
 
 def test_a_presets_architecture_is_part_of_the_run_identity(cache_dir, monkeypatch):
@@ -277,7 +277,7 @@ def test_a_presets_architecture_is_part_of_the_run_identity(cache_dir, monkeypat
     record = execute(replace(spec, method="baseline"), Workspace(cache_dir, progress=False))
     assert record["architecture"] == presets["tiny"] and record["architecture"]["d_model"] == 48
     assert record["teacher_architecture"] is None
-    assert record["_deploy_model"].final_norm.normalized_shape == (48,)  # built from the edited preset
+    assert record["_deploy_model"].model.final_norm.normalized_shape == (48,)  # built from the edited preset
 
 
 def test_a_records_wall_time_is_split_into_its_phases(cache_dir):

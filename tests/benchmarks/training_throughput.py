@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.features import FeatureConfig
 from bench.models import build_backbone, recipe
-from bench.registry import BACKBONES, load_builtin_plugins
+from bench.registry import load_builtin_plugins
 from bench.train import TrainConfig, autocast, cross_entropy_loss, native_bf16_cpu, spec_augment
 
 PRECISIONS = ("fp32", "bf16")
