@@ -27,7 +27,6 @@ from bench.train import TrainConfig
 
 log = logging.getLogger("bench")
 
-DEFAULT_PRESETS = {"baseline": ("lightweight", "large")}  # others deploy at the lightweight budget
 
 
 MAX_SEED = 2 ** 32
@@ -121,7 +120,8 @@ class Grid:
 
     def presets_for(self, method: str) -> list[str]:
         given = self.presets.get(method) if isinstance(self.presets, dict) else self.presets
-        return list(given or DEFAULT_PRESETS.get(method, ("lightweight",)))
+        # a method's own declared presets; a composition deploys at the lightweight budget
+        return list(given or (METHODS.get(method).obj.default_presets if "+" not in method else ("lightweight",)))
 
     def specs(self, workspace: Workspace | None = None) -> list[RunSpec]:
         """The grid's runs; ``workspace`` (default: one on the default cache folder) reads each dataset's

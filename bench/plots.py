@@ -23,7 +23,8 @@ import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import EngFormatter, MaxNLocator  # noqa: E402
 
-from bench.summary import BASELINE, LABELS  # noqa: E402
+from bench.method import plain_reference  # noqa: E402
+from bench.summary import LABELS  # noqa: E402
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 COSTS = {"macs": "MACs (5 s input)", "latency_ratio": "latency / plain lightweight (interleaved)",
@@ -96,7 +97,7 @@ def plain_frontier(panel: pd.DataFrame, cost: str) -> list[pd.DataFrame]:
     """The plain models of one panel (``baseline`` at every preset, one line per settings), each line
     by increasing cost: a compression method must lie above it to beat training a model of its size
     directly (ShrinkBench's rule), not only above one preset's point."""
-    plain = panel[(panel["method"] == BASELINE) & (panel["config"] == "")]
+    plain = panel[(panel["method"] == plain_reference()) & (panel["config"] == "")]
     return [line.sort_values([cost, "preset"], kind="stable") for _, line in plain.groupby("settings", sort=True)]
 
 
@@ -107,7 +108,7 @@ def method_curves(panel: pd.DataFrame, cost: str) -> list[tuple[str, pd.DataFram
     def without_ratio(config: str) -> str:
         return ", ".join(item for item in str(config or "").split(", ") if not item.split("=")[0].endswith(".ratio"))
 
-    keyed = panel[panel["method"] != BASELINE]
+    keyed = panel[panel["method"] != plain_reference()]
     keyed = keyed.assign(curve=keyed["method"] + " " + keyed["config"].map(without_ratio) + " | " + keyed["settings"])
     return [(key, group.sort_values(cost)) for key, group in keyed.groupby("curve", sort=True) if len(group) >= 2]
 

@@ -17,6 +17,7 @@ import jinja2
 import pandas as pd
 
 from bench import plots, stats
+from bench.method import plain_reference
 from bench.registry import BACKBONES, BenchError
 from bench.results import RecordStore, atomic_write_text
 from bench.summary import (KEYS, LABELS, METRICS, MISSING, classical_references, count, is_true, milliseconds,
@@ -303,8 +304,9 @@ def notes_for(runs: pd.DataFrame, summary: pd.DataFrame, light_preset: str) -> l
     lacking = cells.merge(has_reference, how="left", indicator=True)
     for _, cell in lacking[lacking["_merge"] == "left_only"].iterrows():
         where = f"{cell['dataset']} / {cell['backbone']}" + (f" ({cell['settings']})" if cell["settings"] else "")
-        notes.append(f"No baseline @{light_preset} runs for {where}: Δ light and the paired statistics are missing "
-                     f"(run `bench run --methods baseline --presets {light_preset}` or pass --light-preset).")
+        reference = plain_reference()
+        notes.append(f"No {reference} @{light_preset} runs for {where}: Δ light and the paired statistics are missing "
+                     f"(run `bench run --methods {reference} --presets {light_preset}` or pass --light-preset).")
     return notes
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import DegenerateDataWarning, bootstrap, wilcoxon
 
+from bench.method import plain_reference
+
 GROUP = ["dataset", "backbone", "method", "config", "preset", "settings"]
 PAIR_ON = ["dataset", "backbone", "settings", "fold", "seed"]
 COMPARISON_COLUMNS = ["pairs", "diff_mean", "ci_low", "ci_high", "p_wilcoxon", "significant"]
@@ -32,7 +34,6 @@ MIN_SIGNIFICANT_PAIRS = 5
 # distinct values the resampled means form a coarse lattice and those estimates are unreliable, so the
 # plain percentile interval is used instead.
 MIN_BCA_DISTINCT = 3
-BASELINE = "baseline"
 FAILED = "failed"
 
 
@@ -89,7 +90,7 @@ def _metric_values(runs: pd.DataFrame, metric: str | None) -> pd.DataFrame:
 
 
 def paired_differences(runs: pd.DataFrame, metric: str | None = None,
-                       light_preset: str | None = "lightweight", reference_method: str = BASELINE) -> pd.DataFrame:
+                       light_preset: str | None = "lightweight", reference_method: str | None = None) -> pd.DataFrame:
     """Every finished run minus its paired ``reference_method`` run at ``light_preset`` (the reference;
     any preset can be one, None: the method's runs at any preset, for references such as the classical
     ``svm`` that do not depend on the preset): columns ``GROUP``, ``fold``, ``seed``, ``metric``,
@@ -99,7 +100,7 @@ def paired_differences(runs: pd.DataFrame, metric: str | None = None,
     if runs.empty:
         return pd.DataFrame(columns=columns)
     frame = _metric_values(runs, metric)
-    is_reference = frame["method"] == reference_method
+    is_reference = frame["method"] == (reference_method or plain_reference())
     if light_preset is not None:
         is_reference &= frame["preset"] == light_preset
     reference = frame[is_reference].groupby(PAIR_ON, as_index=False)["value"].mean()
@@ -125,7 +126,7 @@ def mean_differences(runs: pd.DataFrame, metrics: list[str], reference_preset: s
     difference rests on."""
     frame = _metric_values(runs, None)
     columns = [*metrics, "value"]  # "value": the headline metric
-    is_reference = (frame["method"] == BASELINE) & (frame["preset"] == reference_preset)
+    is_reference = (frame["method"] == plain_reference()) & (frame["preset"] == reference_preset)
     reference = frame[is_reference].groupby(PAIR_ON, as_index=False)[columns].mean()
     paired = frame[~is_reference].merge(reference, on=PAIR_ON, how="inner", suffixes=("", "_reference"))
     for column in columns:
@@ -136,7 +137,7 @@ def mean_differences(runs: pd.DataFrame, metrics: list[str], reference_preset: s
 
 
 def compare(runs: pd.DataFrame, light_preset: str | None = "lightweight", seed: int = 0,
-            metric: str | None = None, reference_method: str = BASELINE) -> pd.DataFrame:
+            metric: str | None = None, reference_method: str | None = None) -> pd.DataFrame:
     """Per ``GROUP``, over fold-level paired differences (seeds averaged within each fold): ``pairs``
     (folds), ``diff_mean``, its bootstrap interval (seeded with ``seed`` for every group, so a row does
     not depend on which other rows exist), the Wilcoxon p-value and ``significant`` (the interval
@@ -174,9 +175,9 @@ def forest(runs: pd.DataFrame, seed: int = 0, leave_out: tuple[str, ...] = ()) -
     frame = finished(runs)
     frame = frame[~frame["method"].isin(leave_out)] if len(frame) else frame
     rows = []
-    for preset in sorted(set(frame.loc[frame["method"] != BASELINE, "preset"]) if len(frame) else []):
+    for preset in sorted(set(frame.loc[frame["method"] != plain_reference(), "preset"]) if len(frame) else []):
         differences = fold_differences(paired_differences(frame, None, preset))
-        differences = differences[(differences["preset"] == preset) & (differences["method"] != BASELINE)]
+        differences = differences[(differences["preset"] == preset) & (differences["method"] != plain_reference())]
         for key, group in differences.groupby(FOREST_KEY, sort=True):
             cells = []
             for (dataset, backbone, settings), cell in group.groupby(["dataset", "backbone", "settings"], sort=True):

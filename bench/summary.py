@@ -19,6 +19,7 @@ import pandas as pd
 
 from bench import stats
 from bench.features import FeatureConfig
+from bench.method import plain_reference
 from bench.registry import METHODS
 from bench.train import TrainConfig
 
@@ -32,7 +33,6 @@ LABELS = {"wa": "WA", "ua": "UA", "macro_f1": "F1", "weighted_f1": "wF1", "param
 TRAINING_COSTS = ["fit_flops", "reused_fit_flops", "fit_seconds", "reused_fit_seconds", "train_peak_memory_bytes"]
 TRAINING_MULTIPLES = ["train_flops_x", "train_seconds_x", "train_memory_x"]
 NESTED = ("method_params", "dataset_params", "confusion", "classes", "skipped")
-BASELINE = "baseline"
 MISSING = "—"
 OK = "ok"
 DELTA_LIGHT, DELTA_LARGE = "Δ light (folds)", "Δ large (folds)"
@@ -180,7 +180,7 @@ def summary_table(runs: pd.DataFrame, light_preset: str = "lightweight", large_p
     table = pd.DataFrame(rows)
     table["role"] = ""
     for role, preset in (("light", light_preset), ("large", large_preset)):
-        is_reference = ((table["method"] == BASELINE) & (table["preset"] == preset)).to_numpy()
+        is_reference = ((table["method"] == plain_reference()) & (table["preset"] == preset)).to_numpy()
         table.loc[is_reference, "role"] = role
         paired = table[KEYS].merge(stats.mean_differences(runs, metrics, preset), on=KEYS, how="left")
         table[f"{role}_pairs"] = paired["pairs"].to_numpy()
@@ -206,7 +206,7 @@ def training_multiples(table: pd.DataFrame, light_preset: str = "lightweight") -
     training on the same dataset, backbone and settings: FLOPs and seconds of everything trained for the
     run (the method's own training plus the cached models it built on, e.g. kd's teacher), and its own
     training's peak memory. NaN where either side lacks the figure."""
-    light = table[(table["method"] == BASELINE) & (table["preset"] == light_preset)]
+    light = table[(table["method"] == plain_reference()) & (table["preset"] == light_preset)]
     light = light.drop_duplicates(["dataset", "backbone", "settings"]).set_index(["dataset", "backbone", "settings"])
     where = pd.MultiIndex.from_frame(table[["dataset", "backbone", "settings"]])
 
@@ -241,14 +241,14 @@ def large_model_warnings(table: pd.DataFrame, large_preset: str = "large") -> li
     the lightweight baseline says nothing about the method. A milder warning when the mean is > 0 but
     the paired interval includes 0 (the lead is not established). Empty otherwise, and when there is
     no such pair to judge by."""
-    baselines = table[table["method"] == BASELINE].set_index(["dataset", "backbone", "settings", "preset"])
+    baselines = table[table["method"] == plain_reference()].set_index(["dataset", "backbone", "settings", "preset"])
     texts = []
     for _, row in table.iterrows():
         named = not _is_missing(row["teacher_preset"]) and row["teacher_preset"]
         source = row["teacher_preset"] if named else large_preset
         where = (row["dataset"], row["backbone"], row["settings"], source)
         text = ""
-        if row["method"] != BASELINE and starts_from_large_model(row["method"], row["teacher_preset"]) \
+        if row["method"] != plain_reference() and starts_from_large_model(row["method"], row["teacher_preset"]) \
                 and where in baselines.index:
             large = baselines.loc[where]
             large = large.iloc[0] if isinstance(large, pd.DataFrame) else large
@@ -279,7 +279,7 @@ def classical_warnings(table: pd.DataFrame, runs: pd.DataFrame, seed: int = 0) -
     texts = [""] * len(table)
     for reference in classical_references(table["method"]):
         comparison = stats.compare(runs, None, seed=seed, reference_method=reference)
-        plain = comparison[comparison["method"] == BASELINE].set_index(["dataset", "backbone", "settings", "preset"])
+        plain = comparison[comparison["method"] == plain_reference()].set_index(["dataset", "backbone", "settings", "preset"])
         for position, (_, row) in enumerate(table.iterrows()):
             if row["method"] == reference:
                 continue
@@ -295,7 +295,7 @@ def classical_warnings(table: pd.DataFrame, runs: pd.DataFrame, seed: int = 0) -
                 found = found.iloc[0] if isinstance(found, pd.DataFrame) else found
                 if _is_missing(found["diff_mean"]) or found["diff_mean"] > 0:
                     continue
-                whose = "this plain model is" if row["method"] == BASELINE and source == row["preset"] else \
+                whose = "this plain model is" if row["method"] == plain_reference() and source == row["preset"] else \
                     f"the plain model it is built on (baseline @{source}) is"
                 texts[position] = "; ".join(filter(None, [texts[position], (
                     f"{whose} below the classical reference {reference} ({signed_points(found['diff_mean'])} "

@@ -10,6 +10,8 @@ from bench.registry import METHODS
 
 @METHODS.register("baseline", "plain training of the chosen preset (the reference every method is compared to)")
 class Baseline(Method):
+    plain_reference = True
+    default_presets = ("lightweight", "large")
     trains_at = "plain"
     deploys_preset_model = True
     def build(self, ctx, start: nn.Module | None) -> nn.Module:

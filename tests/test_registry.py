@@ -102,3 +102,26 @@ def test_a_broken_plugin_package_is_a_one_line_error_naming_it(tmp_path, monkeyp
     assert message.startswith("plug-in 'broken' (broken_plugin_entry, group hrf_bench.datasets) failed to load")
     assert "a_module_that_is_not_installed" in message and "fix or uninstall" in message and "\n" not in message
     sys.modules.pop("broken_plugin_entry", None)
+
+
+def test_the_plain_reference_and_default_presets_are_declared_on_the_method_not_named(monkeypatch):
+    from bench.grid import make_grid
+    from bench.method import Method, plain_reference
+    from bench.registry import Entry
+
+    assert plain_reference() == "baseline"
+    grid = make_grid({"methods": ["baseline", "hrf", "hrf+quant"]})
+    assert [grid.presets_for(m) for m in grid.methods] == [["lightweight", "large"], ["lightweight"], ["lightweight"]]
+
+    class Wide(Method):
+        default_presets = ("tiny", "medium")
+
+    monkeypatch.setitem(METHODS._entries, "wide", Entry("wide", Wide, "deploys at two budgets by default"))
+    assert make_grid({"methods": ["wide"]}).presets_for("wide") == ["tiny", "medium"]
+
+    class Rival(Method):
+        plain_reference = True
+
+    monkeypatch.setitem(METHODS._entries, "rival", Entry("rival", Rival, "a second plain reference"))
+    with pytest.raises(BenchError, match="exactly one registered method must declare plain_reference.*baseline, rival"):
+        plain_reference()
