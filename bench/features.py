@@ -40,7 +40,7 @@ class FeatureConfig:
     # speakers' mean and variance; "speaker" with each speaker's own statistics, computed from that
     # speaker's unlabeled frames at training and test time alike (a declared, common practice for
     # speaker-independent SER; it needs speaker labels). The default: on EmoDB's validation speakers it
-    # lifted the plain models and the SVM alike (README "Training recipe").
+    # lifted the plain models and the SVM alike (docs/recipes.md).
     normalize: str = "speaker"
 
     def __post_init__(self):

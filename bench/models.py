@@ -8,7 +8,7 @@ from bench.registry import BACKBONES, BenchError
 
 # Training recipes per preset name, used by every backbone that does not register its own
 # (``recipes={preset: {...}}`` in its registration). Chosen on validation UA only (EmoDB,
-# ConvTransformer, seed 0, folds 1-5; README "Training recipe"): label smoothing and SpecAugment
+# ConvTransformer, seed 0, folds 1-5; docs/recipes.md): label smoothing and SpecAugment
 # regularize every size; larger models get a lower peak learning rate. The final epoch's weights are
 # kept, with no early stopping: on a 2-speaker validation split the best epoch's UA is a maximum over
 # noisy values (4-5 points above the last epochs' mean) and picks lucky early epochs, while the cosine
