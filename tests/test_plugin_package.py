@@ -209,9 +209,10 @@ def test_methods_from_the_large_model_and_with_their_own_graph_need_no_harness_c
     """What the harness needs is declared on the interface: ``uses_large_model`` (the large model is
     trained, cached and recorded as the teacher) and a :class:`bench.method.Deployed` graph (scored,
     costed, saved, exported and probed as what ships)."""
-    bench(installed, "run", "--methods", "baseline,ffn-magnitude-large,ort-optimized", "--datasets", "blobs",
-          "--presets", "tiny", "--folds", "1", "--seeds", "0", "--epochs", "2", "-p", "ffn-magnitude-large.keep=0.25",
-          "--quiet", cwd=tmp_path)
+    # the float exports' check is the other test's business: here only the graph that ships is scored
+    bench(dict(installed, HRF_BENCH_ONNX_CHECK="0"), "run", "--methods", "baseline,ffn-magnitude-large,ort-optimized",
+          "--datasets", "blobs", "--presets", "tiny", "--folds", "1", "--seeds", "0", "--epochs", "2",
+          "-p", "ffn-magnitude-large.keep=0.25", "--quiet", cwd=tmp_path)
     results = tmp_path / "results"
     runs = pd.read_csv(results / "runs.csv").set_index("method")
     assert sorted(runs.index) == ["baseline", "ffn-magnitude-large", "ort-optimized"] and (runs["status"] == "ok").all()
