@@ -210,12 +210,12 @@ def test_methods_from_the_large_model_and_with_their_own_graph_need_no_harness_c
     trained, cached and recorded as the teacher) and a :class:`bench.method.Deployed` graph (scored,
     costed, saved, exported and probed as what ships)."""
     # the float exports' check is the other test's business: here only the graph that ships is scored
-    bench(dict(installed, HRF_BENCH_ONNX_CHECK="0"), "run", "--methods", "baseline,ffn-magnitude-large,ort-optimized",
+    bench(dict(installed, HRF_BENCH_ONNX_CHECK="0"), "run", "--methods", "ffn-magnitude-large,ort-optimized",
           "--datasets", "blobs", "--presets", "tiny", "--folds", "1", "--seeds", "0", "--epochs", "2",
           "-p", "ffn-magnitude-large.keep=0.25", "--quiet", cwd=tmp_path)
     results = tmp_path / "results"
     runs = pd.read_csv(results / "runs.csv").set_index("method")
-    assert sorted(runs.index) == ["baseline", "ffn-magnitude-large", "ort-optimized"] and (runs["status"] == "ok").all()
+    assert sorted(runs.index) == ["ffn-magnitude-large", "ort-optimized"] and (runs["status"] == "ok").all()
     large = runs.loc["ffn-magnitude-large"]
     assert large["teacher_preset"] == "large" and large["ffn_keep"] == 0.25 and large["reused_fit_flops"] > 0
     document = torch.load(results / "models" / f"{large['run_id']}.pt", weights_only=True)
@@ -225,7 +225,7 @@ def test_methods_from_the_large_model_and_with_their_own_graph_need_no_harness_c
     assert own["accuracy_runtime"] == "onnxruntime" and own["size_format"] == "onnx"
     assert own["size_bytes"] == graph.stat().st_size and own["ua"] == own["ua_onnx"] and own["latency_runtime"] == "onnxruntime"
     assert own["graph_nodes_saved"] >= 0
-    assert not (results / "models" / f"{runs.loc['baseline', 'run_id']}.onnx").exists()  # the module's export ships
+    assert not (results / "models" / f"{large['run_id']}.onnx").exists()  # the module's own export ships
 
     bench(installed, "report", "--light-preset", "tiny", "--quiet", cwd=tmp_path)
     summary = pd.read_csv(results / "tables" / "summary.csv")
