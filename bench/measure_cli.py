@@ -345,6 +345,19 @@ def _check_export_target(out: Path, replace: bool) -> None:
         if not (out / "manifest.json").exists():
             raise BenchError(f"--out {out} is not an earlier export (it has no manifest.json): "
                              f"give a new folder; --replace only replaces export folders")
+        foreign = sorted(str(p.relative_to(out)) for p in out.rglob("*") if not p.is_dir() and not _exported(p.relative_to(out)))
+        if foreign:
+            raise BenchError(f"--out {out} holds {len(foreign)} file(s) an export does not write ({foreign[0]}"
+                             f"{', ...' if len(foreign) > 1 else ''}; device measurements are latency-*.json): "
+                             f"move them out first, or give a new folder")
+
+
+def _exported(path: Path) -> bool:
+    """Whether ``path`` (relative to an export folder) is a file ``bench export`` writes there."""
+    if len(path.parts) == 1:
+        return path.name in ("manifest.json", "probe.py") or path.suffix == ".onnx"
+    return len(path.parts) == 2 and (path.parts[0], path.suffix) in (("peak", ".onnx"), ("references", ".onnx"),
+                                                                      ("checks", ".npy"))
 
 
 def _export_models(chosen, folder: Path, durations: list[float], skip_unexportable: bool,

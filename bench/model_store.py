@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 import pickle
+import re
 import warnings
 from pathlib import Path
 
@@ -30,6 +31,7 @@ log = logging.getLogger("bench")
 FORMAT = "hrf-bench-deploy-model"
 VERSION = 1
 LEGACY_GRAPH_SUFFIX = ".int8.onnx"
+RUN_ID = re.compile(r"[0-9a-f]{1,16}")  # bench.results.run_id: 16 hex digits; a prefix names a run too
 _BOOKKEEPING = frozenset(vars(nn.Module()))  # what nn.Module.__init__ sets: hooks, _parameters, training...
 
 
@@ -246,7 +248,10 @@ def load_deploy_model(path: Path) -> Deployed:
 def find_model(run_id: str, results_dir: Path) -> Path:
     """``<results_dir>/models/<run_id>.pt`` for a run id or a unique prefix of one."""
     folder = Path(results_dir) / "models"
-    matches = sorted(folder.glob(f"{run_id}*.pt")) if run_id and folder.is_dir() else []
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        raise BenchError(f"{run_id!r} is not a run id: give the 16 hex digits of a run id from runs.csv, "
+                         f"or a prefix of them (bench.load_runs)")
+    matches = sorted(folder.glob(f"{run_id}*.pt")) if folder.is_dir() else []
     if len(matches) != 1:
         problem = "matches several runs" if matches else f"has no saved deploy model in {folder}"
         raise BenchError(f"run {run_id!r} {problem}: give a run id from runs.csv (bench.load_runs)")

@@ -389,6 +389,16 @@ def tune_command(method, backbone, preset, dataset, params, trials, objectives, 
                f"records: {RecordStore(results_dir).records_dir}")
 
 
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}")
+
+
+def check_study_name(name: str) -> None:
+    """A study's name becomes file names under ``results/tune/``: letters, digits and ``. _ + = -``, no path."""
+    if not STUDY_NAME.fullmatch(name) or ".." in name:
+        raise BenchError(f"--study-name {name!r} must be a plain name (letters, digits, '.', '_', '+', '=', '-'; "
+                         f"at most 128; no '/' or '..'): its tables and plots are written under results/tune/")
+
+
 @dataclass
 class TuneResult:
     """What :func:`tune` did: the study, its trials as a table, the best trials (the Pareto front for
@@ -435,6 +445,8 @@ def tune(method: str, backbone: str = "convtransformer", preset: str = "lightwei
     from bench.grid import make_grid, run_grid
 
     results_dir = Path(results_dir)
+    if study_name is not None:
+        check_study_name(study_name)
     folds, seeds = _numbers(folds, "folds"), _numbers(seeds, "seeds")
     test_folds = None if test_folds is None else _numbers(test_folds, "test folds")
     params, dataset_params, data_roots = _items(params), _items(dataset_params), _items(data_roots)

@@ -74,8 +74,11 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         bench.run(folds="1-x", results_dir=tmp_path)
     with pytest.raises(BenchError, match="unknown method 'hfr'. Did you mean 'hrf'"):
         bench.run(methods=["hfr"], results_dir=tmp_path)
-    with pytest.raises(BenchError, match="run 'nope' has no saved deploy model"):
-        bench.load_model("nope", tmp_path)
+    with pytest.raises(BenchError, match="run 'abc123' has no saved deploy model"):
+        bench.load_model("abc123", tmp_path)
+    for outside in ("../../../../elsewhere/model", "*", "ab[cd]", "/etc/passwd", "", "ABC123"):
+        with pytest.raises(BenchError, match="is not a run id: give the 16 hex digits"):
+            bench.load_model(outside, tmp_path)
 
 
 def test_import_is_cheap_and_plugins_load_on_first_lookup():

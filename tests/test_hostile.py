@@ -213,3 +213,16 @@ def test_wav_shorter_than_the_analysis_window_is_skipped_and_listed(world, caplo
     assert record["skipped_files"] == 1 and "03a02Wa.wav lasts 10 ms, shorter than" in record["skipped"][0]
     assert "skipped: " in output
     only_changed(before, snapshot(world), {"results/runs.csv"})
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/elsewhere", "a/b", "..", ".hidden", "x" * 200, ""])
+def test_a_study_name_that_is_a_path_is_refused_before_anything_runs(world, name):
+    """Its tables and plots are named after the study: a path would write outside results/tune/."""
+    before = snapshot(world)
+    result = CliRunner().invoke(main, ["tune", "--method", "hrf", "--dataset", "toy", "--preset", "tiny", "-p",
+                                       "expansion_ratio=1:4", "--trials", "1", "--folds", "1", "--epochs", "1",
+                                       "--study-name", name, "--quiet", "--results-dir", str(world / "results")])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "must be a plain name" in lines[0], result.output
+    assert snapshot(world) == before and not (world / "results" / "optuna.db").exists()
+    assert not any(world.parent.glob("x*")) and not Path("/tmp/elsewhere.csv").exists()

@@ -184,9 +184,16 @@ def test_export_refuses_a_file_or_a_used_folder_and_replaces_an_earlier_export_w
     assert result.exit_code == 2 and "not an earlier export" in one_line_error(result.output)
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
+    # the device measurements a probe wrote into the export, and a user's file, are never deleted by --replace
+    (exported / "notes.txt").write_text("mine")
+    result = invoke("export", "--out", exported, "--results-dir", results, "--seconds", "2", "--replace")
+    assert result.exit_code == 2 and "2 file(s) an export does not write (latency-pi4.json" in one_line_error(result.output)
+    assert {p: p.read_bytes() for p in exported.rglob("*") if p.is_file()} == before | {exported / "notes.txt": b"mine"}
+    (exported / "latency-pi4.json").rename(tmp_path / "latency-pi4.json")
+    (exported / "notes.txt").unlink()
     replaced = invoke("export", "--out", exported, "--results-dir", results, "--seconds", "2", "--replace")
     assert replaced.exit_code == 0, replaced.output
-    assert not (exported / "old-run.onnx").exists() and not (exported / "latency-pi4.json").exists()
+    assert not (exported / "old-run.onnx").exists()  # a stale model of the earlier export is replaced
     manifest = json.loads((exported / "manifest.json").read_text())
     assert [i["seconds"] for i in manifest["models"][0]["inputs"]] == [2.0]
     assert not list(tmp_path.glob(".export*"))  # no staging folder left behind
