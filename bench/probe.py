@@ -356,6 +356,17 @@ def load_manifest(folder: Path) -> dict:
     if manifest.get("schema_version") != MANIFEST_VERSION:
         raise ProbeError(f"{path} has manifest schema version {manifest.get('schema_version')!r}, this probe reads "
                          f"{MANIFEST_VERSION}: use the probe.py that `bench export` copied next to it")
+    models = manifest.get("models")
+    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+        raise ProbeError(f"{path} has no list of models: re-run `bench export`")
+    for model in models:  # every file it names, checked before anything is timed
+        inside(folder, model.get("file"), "a model")
+        if model.get("reference"):
+            inside(folder, model["reference"], "a reference model")
+        if model.get("check"):
+            if not isinstance(model["check"], dict):
+                raise ProbeError(f"{path} has a check that is not a table: re-run `bench export`")
+            inside(folder, model["check"].get("input"), "a check input")
     return manifest
 
 
@@ -369,12 +380,24 @@ def single_model_manifest(path: Path, seconds: list[float], frames_per_second: f
                         "inputs": [{"seconds": s, "frames": int(s * frames_per_second) + 1} for s in seconds]}]}
 
 
+def inside(folder: Path, name, what: str) -> Path:
+    """``folder / name`` for a file the manifest names, refused unless it is a relative path inside ``folder``
+    (a manifest is data: it must not point the probe at files elsewhere on the device)."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute():
+        raise ProbeError(f"the manifest names {what} {name!r}, not a file inside the export folder: re-run `bench export`")
+    path = folder / name
+    root = folder.resolve()
+    if root not in path.resolve().parents:
+        raise ProbeError(f"the manifest names {what} {name!r}, outside the export folder: re-run `bench export`")
+    return path
+
+
 def check_output(session, model: dict, folder: Path) -> float | None:
     """Largest |ONNX Runtime - PyTorch| on the manifest's check input (None when it has none)."""
     check = model.get("check")
     if not check:
         return None
-    features = np.load(folder / check["input"]).astype(np.float32)
+    features = np.load(inside(folder, check.get("input"), "a check input")).astype(np.float32)
     lengths = np.full((features.shape[0],), features.shape[1], dtype=np.int64)
     logits = session.run(None, {"features": features, "lengths": lengths})[0]
     return float(np.max(np.abs(logits - np.asarray(check["logits"], dtype=np.float32))))
@@ -385,8 +408,8 @@ def measure_model(folder: Path, model: dict, device: str, threads_list: list[int
     """Rows for one manifest entry: every thread count x input duration, timed against the entry's
     ``reference`` graph (the plain lightweight model of its backbone) when the export has one, with
     the roofline ratio at 1 thread given the core's ``peaks``."""
-    path = folder / model["file"]
-    reference = folder / model["reference"] if model.get("reference") else None
+    path = inside(folder, model.get("file"), "a model")
+    reference = inside(folder, model["reference"], "a reference model") if model.get("reference") else None
     for needed in filter(None, (path, reference)):
         if not needed.exists():
             raise ProbeError(f"{needed} is missing: copy the whole export folder to the device")

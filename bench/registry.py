@@ -69,6 +69,12 @@ def param_infos(params_cls: type | None) -> list[ParamInfo]:
 
 
 def _coerce(info: ParamInfo, value: Any) -> Any:
+    value = _coerce_type(info, value)
+    # -0.0 is the same setting as 0.0 and must give the same run id (json writes "-0.0")
+    return 0.0 if isinstance(value, float) and value == 0.0 else value
+
+
+def _coerce_type(info: ParamInfo, value: Any) -> Any:
     if isinstance(value, str) and info.type is not str:
         try:
             if info.type is bool:

@@ -226,3 +226,12 @@ def test_a_study_name_that_is_a_path_is_refused_before_anything_runs(world, name
     assert result.exit_code == 2 and len(lines) == 1 and "must be a plain name" in lines[0], result.output
     assert snapshot(world) == before and not (world / "results" / "optuna.db").exists()
     assert not any(world.parent.glob("x*")) and not Path("/tmp/elsewhere.csv").exists()
+
+
+def test_minus_zero_is_the_same_setting_and_run_as_zero():
+    from bench.grid import make_grid
+
+    ids = {value: [s.run_id for s in make_grid({"methods": ["kd"], "datasets": ["toy"], "folds": [1], "seeds": [0],
+                                                "method_params": {"kd": {"alpha": value}}}).specs()]
+           for value in ("-0.0", "0", 0.0, -0.0)}
+    assert len({tuple(v) for v in ids.values()}) == 1, ids

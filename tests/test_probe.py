@@ -117,6 +117,26 @@ def test_bench_probe_measures_here_in_the_same_schema(exported):
     assert row["schema_version"] == probe.SCHEMA_VERSION and row["input_seconds"] == 5.0 and row["check_ok"]
 
 
+@pytest.mark.parametrize("field, named", [("file", "../../../etc/passwd"), ("file", "/etc/passwd"),
+                                          ("reference", "../outside.onnx"), ("check", "/tmp/planted.npy"),
+                                          ("file", 7)])
+def test_a_manifest_naming_files_outside_its_folder_is_refused(exported, tmp_path, field, named):
+    folder = tmp_path / "copy"
+    shutil.copytree(exported, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = manifest["models"][0]
+    if field == "check":
+        entry["check"]["input"] = named
+    else:
+        entry[field] = named
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    before = sorted(folder.rglob("*"))
+    result = invoke("probe", folder, "--device", "here", "--threads", "1", "--seconds", "2", "--max-seconds", "0.1")
+    assert result.exit_code == 2
+    assert "not a file inside the export folder" in one_line_error(result.output) or "outside the export folder" in result.output
+    assert sorted(folder.rglob("*")) == before  # no rows written
+
+
 def one_line_error(output: str) -> str:
     lines = [line for line in output.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), output
