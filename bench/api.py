@@ -175,7 +175,11 @@ def load_runs(results_dir: str | Path = "results") -> pd.DataFrame:
     from bench.results import RecordStore
     from bench.summary import runs_frame
 
-    return runs_frame(RecordStore(Path(results_dir)).load()[0])
+    store = RecordStore(Path(results_dir))
+    if not store.records_dir.is_dir():  # a typo or another folder is not "no runs": say so
+        raise BenchError(f"{results_dir} is not a results folder (it has no records/ folder): give the folder "
+                         f"`bench run --results-dir` wrote")
+    return runs_frame(store.load()[0])
 
 
 def load_summary(results_dir: str | Path = "results", light_preset: str = "lightweight", large_preset: str = "large",

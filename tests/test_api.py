@@ -76,6 +76,11 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         bench.run(methods=["hfr"], results_dir=tmp_path)
     with pytest.raises(BenchError, match="run 'abc123' has no saved deploy model"):
         bench.load_model("abc123", tmp_path)
+    for folder in (tmp_path / "typo", tmp_path):
+        with pytest.raises(BenchError, match="is not a results folder"):
+            bench.load_runs(folder)
+        with pytest.raises(BenchError, match="is not a results folder"):
+            bench.load_summary(folder)
     for outside in ("../../../../elsewhere/model", "*", "ab[cd]", "/etc/passwd", "", "ABC123"):
         with pytest.raises(BenchError, match="is not a run id: give the 16 hex digits"):
             bench.load_model(outside, tmp_path)
