@@ -176,6 +176,11 @@ class Workspace:
             fold = corpus.fold(spec.fold)
             splits = {name: [i for i in getattr(fold, name) if corpus.utterances[i].id in features]
                       for name in ("train", "val", "test")}
+            present = sorted({corpus.utterances[i].label for i in splits["train"]})
+            if len(present) < 2:  # one class scores 100 % UA whatever the model does
+                raise BenchError(f"{spec.dataset} fold {spec.fold}: its training utterances have "
+                                 f"{len(present)} class(es) ({', '.join(present) or 'none'}); a classifier needs at "
+                                 f"least two: check the corpus's labels")
             normalized = normalize(corpus, features, splits, spec.features.normalize)
             grouped = any(u.group for u in corpus.utterances)
 

@@ -235,3 +235,24 @@ def test_minus_zero_is_the_same_setting_and_run_as_zero():
                                                 "method_params": {"kd": {"alpha": value}}}).specs()]
            for value in ("-0.0", "0", 0.0, -0.0)}
     assert len({tuple(v) for v in ids.values()}) == 1, ids
+
+
+def test_a_corpus_of_one_class_is_refused_not_scored_100_percent(tmp_path, monkeypatch):
+    import csv
+
+    from dataset_fixtures import make_features
+
+    root = make_features(tmp_path / "features")
+    rows = list(csv.DictReader(open(root / "labels.csv")))
+    with open(root / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([dict(row, label="calm") for row in rows])
+    monkeypatch.setenv("HRF_BENCH_CACHE", str(tmp_path / "cache"))
+    result = CliRunner().invoke(main, ["run", "--methods", "baseline", "--datasets", "features", "--data-root",
+                                       f"features={root}", "--presets", "tiny", *RUN, "--quiet",
+                                       "--results-dir", str(tmp_path / "results")])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "have 1 class(es) (calm); a classifier needs at least two" in lines[0]
+    assert not list((tmp_path / "results").rglob("*.json"))
