@@ -169,13 +169,31 @@ def _load_array(path: Path) -> torch.Tensor:
 def _read_cache(path: Path) -> dict | None:
     """The cached features at ``path``, or None (said on stderr) when the file is unreadable."""
     try:
-        cached = torch.load(path)
+        cached = torch.load(path, weights_only=True)
         if isinstance(cached, dict) and isinstance(cached.get("features"), dict) and isinstance(cached.get("skipped"), list):
             return cached
         problem = "not a feature cache"
     except Exception as error:  # a truncated or foreign file: torch raises several types
         problem = str(error).splitlines()[0] if str(error) else type(error).__name__
     log.warning("feature cache %s is unreadable (%s); extracting the features again", path, problem)
+    return None
+
+
+def _cache_problem(cached: dict, corpus: Corpus) -> str | None:
+    """What makes a readable feature cache unusable for ``corpus``, or None: utterances it lacks beyond
+    those it lists as skipped (a run would silently test on fewer), or arrays that are not ``(frames > 0,
+    dims)`` float tensors of one width."""
+    features = cached["features"]
+    missing = [u.id for u in corpus.utterances if u.id not in features]
+    if len(missing) > len(cached["skipped"]):
+        return f"lacks {len(missing)} of the corpus's utterances (first: {missing[0]})"
+    widths = set()
+    for uid, array in features.items():
+        if not (isinstance(array, torch.Tensor) and array.is_floating_point() and array.ndim == 2 and array.shape[0] > 0):
+            return f"holds a damaged array for {uid}"
+        widths.add(array.shape[1])
+    if len(widths) > 1:
+        return f"holds arrays of {len(widths)} different widths"
     return None
 
 
@@ -198,6 +216,10 @@ def extract(corpus: Corpus, config: FeatureConfig, cache_dir: Path, progress: bo
     """
     path = cache_path(corpus, config, cache_dir, fingerprint)
     cached = _read_cache(path) if path.exists() else None
+    problem = _cache_problem(cached, corpus) if cached is not None else None
+    if problem:
+        log.warning("feature cache %s %s; extracting the features again", path, problem)
+        cached = None
     if cached is not None:
         for message in cached["skipped"]:  # printed on every use, not only when first extracted
             tqdm.write(f"skipped: {message}")

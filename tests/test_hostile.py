@@ -256,3 +256,24 @@ def test_a_corpus_of_one_class_is_refused_not_scored_100_percent(tmp_path, monke
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert "have 1 class(es) (calm); a classifier needs at least two" in lines[0]
     assert not list((tmp_path / "results").rglob("*.json"))
+
+
+@pytest.mark.parametrize("damage", ["utterance-missing", "wrong-width", "no-frames"])
+def test_a_feature_cache_that_does_not_fit_the_corpus_is_extracted_again(world, caplog, damage):
+    cache, = (world / "cache" / "features").glob("toy-*.pt")
+    saved = torch.load(cache, weights_only=True)
+    first = sorted(saved["features"])[0]
+    if damage == "utterance-missing":  # a test utterance gone would shrink the test set without a word
+        del saved["features"][first]
+    else:
+        width = saved["features"][first].shape[1]
+        saved["features"][first] = torch.zeros(7, width + 3) if damage == "wrong-width" else torch.zeros(0, width)
+    torch.save(saved, cache)
+    status, output = bench(world, caplog, *GRID, *RUN[:2], "--seeds", "1", *RUN[4:])  # a new run needs the features
+    assert status == 0, output
+    assert f"feature cache {cache} " in output and "extracting the features again" in output
+    rebuilt = torch.load(cache, weights_only=True)["features"]
+    assert first in rebuilt and rebuilt[first].shape[0] > 0 and len({a.shape[1] for a in rebuilt.values()}) == 1
+    record = next(r for r in RecordStore(world / "results").load()[0] if r["seed"] == 1)
+    original = next(r for r in RecordStore(world / "results").load()[0] if r["seed"] == 0)
+    assert (record["n_train"], record["n_val"], record["n_test"]) == (original["n_train"], original["n_val"], original["n_test"])
