@@ -174,10 +174,10 @@ def forest(runs: pd.DataFrame, seed: int = 0, leave_out: tuple[str, ...] = ()) -
 
     frame = finished(runs)
     frame = frame[~frame["method"].isin(leave_out)] if len(frame) else frame
-    rows = []
-    for preset in sorted(set(frame.loc[frame["method"] != plain_reference(), "preset"]) if len(frame) else []):
+    rows, reference = [], plain_reference()
+    for preset in sorted(set(frame.loc[frame["method"] != reference, "preset"]) if len(frame) else []):
         differences = fold_differences(paired_differences(frame, None, preset))
-        differences = differences[(differences["preset"] == preset) & (differences["method"] != plain_reference())]
+        differences = differences[(differences["preset"] == preset) & (differences["method"] != reference)]
         for key, group in differences.groupby(FOREST_KEY, sort=True):
             cells = []
             for (dataset, backbone, settings), cell in group.groupby(["dataset", "backbone", "settings"], sort=True):

@@ -241,14 +241,15 @@ def large_model_warnings(table: pd.DataFrame, large_preset: str = "large") -> li
     the lightweight baseline says nothing about the method. A milder warning when the mean is > 0 but
     the paired interval includes 0 (the lead is not established). Empty otherwise, and when there is
     no such pair to judge by."""
-    baselines = table[table["method"] == plain_reference()].set_index(["dataset", "backbone", "settings", "preset"])
+    reference = plain_reference()
+    baselines = table[table["method"] == reference].set_index(["dataset", "backbone", "settings", "preset"])
     texts = []
     for _, row in table.iterrows():
         named = not _is_missing(row["teacher_preset"]) and row["teacher_preset"]
         source = row["teacher_preset"] if named else large_preset
         where = (row["dataset"], row["backbone"], row["settings"], source)
         text = ""
-        if row["method"] != plain_reference() and starts_from_large_model(row["method"], row["teacher_preset"]) \
+        if row["method"] != reference and starts_from_large_model(row["method"], row["teacher_preset"]) \
                 and where in baselines.index:
             large = baselines.loc[where]
             large = large.iloc[0] if isinstance(large, pd.DataFrame) else large
@@ -276,10 +277,10 @@ def classical_warnings(table: pd.DataFrame, runs: pd.DataFrame, seed: int = 0) -
     than a classical reference (``classical_reference`` methods, e.g. ``svm``) of the same dataset,
     backbone and settings: its paired mean difference over folds is <= 0. Shrinking a model that a
     functionals-into-an-SVM baseline beats shows nothing. Empty otherwise and without such a pair."""
-    texts = [""] * len(table)
+    texts, plain_method = [""] * len(table), plain_reference()
     for reference in classical_references(table["method"]):
         comparison = stats.compare(runs, None, seed=seed, reference_method=reference)
-        plain = comparison[comparison["method"] == plain_reference()].set_index(["dataset", "backbone", "settings", "preset"])
+        plain = comparison[comparison["method"] == plain_method].set_index(["dataset", "backbone", "settings", "preset"])
         for position, (_, row) in enumerate(table.iterrows()):
             if row["method"] == reference:
                 continue
@@ -295,7 +296,7 @@ def classical_warnings(table: pd.DataFrame, runs: pd.DataFrame, seed: int = 0) -
                 found = found.iloc[0] if isinstance(found, pd.DataFrame) else found
                 if _is_missing(found["diff_mean"]) or found["diff_mean"] > 0:
                     continue
-                whose = "this plain model is" if row["method"] == plain_reference() and source == row["preset"] else \
+                whose = "this plain model is" if row["method"] == plain_method and source == row["preset"] else \
                     f"the plain model it is built on (baseline @{source}) is"
                 texts[position] = "; ".join(filter(None, [texts[position], (
                     f"{whose} below the classical reference {reference} ({signed_points(found['diff_mean'])} "
