@@ -147,7 +147,8 @@ def schema_command() -> None:
 @click.option("--final-fit/--no-final-fit", default=None,
               help="train on training + validation speakers, no validation epochs (needs --keep-weights last)")
 @click.option("--features", "feature_kind", type=click.Choice(list(FEATURE_KINDS)),
-              help="front-end features (default: logmel; egemaps and compare: openSMILE functionals, for svm)")
+              help="front-end features (default: logmel; logmel-stats: log-mel functionals, egemaps and "
+                   "compare: openSMILE functionals, one vector per utterance, for svm)")
 @click.option("--n-mels", type=int, help="mel bins of logmel (and of the mel filterbank behind mfcc)")
 @click.option("--normalize", type=click.Choice(["global", "speaker"]),
               help="standardize features with each speaker's own statistics (speaker, default) or the "

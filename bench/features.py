@@ -6,8 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +23,22 @@ from bench.registry import BenchError
 log = logging.getLogger("bench")
 TARGET_RATE = 16000
 NORMALIZATIONS = ("global", "speaker")
-UTTERANCE_KINDS = ("egemaps", "compare")  # openSMILE functionals: eGeMAPS v02, ComParE 2016 (one frame)
-OPENSMILE_DIMS = {"egemaps": 88, "compare": 6373}
+OPENSMILE_DIMS = {"egemaps": 88, "compare": 6373}  # openSMILE functionals: eGeMAPS v02, ComParE 2016
+# One vector per utterance (one frame): openSMILE's functionals, and the log-mel functionals (8 per mel bin,
+# see utterance_functionals). As features, per-speaker normalization standardizes the functionals
+# themselves with each speaker's statistics, which frame-level normalization cannot do.
+UTTERANCE_KINDS = ("egemaps", "compare", "logmel-stats")
 FEATURE_KINDS = ("logmel", "spectrogram", "mfcc", *UTTERANCE_KINDS)
+FUNCTIONALS_PER_DIM = 8
 
 
 @dataclass(frozen=True)
 class FeatureConfig:
     """Front-end settings; part of every cache key and run record."""
 
-    kind: str = "logmel"  # logmel | spectrogram | mfcc | egemaps | compare (openSMILE, the [opensmile] extra)
+    # logmel | spectrogram | mfcc | logmel-stats (log-mel functionals) | egemaps | compare (openSMILE,
+    # the [opensmile] extra)
+    kind: str = "logmel"
     n_mels: int = 80
     win_ms: float = 25.0
     hop_ms: float = 10.0
@@ -55,8 +62,10 @@ class FeatureConfig:
 
     @property
     def dim(self) -> int:
-        if self.utterance_level:
+        if self.kind in OPENSMILE_DIMS:
             return OPENSMILE_DIMS[self.kind]
+        if self.kind == "logmel-stats":
+            return FUNCTIONALS_PER_DIM * self.n_mels
         if self.kind == "spectrogram":
             return self.n_fft // 2 + 1
         return self.n_mfcc if self.kind == "mfcc" else self.n_mels
@@ -79,11 +88,51 @@ class FeatureConfig:
         """The settings extraction depends on, the feature cache's key (normalization happens per fold)."""
         return {k: v for k, v in asdict(self).items() if k != "normalize"}
 
+    @property
+    def frame_kind(self) -> str | None:
+        """The frame-level features an utterance-level kind summarizes (None: openSMILE's own, or frames)."""
+        return "logmel" if self.kind == "logmel-stats" else None
+
     def frames(self, seconds: float) -> int:
         """Frames produced for ``seconds`` of audio (centered STFT; one for utterance-level features)."""
         if self.utterance_level:
             return 1
         return int(seconds * TARGET_RATE) // self.hop + 1
+
+
+def _valid(lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    """``(B, T)`` 1.0 at valid frames."""
+    return (torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]).to(torch.float32)
+
+
+def _moments(x: torch.Tensor, weights: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation over valid frames: x ``(B, T, F)``, weights ``(B, T)`` -> two ``(B, F)``.
+
+    Sums as batched matrix products, so that the FLOP counter sees the functionals' cost."""
+    mean = (weights.unsqueeze(1) @ x).squeeze(1) / count
+    square = (weights.unsqueeze(1) @ (x * x)).squeeze(1) / count
+    return mean, (square - mean * mean).clamp(min=0.0).sqrt()
+
+
+def _extremes(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    padded = valid.unsqueeze(-1) == 0
+    return x.masked_fill(padded, math.inf).amin(1), x.masked_fill(padded, -math.inf).amax(1)
+
+
+def utterance_functionals(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """x ``(B, T, F)``, lengths ``(B,)`` -> ``(B, 8 F)``: mean, std, min, max of each dimension and of its
+    frame-to-frame delta over the valid frames (a one-frame utterance has a zero delta)."""
+    valid = _valid(lengths, x.shape[1])
+    count = lengths.clamp(min=1).to(x.dtype).unsqueeze(-1)
+    mean, std = _moments(x, valid, count)
+    low, high = _extremes(x, valid)
+    delta = x[:, 1:] - x[:, :-1] if x.shape[1] > 1 else torch.zeros_like(x)
+    delta_valid = _valid((lengths - 1).clamp(min=1), delta.shape[1]) if x.shape[1] > 1 else valid
+    delta = delta * delta_valid.unsqueeze(-1)  # a one-frame utterance: its only delta is 0
+    delta_count = (lengths - 1).clamp(min=1).to(x.dtype).unsqueeze(-1)
+    delta_mean, delta_std = _moments(delta, delta_valid, delta_count)
+    delta_low, delta_high = _extremes(delta, delta_valid)
+    return torch.cat([mean, std, low, high, delta_mean, delta_std, delta_low, delta_high], dim=1)
 
 
 def read_audio(utterance: Utterance) -> torch.Tensor:
@@ -122,7 +171,12 @@ class _OpenSmile:
 
 
 class _Frontend:
+    """Frame features, or (``logmel-stats``) their utterance functionals: wave ``(samples,)`` -> ``(frames, dims)``."""
+
     def __init__(self, config: FeatureConfig):
+        self.functionals = config.frame_kind is not None
+        if self.functionals:
+            config = replace(config, kind=config.frame_kind)
         common = dict(sample_rate=TARGET_RATE)
         spec = dict(n_fft=config.n_fft, win_length=config.n_fft, hop_length=config.hop)
         if config.kind == "logmel":
@@ -135,12 +189,17 @@ class _Frontend:
         self.log = config.kind != "mfcc"
 
     def __call__(self, wave: torch.Tensor) -> torch.Tensor:
-        """wave ``(samples,)`` -> ``(frames, dims)``."""
         with torch.inference_mode():
             spec = self.transform(wave)
             if self.log:
                 spec = 10.0 * torch.log10(spec + 1e-10)  # dB
-            return spec.T.contiguous().clone()
+            return self.summarize(spec.T.contiguous()).clone()
+
+    def summarize(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames ``(T, F)`` as they are, or their functionals ``(1, 8 F)``."""
+        if not self.functionals:
+            return frames
+        return utterance_functionals(frames.unsqueeze(0), torch.tensor([frames.shape[0]]))
 
 
 def cache_path(corpus: Corpus, config: FeatureConfig, cache_dir: Path, fingerprint: str | None = None) -> Path:
@@ -199,7 +258,10 @@ def _cache_problem(cached: dict, corpus: Corpus) -> str | None:
 
 def _features(u: Utterance, frontend: _Frontend | _OpenSmile, config: FeatureConfig) -> torch.Tensor:
     if u.features is not None:
-        return _load_array(u.features)
+        array = _load_array(u.features)
+        if isinstance(frontend, _Frontend) and frontend.functionals:
+            return frontend.summarize(array)
+        return array
     wave = read_audio(u)
     if wave.numel() < config.n_fft:  # the centered STFT cannot pad a signal shorter than its window
         raise BenchError(f"audio {u.path} lasts {1000 * wave.numel() / TARGET_RATE:.0f} ms, shorter than the "
@@ -225,7 +287,7 @@ def extract(corpus: Corpus, config: FeatureConfig, cache_dir: Path, progress: bo
             tqdm.write(f"skipped: {message}")
         corpus.skipped.extend(cached["skipped"])
         return cached["features"]
-    frontend = _OpenSmile(config) if config.utterance_level else _Frontend(config)
+    frontend = _OpenSmile(config) if config.kind in OPENSMILE_DIMS else _Frontend(config)
     features, skipped = {}, []
     for u in tqdm(corpus.utterances, desc=f"features {corpus.name}", disable=not progress, unit="utt"):
         try:

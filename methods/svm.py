@@ -8,8 +8,9 @@ in every grid like any method and sits on the Pareto plots as the on-device comp
 
 - Functionals (``functionals="stats"``): mean, standard deviation, minimum and maximum of every feature
   dimension and of its frame-to-frame delta over the valid frames (8 x dims numbers; 640 for 80 log-mel
-  bins). With utterance-level features (openSMILE's eGeMAPS or ComParE 2016, ``--features compare``),
-  the single vector is used as it is (``functionals="auto"`` picks this).
+  bins). With utterance-level features (the same log-mel functionals, ``--features logmel-stats``, which
+  per-speaker normalization then standardizes functional by functional; openSMILE's eGeMAPS or ComParE
+  2016, ``--features compare``), the single vector is used as it is (``functionals="auto"`` picks this).
 - The SVM is fitted on every training speaker: the fold's training and validation parts together,
   because its ``C`` is chosen by grouped cross-validation over those speakers (UA, one speaker group
   held out at a time), and the test speakers are never seen.
@@ -23,17 +24,17 @@ in every grid like any method and sits on the Pareto plots as the on-device comp
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from bench.features import FUNCTIONALS_PER_DIM, utterance_functionals
 from bench.method import Method, RunFailed
 from bench.registry import METHODS, param
 
-__all__ = ["FunctionalSVM", "SVMParams", "utterance_functionals"]
+__all__ = ["FunctionalSVM", "SVMParams"]
 
 FUNCTIONALS = ("auto", "stats", "none")
 C_GRID = (0.1, 1.0, 10.0, 100.0)
@@ -48,41 +49,6 @@ class SVMParams:
                               choices=("balanced", "none"))
     cv_folds: int = param(5, "speaker groups for choosing C by grouped cross-validation on training speakers",
                           low=2, high=20)
-
-
-def _valid(lengths: torch.Tensor, frames: int) -> torch.Tensor:
-    """``(B, T)`` 1.0 at valid frames."""
-    return (torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]).to(torch.float32)
-
-
-def _moments(x: torch.Tensor, weights: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation over valid frames: x ``(B, T, F)``, weights ``(B, T)`` -> two ``(B, F)``.
-
-    Sums as batched matrix products, so that the FLOP counter sees the functionals' cost."""
-    mean = (weights.unsqueeze(1) @ x).squeeze(1) / count
-    square = (weights.unsqueeze(1) @ (x * x)).squeeze(1) / count
-    return mean, (square - mean * mean).clamp(min=0.0).sqrt()
-
-
-def _extremes(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    padded = valid.unsqueeze(-1) == 0
-    return x.masked_fill(padded, math.inf).amin(1), x.masked_fill(padded, -math.inf).amax(1)
-
-
-def utterance_functionals(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """x ``(B, T, F)``, lengths ``(B,)`` -> ``(B, 8 F)``: mean, std, min, max of each dimension and of its
-    frame-to-frame delta over the valid frames (a one-frame utterance has a zero delta)."""
-    valid = _valid(lengths, x.shape[1])
-    count = lengths.clamp(min=1).to(x.dtype).unsqueeze(-1)
-    mean, std = _moments(x, valid, count)
-    low, high = _extremes(x, valid)
-    delta = x[:, 1:] - x[:, :-1] if x.shape[1] > 1 else torch.zeros_like(x)
-    delta_valid = _valid((lengths - 1).clamp(min=1), delta.shape[1]) if x.shape[1] > 1 else valid
-    delta = delta * delta_valid.unsqueeze(-1)  # a one-frame utterance: its only delta is 0
-    delta_count = (lengths - 1).clamp(min=1).to(x.dtype).unsqueeze(-1)
-    delta_mean, delta_std = _moments(delta, delta_valid, delta_count)
-    delta_low, delta_high = _extremes(delta, delta_valid)
-    return torch.cat([mean, std, low, high, delta_mean, delta_std, delta_low, delta_high], dim=1)
 
 
 class FunctionalSVM(nn.Module):
@@ -103,7 +69,7 @@ class FunctionalSVM(nn.Module):
     def __init__(self, input_dim: int, num_classes: int, num_support: int, functionals: str, gamma: float):
         super().__init__()
         self.functionals, self.gamma = functionals, float(gamma)
-        dim = 8 * input_dim if functionals == "stats" else input_dim
+        dim = FUNCTIONALS_PER_DIM * input_dim if functionals == "stats" else input_dim
         pairs = num_classes * (num_classes - 1) // 2
         frozen = dict(requires_grad=False)
         self.mean = nn.Parameter(torch.zeros(dim), **frozen)

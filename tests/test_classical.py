@@ -13,7 +13,7 @@ from bench.features import FeatureConfig, extract
 from bench.registry import BenchError
 from bench.runner import RunSpec, Workspace, execute, normalize
 from bench.train import TrainConfig
-from methods.svm import utterance_functionals
+from bench.features import utterance_functionals
 
 
 def toy_spec(**changes) -> RunSpec:
@@ -90,6 +90,29 @@ def test_speaker_normalization_standardizes_each_speaker_with_its_own_frames(cac
     assert not torch.allclose(torch.cat(plain.test.features).mean(0), torch.zeros(16), atol=1e-2)
     assert spec.run_id != toy_spec(method="baseline", features=FeatureConfig(normalize="global")).run_id
     assert spec.run_id == toy_spec(method="baseline").run_id  # per-speaker is the default
+
+
+def test_log_mel_functionals_are_utterance_features_that_speaker_normalization_standardizes(cache_dir):
+    workspace = Workspace(cache_dir, progress=False)
+    config = FeatureConfig(kind="logmel-stats", normalize="speaker")
+    spec = toy_spec(features=config)
+    data = workspace.fold_data(spec)
+    assert config.utterance_level and config.frames(5.0) == 1 and config.dim == 8 * 80
+    assert all(f.shape == (1, 8 * 16) for f in data.train.features)  # 8 functionals of each of the 16 dims
+    for split, speakers in ((data.train, data.speakers["train"]), (data.test, data.speakers["test"])):
+        for speaker in set(speakers):  # each speaker's functionals standardized with that speaker's own
+            vectors = torch.cat([f for f, s in zip(split.features, speakers) if s == speaker])
+            assert torch.allclose(vectors.mean(0), torch.zeros(8 * 16), atol=1e-4)
+    # frame-level normalization cannot standardize a speaker's spread and extremes; the functional
+    # features can: globally normalized, a test speaker's functionals keep an offset
+    plain = workspace.fold_data(toy_spec(features=FeatureConfig(kind="logmel-stats", normalize="global")))
+    speaker = plain.speakers["test"][0]
+    vectors = torch.cat([f for f, s in zip(plain.test.features, plain.speakers["test"]) if s == speaker])
+    assert vectors.mean(0).abs().max() > 0.1
+    record = execute(spec, workspace)
+    assert record["status"] == "ok" and record["svm_feature_dim"] == 8 * 16 and record["ua"] > 0.6
+    assert record["input_frames"] == 1 and record["features_kind"] == "logmel-stats"
+    assert spec.run_id != toy_spec().run_id
 
 
 def test_speaker_normalization_needs_speakers(tmp_path):
