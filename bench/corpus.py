@@ -66,22 +66,25 @@ class Corpus:
         return self.folds[number - 1]
 
 
-FILE_HASHES = "file-hashes.json"  # under the cache folder: path -> [size, mtime_ns, sha1 of the content]
+# under the cache folder: path -> [size, mtime_ns, ctime_ns, sha1 of the content]. The ctime too, because
+# size and mtime are easy to keep while editing a file (``touch -r``), and then stale features were reused.
+FILE_HASHES = "file-hashes.json"
 
 
 def _file_digest(path: Path, known: dict) -> str:
-    """sha1 of the file's content, taken from ``known`` while its size and mtime are unchanged."""
+    """sha1 of the file's content, taken from ``known`` while its size, mtime and ctime are unchanged."""
     stat = os.stat(path)
     key = str(Path(path).resolve())
     entry = known.get(key)
-    if entry and entry[:2] == [stat.st_size, stat.st_mtime_ns]:
-        return entry[2]
+    signature = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+    if isinstance(entry, list) and len(entry) == 4 and entry[:3] == signature and isinstance(entry[3], str):
+        return entry[3]
     digest = hashlib.sha1()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    known[key] = [stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
-    return known[key][2]
+    known[key] = [*signature, digest.hexdigest()]
+    return known[key][3]
 
 
 def corpus_fingerprint(corpus: Corpus, cache_dir: Path) -> str:
@@ -95,9 +98,11 @@ def corpus_fingerprint(corpus: Corpus, cache_dir: Path) -> str:
 
     store = Path(cache_dir) / FILE_HASHES
     try:
-        known = json.loads(store.read_text()) if store.exists() else {}
+        known = json.loads(store.read_text()) if store.is_file() else {}
     except (OSError, ValueError):
         known = {}  # an unreadable memo only costs hashing again
+    if not isinstance(known, dict):
+        known = {}  # valid JSON but not the memo: the same
     before = dict(known)
     digest = hashlib.sha1(json.dumps([corpus.name, corpus.classes, corpus.fingerprint,
                                       [[f.name, f.train, f.val, f.test] for f in corpus.folds]]).encode())

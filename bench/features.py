@@ -135,17 +135,38 @@ def utterance_functionals(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
     return torch.cat([mean, std, low, high, delta_mean, delta_std, delta_low, delta_high], dim=1)
 
 
+MIN_SAMPLE_RATE = 8000  # telephone speech; a lower header rate is a damaged file, and resampling it explodes
+MAX_UTTERANCE_SECONDS = 600.0  # bounds the memory one utterance may take (attention grows with its square)
+
+
 def read_audio(utterance: Utterance) -> torch.Tensor:
-    """Mono float32 waveform ``(samples,)`` at 16 kHz; raises BenchError naming the file on failure."""
+    """Mono float32 waveform ``(samples,)`` at 16 kHz; raises BenchError naming the file on failure.
+
+    Refused before reading: what is not a regular file (a FIFO would block, a symlink loop never
+    resolves), a sample rate under 8 kHz, more than ``MAX_UTTERANCE_SECONDS``; after: non-finite samples."""
+    path = Path(utterance.path)
+    if not path.is_file():
+        raise BenchError(f"audio {path} is not a regular file (missing, a folder, a FIFO or a symlink loop)")
     try:
-        info = soundfile.info(str(utterance.path))
-        start = int((utterance.start or 0.0) * info.samplerate)
-        stop = int(utterance.end * info.samplerate) if utterance.end is not None else None
-        data, rate = soundfile.read(str(utterance.path), start=start, stop=stop, dtype="float32", always_2d=True)
+        info = soundfile.info(str(path))
     except Exception as error:  # soundfile raises several types for broken files
-        raise BenchError(f"cannot read audio {utterance.path}: {error}") from None
+        raise BenchError(f"cannot read audio {path}: {error}") from None
+    if info.samplerate < MIN_SAMPLE_RATE:
+        raise BenchError(f"audio {path} says its sample rate is {info.samplerate} Hz, under {MIN_SAMPLE_RATE} Hz")
+    start = int((utterance.start or 0.0) * info.samplerate)
+    stop = int(utterance.end * info.samplerate) if utterance.end is not None else None
+    samples = (min(stop, info.frames) if stop is not None else info.frames) - start
+    if samples > MAX_UTTERANCE_SECONDS * info.samplerate:
+        raise BenchError(f"audio {path} lasts {samples / info.samplerate:.0f} s, more than the "
+                         f"{MAX_UTTERANCE_SECONDS:.0f} s one utterance may: cut it into segments")
+    try:
+        data, rate = soundfile.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+    except Exception as error:
+        raise BenchError(f"cannot read audio {path}: {error}") from None
     if data.size == 0:
-        raise BenchError(f"audio file {utterance.path} is empty")
+        raise BenchError(f"audio file {path} is empty")
+    if not np.isfinite(data).all():
+        raise BenchError(f"audio {path} holds NaN or infinite samples")
     wave = torch.from_numpy(data.mean(axis=1))
     if rate != TARGET_RATE:
         wave = torchaudio.functional.resample(wave, rate, TARGET_RATE)

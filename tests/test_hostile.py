@@ -277,3 +277,63 @@ def test_a_feature_cache_that_does_not_fit_the_corpus_is_extracted_again(world, 
     record = next(r for r in RecordStore(world / "results").load()[0] if r["seed"] == 1)
     original = next(r for r in RecordStore(world / "results").load()[0] if r["seed"] == 0)
     assert (record["n_train"], record["n_val"], record["n_test"]) == (original["n_train"], original["n_val"], original["n_test"])
+
+
+def wav(path: Path, seconds: float = 1.0, rate: int = 16000, value: float = 0.1, subtype: str = "PCM_16") -> Path:
+    soundfile.write(path, np.full(int(seconds * rate), value, np.float32), rate, subtype=subtype)
+    return path
+
+
+def test_audio_that_would_hang_or_exhaust_memory_is_skipped_with_its_reason(tmp_path):
+    import os
+
+    from bench.corpus import Corpus, Utterance
+    from bench.features import FeatureConfig, extract
+
+    os.mkfifo(tmp_path / "fifo.wav")  # opening it for reading would block forever
+    (tmp_path / "loop.wav").symlink_to(tmp_path / "loop.wav")
+    wav(tmp_path / "one-hertz.wav", seconds=2.0, rate=1)  # resampled to 16 kHz: 16000 times the samples
+    wav(tmp_path / "long.wav", seconds=601.0, rate=8000)
+    wav(tmp_path / "nan.wav", value=float("nan"), subtype="FLOAT")
+    wav(tmp_path / "good.wav")
+    names = ["fifo", "loop", "one-hertz", "long", "nan", "good"]
+    corpus = Corpus("hostile-audio", ["a"], [Utterance(n, "a", n, path=tmp_path / f"{n}.wav") for n in names], [])
+    features = extract(corpus, FeatureConfig(), tmp_path / "cache", progress=False, fingerprint="x")
+    assert list(features) == ["good"]
+    reasons = "\n".join(corpus.skipped)
+    assert "fifo.wav is not a regular file" in reasons and "loop.wav is not a regular file" in reasons
+    assert "sample rate is 1 Hz, under 8000 Hz" in reasons
+    assert "long.wav lasts 601 s, more than the 600 s one utterance may" in reasons
+    assert "nan.wav holds NaN or infinite samples" in reasons
+    assert len(corpus.skipped) == 5
+
+
+def test_upper_case_wav_suffixes_are_read_like_lower_case_ones(tmp_path):
+    from bench.datasets.emodb import read_utterances
+
+    (tmp_path / "wav").mkdir()
+    wav(tmp_path / "wav" / "03a01Fa.wav")
+    wav(tmp_path / "wav" / "03a01Wa.WAV")  # as Windows tools name them
+    utterances = read_utterances(tmp_path)
+    assert sorted(u.id for u in utterances) == ["03a01Fa", "03a01Wa"]
+    assert {u.label for u in utterances} == {"happiness", "anger"}
+
+
+def test_an_edit_that_keeps_size_and_mtime_changes_the_corpus_fingerprint(tmp_path):
+    import os
+
+    from bench.corpus import FILE_HASHES, Corpus, Utterance, corpus_fingerprint
+
+    path = wav(tmp_path / "u.wav", value=0.1)
+    corpus = Corpus("edited", ["a"], [Utterance("u", "a", "s", path=path)], [])
+    cache = tmp_path / "cache"
+    before = corpus_fingerprint(corpus, cache)
+    stat = os.stat(path)
+    wav(path, value=0.2)  # same length, other samples
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # size and mtime as they were
+    assert os.stat(path).st_size == stat.st_size and os.stat(path).st_mtime_ns == stat.st_mtime_ns
+    edited = corpus_fingerprint(corpus, cache)
+    assert edited != before
+    for junk in ("[1, 2]", json.dumps({str(path.resolve()): 5}), json.dumps({str(path.resolve()): [1, 2, 3, None]})):
+        (cache / FILE_HASHES).write_text(junk)  # a memo of the wrong shape only costs hashing again
+        assert corpus_fingerprint(corpus, cache) == edited

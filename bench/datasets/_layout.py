@@ -38,6 +38,13 @@ def visible(paths) -> list[Path]:
     return sorted(p for p in paths if not p.name.startswith("."))
 
 
+def audio_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """Visible ``.wav`` files of ``folder`` (below it too when ``recursive``), whatever the case of
+    the suffix (``.WAV`` from Windows tools counts)."""
+    paths = folder.rglob("*") if recursive else folder.glob("*")
+    return visible(p for p in paths if p.suffix.lower() == ".wav" and not p.is_dir())
+
+
 def find_file(root: Path, name: str, depth: int = 2) -> Path | None:
     """``root/name`` or the same name at most ``depth`` folders below ``root`` (first in sorted order)."""
     for level in range(depth + 1):

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.corpus import Corpus, Utterance, speaker_folds
-from bench.datasets._layout import check_nonempty, contiguous_groups, require_root, visible
+from bench.datasets._layout import audio_files, check_nonempty, contiguous_groups, require_root
 from bench.registry import DATASETS, BenchError, param
 
 EMOTIONS = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
 CLASSES = list(EMOTIONS.values())
-NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})\.wav$")
+NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})\.(?i:wav)$")
 EXPECTED = "an AudioWAV/ folder of files named like 1001_DFA_ANG_XX.wav"
 
 
@@ -30,7 +30,7 @@ class CremaDParams:
 def read_utterances(root: Path) -> list[Utterance]:
     folder = root / "AudioWAV" if (root / "AudioWAV").is_dir() else root
     utterances = []
-    for path in visible(folder.glob("*.wav")):
+    for path in audio_files(folder):
         match = NAME.match(path.name)
         if match is None:
             raise BenchError(f"{path} does not follow CREMA-D's file names AAAA_SSS_EEE_LL.wav "

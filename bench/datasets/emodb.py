@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.corpus import Corpus, Utterance, speaker_folds
-from bench.datasets._layout import check_nonempty, not_the_corpus, require_root, visible
+from bench.datasets._layout import audio_files, check_nonempty, not_the_corpus, require_root
 from bench.registry import DATASETS, BenchError, param
 
 EMOTIONS = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness", "T": "sadness",
@@ -19,7 +19,7 @@ EMOTIONS = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "hap
 CLASSES = list(EMOTIONS.values())
 # One male and one female speaker per fold (male: 03 10 11 12 15, female: 08 09 13 14 16).
 SPEAKER_PAIRS = [["03", "08"], ["10", "09"], ["11", "13"], ["12", "14"], ["15", "16"]]
-NAME = re.compile(r"^(\d{2})([a-z]\d{2})([A-Z])([a-z])\.wav$")
+NAME = re.compile(r"^(\d{2})([a-z]\d{2})([A-Z])([a-z])\.(?i:wav)$")
 EXPECTED = "a wav/ folder of files named like 03a01Fa.wav"
 
 
@@ -36,7 +36,7 @@ def read_utterances(root: Path) -> list[Utterance]:
     if not folder.is_dir():
         raise not_the_corpus("emodb", root, EXPECTED)
     utterances = []
-    for path in visible(folder.glob("*.wav")):
+    for path in audio_files(folder):
         match = NAME.match(path.name)
         if match is None:
             raise BenchError(f"{path} does not follow EmoDB's file names SSTTTEV.wav (e.g. 03a01Fa.wav): "

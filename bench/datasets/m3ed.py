@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.corpus import Corpus, Utterance
-from bench.datasets._layout import find_file, fold_from_units, note_skipped, not_the_corpus, require_root, visible
+from bench.datasets._layout import audio_files, find_file, fold_from_units, note_skipped, not_the_corpus, require_root
 from bench.registry import DATASETS, BenchError, param
 
 CLASSES = ["happy", "neutral", "sad", "disgust", "anger", "fear", "surprise"]
@@ -86,7 +86,7 @@ def load(root: Path | None, cache_dir: Path, params: M3EDParams) -> Corpus:
     if path is None:
         raise BenchError(f"M3ED label file annotation.json is missing under {root} (expected {EXPECTED})")
     lists = read_split_lists(root)
-    audio = {p.stem: p for p in visible(root.rglob("*.wav"))}
+    audio = {p.stem: p for p in audio_files(root, recursive=True)}
     if not audio:
         raise not_the_corpus("m3ed", root, EXPECTED)
     annotation = read_annotation(path)

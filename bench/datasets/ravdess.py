@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.corpus import Corpus, Utterance, speaker_folds
-from bench.datasets._layout import check_nonempty, contiguous_groups, require_root, visible
+from bench.datasets._layout import audio_files, check_nonempty, contiguous_groups, require_root, visible
 from bench.registry import DATASETS, BenchError, param
 
 EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fearful",
             "07": "disgust", "08": "surprised"}
 CLASSES = list(EMOTIONS.values())
-NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})\.wav$")
+NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})\.(?i:wav)$")
 SPEECH = "01"
 EXPECTED = "Actor_NN/ folders of files named like 03-01-05-01-02-01-12.wav"
 
@@ -32,7 +32,8 @@ class RavdessParams:
 
 
 def read_utterances(root: Path) -> list[Utterance]:
-    files = visible(root.glob("Actor_*/*.wav")) or visible(root.glob("*/Actor_*/*.wav"))
+    files = [p for folder in visible(root.glob("Actor_*")) for p in audio_files(folder)] or \
+        [p for folder in visible(root.glob("*/Actor_*")) for p in audio_files(folder)]
     utterances = []
     for path in files:
         match = NAME.match(path.name)
