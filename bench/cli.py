@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from bench import api
+from bench.paths import UserPath
 from bench.api import default_cache_dir  # noqa: F401  (imported from here by other commands)
 from bench.executors import execution_options
 from bench.features import FEATURE_KINDS
@@ -118,7 +119,7 @@ def schema_command() -> None:
 
 
 @main.command("run")
-@click.option("--config", type=click.Path(path_type=Path), help="grid file (TOML or YAML); flags override it")
+@click.option("--config", type=UserPath(), help="grid file (TOML or YAML); flags override it")
 @click.option("--study", help="a shipped study grid (see `bench list`), e.g. emodb; flags override it")
 @click.option("--dry-run", is_flag=True, help="print the runs, the plain models they share and a compute estimate")
 @click.option("--methods", help="comma-separated methods; a+b composes (default: all registered)")
@@ -157,8 +158,8 @@ def schema_command() -> None:
 @click.option("--param", "-p", "params", multiple=True, help="method parameter, METHOD.PARAM=VALUE")
 @click.option("--dataset-param", "dataset_params", multiple=True, help="dataset parameter, DATASET.PARAM=VALUE")
 @click.option("--data-root", "data_roots", multiple=True, help="corpus folder: PATH, or NAME=PATH (repeatable)")
-@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+@click.option("--results-dir", type=UserPath(), default=Path("results"), show_default=True)
+@click.option("--cache-dir", type=UserPath(), default=None,
               help="features, corpora and trained models [env HRF_BENCH_CACHE, default ~/.cache/hrf-bench]")
 @click.option("--force", is_flag=True, help="re-run runs already recorded")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars")

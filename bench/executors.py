@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from bench.paths import UserPath
 from bench.registry import BenchError
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def execution_options(command):
                      help="[submitit] GPUs per task (Slurm --gpus-per-task), for GPU partitions"),
         click.option("--mem-gb", type=float, help="[submitit] memory per task"),
         click.option("--array-parallelism", type=int, help="[submitit] most tasks running at once (default: all)"),
-        click.option("--submitit-folder", type=click.Path(path_type=Path),
+        click.option("--submitit-folder", type=UserPath(),
                      help="[submitit] job logs and pickles (default: RESULTS_DIR/submitit)"),
         click.option("--wait/--no-wait", default=True, show_default=True,
                      help="[submitit] wait for the jobs, or submit them and return"),

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from bench.claims import Shard, execute_claimed
 from bench.features import FeatureConfig
+from bench.paths import read_text
 from bench.method import TRAINS_AT
 from bench.registry import BACKBONES, DATASETS, METHODS, BenchError
 from bench.results import RecordStore
@@ -233,11 +234,9 @@ def typed_settings(cls: type, values: dict, section: str):
 
 def load_config(path: Path) -> dict:
     """Read a TOML or YAML grid file into a dict of Grid fields."""
+    text = read_text(path, "config")
     try:
-        text = Path(path).read_text()
         data = tomllib.loads(text) if Path(path).suffix == ".toml" else yaml.safe_load(text)
-    except OSError as error:
-        raise BenchError(f"cannot read config {path}: {error.strerror}") from None
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
         raise BenchError(f"config {path} does not parse: {str(error).splitlines()[0]}") from None
     data = data or {}

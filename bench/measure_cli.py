@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from bench import measure, probe
+from bench.paths import UserPath
 from bench.env import environment
 from bench.features import FeatureConfig
 from bench.method import Deployed
@@ -245,7 +246,7 @@ def _rule(max_seconds: float, target_rel_ci: float) -> probe.TimingRule:
     return probe.TimingRule(max_seconds=max_seconds, target_rel_ci=target_rel_ci)
 
 
-RESULTS = click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+RESULTS = click.option("--results-dir", type=UserPath(), default=Path("results"), show_default=True)
 RUNS = click.option("--runs", help="comma-separated run ids (or unique prefixes) [default: every recorded run]")
 SECONDS = click.option("--seconds", default="2,5,10", show_default=True, help="input durations in seconds")
 
@@ -292,7 +293,7 @@ def measure_command(results_dir, runs, seconds, runtimes, threads, device, max_s
 
 
 @click.command("export")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
+@click.option("--out", type=UserPath(), required=True,
               help="folder to write (created; an existing one only with --replace)")
 @RESULTS
 @RUNS
@@ -402,10 +403,10 @@ def _export_models(chosen, folder: Path, durations: list[float], skip_unexportab
 
 
 @click.command("probe")
-@click.argument("target", type=click.Path(path_type=Path))
+@click.argument("target", type=UserPath())
 @click.option("--seconds", help="input durations to time [default: all exported]")
 @timing_options
-@click.option("--out", type=click.Path(path_type=Path), help="rows file [default: TARGET/latency-<device>.json]")
+@click.option("--out", type=UserPath(), help="rows file [default: TARGET/latency-<device>.json]")
 def probe_command(target, seconds, threads, device, max_seconds, target_rel_ci, out) -> None:
     """Time an export folder's ONNX models with ONNX Runtime here (what probe.py does on a device)."""
     _checked(lambda: probe.run_probe(target, device, threads, seconds, _rule(max_seconds, target_rel_ci), out,
@@ -461,7 +462,7 @@ def row_problem(row) -> str | None:
 
 
 @click.command("import-latency")
-@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.argument("file", type=UserPath(exists=True, dir_okay=False))
 @RESULTS
 @click.option("--device", help="tag the rows with this device instead of the file's own tag")
 def import_latency_command(file, results_dir, device) -> None:

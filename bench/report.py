@@ -17,9 +17,10 @@ import jinja2
 import pandas as pd
 
 from bench import plots, stats
+from bench.paths import UserPath
 from bench.method import plain_reference
 from bench.registry import BACKBONES, BenchError
-from bench.results import RecordStore, atomic_write_text
+from bench.results import RecordStore, atomic_write_text, check_folders
 from bench.summary import (KEYS, LABELS, METRICS, MISSING, classical_references, count, is_true, milliseconds,
                            multiple, percent, runs_frame, signed_points, size, summary_table, to_latex, to_markdown,
                            to_terminal)
@@ -364,6 +365,10 @@ def build_report(results_dir: Path, reports_dir: Path, light_preset: str = "ligh
     results_dir, reports_dir = Path(results_dir), Path(reports_dir)
     if not results_dir.is_dir():
         raise BenchError(f"results folder {results_dir} does not exist: run `bench run` first or pass --results-dir")
+    check_folders(results_dir, ("tables",))
+    if reports_dir.exists() and not reports_dir.is_dir():
+        raise BenchError(f"{reports_dir} is a file where the report's folder belongs: move it away or pass --reports-dir")
+    check_folders(reports_dir, ("plots",))
     records, problems = RecordStore(results_dir).load()
     runs = runs_frame(records)
     presets = known_presets(runs)
@@ -437,8 +442,8 @@ def build_report(results_dir: Path, reports_dir: Path, light_preset: str = "ligh
 
 
 @click.command("report")
-@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-@click.option("--reports-dir", type=click.Path(path_type=Path), default=Path("reports"), show_default=True)
+@click.option("--results-dir", type=UserPath(), default=Path("results"), show_default=True)
+@click.option("--reports-dir", type=UserPath(), default=Path("reports"), show_default=True)
 @click.option("--light-preset", default="lightweight", show_default=True,
               help="preset of the baseline that every method is compared to")
 @click.option("--large-preset", default="large", show_default=True, help="preset of the large baseline")

@@ -54,6 +54,20 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+# The folders bench keeps under a results folder: records, deploy models, run claims, latency
+# measurements, report tables and tune's trial tables.
+RESULT_FOLDERS = ("records", "models", "claims", "latency", "tables", "tune")
+
+
+def check_folders(root: Path, names: tuple[str, ...]) -> None:
+    """A one-line error when one of ``root``'s folders ``names`` is a file (found before anything runs,
+    not after training finished)."""
+    for name in names:
+        path = Path(root) / name
+        if path.exists() and not path.is_dir():
+            raise BenchError(f"{path} is a file where a folder belongs: move it away")
+
+
 class RecordStore:
     """Records under ``<results_dir>/records/<run_id>.json`` and the table ``<results_dir>/runs.csv``."""
 
@@ -63,6 +77,7 @@ class RecordStore:
 
     def check_writable(self) -> None:
         """Before anything runs: the records folder takes files and ``runs.csv`` can be replaced."""
+        check_folders(self.root, RESULT_FOLDERS)
         try:
             self.records_dir.mkdir(parents=True, exist_ok=True)
             probe = tempfile.NamedTemporaryFile(dir=self.records_dir, prefix=".probe", delete=True)

@@ -28,6 +28,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from bench import measure, onnx_io
+from bench.paths import UserPath
 from bench.checkpoint import discard_run_checkpoints
 from bench.claims import optimize_total
 from bench.cli import default_cache_dir, parse_assignments, parse_data_roots, parse_ints, parse_list
@@ -363,8 +364,8 @@ def plot_value(table: pd.DataFrame, column: str, label: str, path: Path, log: bo
 @click.option("--max-retry", type=click.IntRange(min=0), default=3, show_default=True)
 @click.option("--dataset-param", "dataset_params", multiple=True, help="DATASET.PARAM=VALUE")
 @click.option("--data-root", "data_roots", multiple=True, help="corpus folder: PATH or NAME=PATH")
-@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--results-dir", type=UserPath(), default=Path("results"), show_default=True)
+@click.option("--cache-dir", type=UserPath(), default=None)
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars or per-trial lines")
 @click.option("--device", default="auto", show_default=True,
               help="training device of trials and final runs: auto (CUDA when present), cpu, cuda, cuda:N")

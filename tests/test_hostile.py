@@ -55,6 +55,20 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def file_in_place(world: Path, folder: str) -> Path:
+    """``folder`` under the results replaced by a file of that name."""
+    path = world / "results" / folder
+    if path.is_dir():
+        shutil.rmtree(path)
+    path.write_text("not a folder")
+    return world
+
+
 # (case id, extra arguments of `bench run` given the world folder, text of the one-line error)
 ERRORS = [
     ("lr-nan", lambda w: [*GRID, *RUN, "--lr", "nan"], "lr=nan must be a finite number"),
@@ -97,6 +111,13 @@ ERRORS = [
     ("epochs-huge", lambda w: [*GRID, *RUN, "--epochs", str(10 ** 30)], "epochs must be >= 1 and at most"),
     ("fold-huge", lambda w: [*GRID, *RUN, "--folds", "100000000"], "past any protocol's folds"),
     ("fold-range-huge", lambda w: [*GRID, *RUN, "--folds", "1-100000000"], "more than 10000 values"),
+    ("config-not-utf8", lambda w: [*GRID, "--config", str(write_bytes(w / "g.toml", b"folds = [1]\n# \xff\xfe\n"))],
+     "is not UTF-8 text"),
+    ("cache-dir-no-such-user", lambda w: [*GRID, *RUN, "--cache-dir", "~nosuchuser-hrf/cache"],
+     "~nosuchuser-hrf"),
+    *[(f"{folder}-is-a-file", lambda w, folder=folder: [*GRID, *RUN[:2], "--seeds", "1", *RUN[4:]]
+       if file_in_place(w, folder) else [], f"{folder} is a file")
+      for folder in ("models", "claims", "records", "tables", "latency", "tune")],
 ]
 
 
@@ -337,3 +358,17 @@ def test_an_edit_that_keeps_size_and_mtime_changes_the_corpus_fingerprint(tmp_pa
     for junk in ("[1, 2]", json.dumps({str(path.resolve()): 5}), json.dumps({str(path.resolve()): [1, 2, 3, None]})):
         (cache / FILE_HASHES).write_text(junk)  # a memo of the wrong shape only costs hashing again
         assert corpus_fingerprint(corpus, cache) == edited
+
+
+@pytest.mark.parametrize("where", ["results/tables", "reports", "reports/plots"])
+def test_a_file_where_the_report_writes_a_folder_is_one_line_before_anything_is_written(world, where):
+    path = world / where
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("not a folder")
+    before = snapshot(world)
+    result = CliRunner().invoke(main, ["report", "--results-dir", str(world / "results"),
+                                       "--reports-dir", str(world / "reports")])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: ") and f"{path} is a file where" in lines[0]
+    assert snapshot(world) == before

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.corpus import Fold, Utterance
+from bench.paths import expand_user
 from bench.registry import BenchError
 
 log = logging.getLogger("bench")
@@ -23,7 +24,7 @@ def require_root(dataset: str, root: Path | None) -> Path:
     if root is None:
         env = f"HRF_BENCH_{dataset.upper().replace('-', '_')}_ROOT"
         raise BenchError(f"dataset {dataset} needs its folder: pass --data-root {dataset}=PATH or set {env}")
-    root = Path(root).expanduser()
+    root = expand_user(root)
     if not root.is_dir():
         raise BenchError(f"folder {root} given for dataset {dataset} does not exist or is not a folder")
     return root

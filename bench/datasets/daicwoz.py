@@ -12,12 +12,14 @@ carved from it, stratified by label), report on dev.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import soundfile
 
 from bench.corpus import Corpus, Utterance
+from bench.paths import read_text
 from bench.datasets._layout import (find_file, fold_from_units, note_skipped, not_the_corpus, require_root,
                                     stratified_pick)
 from bench.registry import DATASETS, BenchError, param
@@ -43,7 +45,7 @@ def read_labels(root: Path, split: str) -> dict[str, str]:
     path = find_file(root, LABEL_FILES[split], depth=1)
     if path is None:
         raise BenchError(f"DAIC-WOZ label file {LABEL_FILES[split]} is missing under {root}")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    with io.StringIO(read_text(path, "DAIC-WOZ label file"), newline="") as handle:
         rows = list(csv.DictReader(handle))
     columns = {c.strip().lower(): c for c in (rows[0].keys() if rows else [])}
     pid_col = columns.get("participant_id")

@@ -9,6 +9,7 @@ carved from the training part (its speakers when known).
 from __future__ import annotations
 
 import csv
+import io
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.corpus import Corpus, Fold, Utterance, speaker_folds
+from bench.paths import read_text
 from bench.datasets._layout import (contiguous_groups, fold_from_units, note_skipped, require_root,
                                     stratified_pick, visible)
 from bench.registry import DATASETS, BenchError, param
@@ -51,7 +53,7 @@ def labels_file(root: Path, name: str) -> Path:
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    with io.StringIO(read_text(path, "label file"), newline="") as handle:
         reader = csv.DictReader(handle)
         columns = {c.strip().lower(): c for c in reader.fieldnames or []}
         if not {"name", "label"} <= set(columns):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.corpus import Corpus, Utterance
+from bench.paths import read_text
 from bench.datasets._layout import audio_files, find_file, fold_from_units, note_skipped, not_the_corpus, require_root
 from bench.registry import DATASETS, BenchError, param
 
@@ -31,7 +32,7 @@ def read_split_lists(root: Path) -> dict[str, set[str]]:
         path = find_file(root, f"splitInfo/movie_list_{split}.txt", depth=1)
         if path is None:
             raise BenchError(f"M3ED split list splitInfo/movie_list_{split}.txt is missing under {root}")
-        lists[split] = {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+        lists[split] = {line.strip() for line in read_text(path, "M3ED split list").splitlines() if line.strip()}
     for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
         shared = sorted(lists[first] & lists[second])
         if shared:

@@ -1,0 +1,43 @@
+"""Paths a user types: ``~`` and ``~user`` expanded, an unknown user's home a one-line error."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from bench.registry import BenchError
+
+
+def expand_user(path: str | Path) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded; BenchError when that home is unknown."""
+    expanded = os.path.expanduser(str(path))
+    if expanded.startswith("~"):
+        raise BenchError(f"{path}: there is no home folder for {expanded.split('/')[0]!r}")
+    return Path(expanded)
+
+
+class UserPath(click.Path):
+    """``click.Path`` giving a :class:`~pathlib.Path` with ``~`` expanded (a usage error when it cannot be)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(path_type=Path, **kwargs)
+
+    def convert(self, value, param, ctx):
+        try:
+            value = expand_user(value)
+        except BenchError as error:
+            self.fail(str(error), param, ctx)
+        return super().convert(value, param, ctx)
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """The UTF-8 text of ``path`` (a byte-order mark dropped); a one-line BenchError naming ``what`` when
+    it cannot be read or is not UTF-8."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise BenchError(f"{what} {path} is not UTF-8 text (byte {error.start}): save it as UTF-8") from None
+    except OSError as error:
+        raise BenchError(f"cannot read {what} {path}: {error.strerror or error}") from None
