@@ -116,14 +116,14 @@ class Plan:
     cached: set[str]  # plain models already trained (reused as they are, --force included)
 
 
-def plan(specs: list[RunSpec], store: RecordStore, cache_dir: Path, force: bool = False, amp: bool = False) -> Plan:
+def plan(specs: list[RunSpec], store: RecordStore, cache_dir: Path, force: bool = False) -> Plan:
     todo = [s for s in specs if force or not store.has(s.run_id)]
     plain, users = {}, Counter()
     for spec in todo:
         presets = [spec.preset] if _method(spec.components[0]).trains_at == "plain" else []
         presets += [spec.teacher_preset] if spec.uses_teacher() else []
         for preset in presets:
-            name = spec.plain_model_name(preset, amp)
+            name = spec.plain_model_name(preset)
             plain.setdefault(name, (spec, preset))
             users[name] += 1
     cached = {name for name in plain if cached_model_path(cache_dir, name).exists()}
@@ -202,9 +202,10 @@ def describe_plan(grid, store: RecordStore, workspace: Workspace, force: bool = 
     """The dry-run text: runs, shared plain models and the calibrated compute estimate (``workspace``
     reads the corpus listings for the runs' identities; nothing is trained)."""
     device = resolve_device(device)
-    specs = grid.specs(workspace)
     check_amp(device, amp)
-    found = plan(specs, store, workspace.cache_dir, force, amp)
+    workspace.amp = amp  # the runs' identities hold their training precision
+    specs = grid.specs(workspace)
+    found = plan(specs, store, workspace.cache_dir, force)
     lines = [f"{len(specs)} runs in the grid, {found.recorded} already recorded, {len(found.runs)} to run:"]
     for spec in found.runs[:max_listed]:
         extra = f" teacher {spec.teacher_preset}" if spec.uses_teacher() else ""

@@ -24,7 +24,7 @@ from bench.method import TRAINS_AT
 from bench.registry import BACKBONES, DATASETS, METHODS, BenchError
 from bench.results import RecordStore
 from bench.runner import RunSpec, Workspace
-from bench.train import TrainConfig
+from bench.train import TrainConfig, training_precision
 
 log = logging.getLogger("bench")
 
@@ -143,7 +143,8 @@ class Grid:
                                         method=method, backbone=backbone, preset=preset, dataset=dataset,
                                         fold=fold, seed=seed, train=self.train, features=self.features,
                                         method_params=params, dataset_params=self.dataset_params.get(dataset, {}),
-                                        teacher_preset=self.teacher_preset, corpus_fingerprint=fingerprint))
+                                        teacher_preset=self.teacher_preset, corpus_fingerprint=fingerprint,
+                                        precision=training_precision(workspace.amp)))
         return runs
 
     def method_settings(self, method: str) -> list[dict]:

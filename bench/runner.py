@@ -54,6 +54,9 @@ class RunSpec:
     dataset_params: dict = field(default_factory=dict)
     teacher_preset: str = "large"
     corpus_fingerprint: str = ""  # the corpus content (``Workspace.fingerprint``); filled in by ``execute``
+    # training precision (``training_precision``; filled in from the workspace like the fingerprint): bf16
+    # changes the numbers, so it is part of the identity (only when not fp32, so older run ids stay valid)
+    precision: str = "fp32"
 
     @property
     def components(self) -> list[str]:
@@ -74,16 +77,17 @@ class RunSpec:
                 "architecture": preset_config(self.backbone, self.preset),
                 "teacher_architecture": preset_config(self.backbone, self.teacher_preset) if self.uses_teacher() else None,
                 "recipe": recipe(self.backbone, self.preset),
-                "teacher_recipe": recipe(self.backbone, self.teacher_preset) if self.uses_teacher() else None}
+                "teacher_recipe": recipe(self.backbone, self.teacher_preset) if self.uses_teacher() else None,
+                **({"precision": self.precision} if self.precision != "fp32" else {})}
 
-    def plain_model_name(self, preset: str, amp: bool = False) -> str:
+    def plain_model_name(self, preset: str) -> str:
         """File stem of the cached plain ``preset`` model this run trains or reuses (shared by every run
-        with the same backbone, data, fold, seed, training settings and training precision: ``amp``,
-        bf16 autocast, names other models than float32 training, whose names predate the option)."""
+        with the same backbone, data, fold, seed, training settings and training precision: bf16
+        autocast names other models than float32 training, whose names predate the option)."""
         parts = [self.backbone, preset, preset_config(self.backbone, preset), self.dataset,
                  self.dataset_params, self.corpus_fingerprint, self.fold, self.seed,
                  asdict(self.train_config(preset)), asdict(self.features)]
-        key = json.dumps(parts + ([training_precision(True)] if amp else []), sort_keys=True, default=str)
+        key = json.dumps(parts + ([self.precision] if self.precision != "fp32" else []), sort_keys=True, default=str)
         return f"{self.backbone}-{preset}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
 
     def train_config(self, preset: str | None = None) -> TrainConfig:
@@ -306,7 +310,7 @@ class RunContext:
         counts as the run's ``reused_fit_seconds``, or with ``reused=False`` (the baseline, whose deploy
         model it is) as its ``fit_seconds``."""
         spec = self.spec
-        path = cached_model_path(self.workspace.cache_dir, spec.plain_model_name(preset, self.workspace.amp))
+        path = cached_model_path(self.workspace.cache_dir, spec.plain_model_name(preset))
         model = self.new_model(preset)
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(path.with_suffix(".lock")):  # concurrent workers needing this model train it once
@@ -436,7 +440,8 @@ def deploy_model(ctx: RunContext) -> tuple[Deployed, int, dict]:
 
 def run_identity(spec: RunSpec) -> dict:
     """The record fields that say which run it is (every record has them, failed ones too)."""
-    nested = ("train", "features", "method_params", "dataset_params", "recipe", "teacher_recipe")
+    nested = ("train", "features", "method_params", "dataset_params", "recipe", "teacher_recipe",
+              "precision")  # recorded as train_precision
     return {"run_id": spec.run_id,
             **{k: v for k, v in spec.key().items() if k not in nested},  # architecture: the preset's dict
             "method_params": spec.resolved_method_params(),
@@ -458,6 +463,12 @@ def execute(spec: RunSpec, workspace: Workspace) -> dict:
             raise BenchError(f"the {spec.dataset} corpus changed after the grid was expanded (fingerprint "
                              f"{spec.corpus_fingerprint}, now {data.fingerprint}): run the grid again")
         spec = replace(spec, corpus_fingerprint=data.fingerprint)
+    precision = training_precision(workspace.amp)
+    if spec.precision != precision:
+        if spec.precision != "fp32":  # expanded for another precision than this process trains at
+            raise BenchError(f"run {spec.run_id} was planned at {spec.precision} training, but this process "
+                             f"trains at {precision}: give the same --amp to every worker")
+        spec = replace(spec, precision=precision)
     ctx = RunContext(spec, data, workspace, times)
     methods_started = time.perf_counter()
     try:

@@ -250,7 +250,13 @@ def test_bf16_cpu_training_runs_matmuls_in_bf16_keeps_float_weights_and_is_its_o
     fp32 = execute(spec, Workspace(cache_dir, progress=False, device="cpu"))
     assert dtypes == {torch.float32} and fp32["train_precision"] == "fp32"
     assert fp32["tiny_model_cache"] == "miss"  # trained afresh, not the bf16 model under the same settings
-    assert spec.plain_model_name("tiny") != spec.plain_model_name("tiny", amp=True)
+    bf16_spec = replace(spec, precision="bf16-autocast")
+    assert spec.plain_model_name("tiny") != bf16_spec.plain_model_name("tiny")
+    # the precision is part of the run's identity: a results folder holds both runs, neither "already recorded"
+    filled = replace(bf16_spec, corpus_fingerprint=bf16["corpus_fingerprint"])
+    assert bf16["run_id"] == filled.run_id != fp32["run_id"] == replace(filled, precision="fp32").run_id
+    with pytest.raises(BenchError, match="planned at bf16-autocast training, but this process trains at fp32"):
+        execute(bf16_spec, Workspace(cache_dir, progress=False, device="cpu"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine (the CPU path is tested above)")
