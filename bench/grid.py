@@ -133,6 +133,7 @@ class Grid:
         runs = []
         for dataset in self.datasets:
             fingerprint = workspace.fingerprint(dataset, self.dataset_params.get(dataset, {}))
+            workspace.check_features(dataset, self.dataset_params.get(dataset, {}), self.features)
             for backbone in self.backbones:
                 for method in self.method_names():
                     for params in self.method_settings(method):
