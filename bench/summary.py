@@ -254,11 +254,11 @@ def large_model_warnings(table: pd.DataFrame, large_preset: str = "large") -> li
             large = baselines.loc[where]
             large = large.iloc[0] if isinstance(large, pd.DataFrame) else large
             if not _is_missing(large["diff_mean"]) and large["diff_mean"] <= 0:
-                text = (f"baseline @{source} is not better than the lightweight baseline "
+                text = (f"{reference} @{source} is not better than the lightweight {reference} "
                         f"({signed_points(large['diff_mean'])} points over {large['pairs']:.0f} folds): "
                         f"this method starts from it, so its comparison is uninterpretable")
             elif not _is_missing(large["ci_low"]) and large["ci_low"] <= 0:
-                text = (f"baseline @{source} is not shown better than the lightweight baseline "
+                text = (f"{reference} @{source} is not shown better than the lightweight {reference} "
                         f"({signed_points(large['diff_mean'])} points over {large['pairs']:.0f} folds, interval "
                         f"[{signed_points(large['ci_low'])}, {signed_points(large['ci_high'])}] includes 0): "
                         f"this method starts from it, so read its comparison with care")
@@ -297,7 +297,7 @@ def classical_warnings(table: pd.DataFrame, runs: pd.DataFrame, seed: int = 0) -
                 if _is_missing(found["diff_mean"]) or found["diff_mean"] > 0:
                     continue
                 whose = "this plain model is" if row["method"] == plain_method and source == row["preset"] else \
-                    f"the plain model it is built on (baseline @{source}) is"
+                    f"the plain model it is built on ({plain_method} @{source}) is"
                 texts[position] = "; ".join(filter(None, [texts[position], (
                     f"{whose} below the classical reference {reference} ({signed_points(found['diff_mean'])} "
                     f"points over {found['pairs']:.0f} folds): not a competent model to shrink")]))
