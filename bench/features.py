@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torchaudio
 from tqdm import tqdm
 
 from bench.corpus import Corpus, Utterance, corpus_fingerprint
+from bench.paths import atomic_write
 from bench.registry import BenchError
 
 log = logging.getLogger("bench")
@@ -320,8 +320,6 @@ def extract(corpus: Corpus, config: FeatureConfig, cache_dir: Path, progress: bo
     for message in skipped:
         tqdm.write(f"skipped: {message}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"features": features, "skipped": skipped}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save({"features": features, "skipped": skipped}, tmp))
     corpus.skipped.extend(skipped)
     return features

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import pickle
 import re
 import warnings
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bench.paths import atomic_write
 from bench.method import Deployed
 from bench.models import build_backbone
 from bench.registry import BACKBONES, METHODS, BenchError
@@ -176,9 +176,7 @@ def save_deploy_model(shipped: Deployed | nn.Module, path: Path, backbone: str, 
     for stale in (graph_path(path), path.with_suffix(LEGACY_GRAPH_SUFFIX)):
         stale.unlink(missing_ok=True)
     if shipped.graph is not None:  # written first: a module file is only ever beside its own graph
-        tmp = path.with_suffix(f".onnx.tmp{os.getpid()}")
-        tmp.write_bytes(shipped.graph)
-        os.replace(tmp, graph_path(path))
+        atomic_write(graph_path(path), lambda tmp: tmp.write_bytes(shipped.graph))
     best = None
     for preset in dict.fromkeys(presets or BACKBONES.get(backbone).extra["presets"]):
         changes = _changes(model, build_backbone(backbone, preset, input_dim, num_classes))
@@ -192,9 +190,7 @@ def save_deploy_model(shipped: Deployed | nn.Module, path: Path, backbone: str, 
     document = {"format": FORMAT, "version": VERSION, "backbone": backbone, "preset": preset, "input_dim": input_dim,
                 "num_classes": num_classes, "changes": changes, "state_dict": model.state_dict(),
                 "non_persistent_buffers": non_persistent}
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(document, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(document, tmp))
 
 
 def build_saved(document: dict) -> nn.Module:

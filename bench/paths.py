@@ -41,3 +41,18 @@ def read_text(path: str | Path, what: str) -> str:
         raise BenchError(f"{what} {path} is not UTF-8 text (byte {error.start}): save it as UTF-8") from None
     except OSError as error:
         raise BenchError(f"cannot read {what} {path}: {error.strerror or error}") from None
+
+
+def atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it onto ``path``: readers never see
+    half a file, and a failed write (a full disk) leaves no temporary file behind. An OSError becomes a
+    one-line BenchError naming ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        raise BenchError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from bench.checkpoint import model_checkpoint, resumable_fit, run_checkpoint
 from bench.corpus import Corpus, corpus_fingerprint
 from bench.env import environment, git_commit
 from bench.features import FeatureConfig, extract
+from bench.paths import atomic_write
 from bench.method import Deployed, RunFailed
 from bench.metrics import declared_scores
 from bench.models import build_backbone, preset_config, recipe
@@ -351,9 +352,8 @@ class RunContext:
                 self.reused_fits.append(self.fits[-1])
             self.notes.update({f"{preset}_model_cache": "miss", f"{preset}_model_git_commit": git_commit()})
             log.info("trained %s %s model (fold %d, seed %d)", spec.backbone, preset, spec.fold, spec.seed)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"state_dict": model.state_dict(), "fit": asdict(self.fits[-1]), "git_commit": git_commit()}, tmp)
-            os.replace(tmp, path)
+            cached = {"state_dict": model.state_dict(), "fit": asdict(self.fits[-1]), "git_commit": git_commit()}
+            atomic_write(path, lambda tmp: torch.save(cached, tmp))
             checkpoint.unlink(missing_ok=True)
         return model
 

@@ -376,3 +376,23 @@ def test_a_file_where_the_report_writes_a_folder_is_one_line_before_anything_is_
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert lines[0].startswith("error: ") and f"{path} is a file where" in lines[0]
     assert snapshot(world) == before
+
+
+def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary_one(tmp_path):
+    import errno
+    import os
+
+    from bench.paths import atomic_write
+    from bench.registry import BenchError
+
+    target = write(tmp_path / "model.pt", "the old model")
+
+    def full_disk(tmp: Path) -> None:  # what a full disk does: part of the file, then ENOSPC
+        tmp.write_bytes(b"half a mod")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(BenchError, match=r"cannot write .*model.pt: No space left on device"):
+        atomic_write(target, full_disk)
+    assert target.read_text() == "the old model" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    atomic_write(target, lambda tmp: tmp.write_text("the new model"))
+    assert target.read_text() == "the new model" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
