@@ -11,14 +11,13 @@ stored (the run recorded, the plain model cached).
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from bench.paths import atomic_write
 from bench.train import FitResult, Split, TrainConfig, fit
 
 log = logging.getLogger("bench")
@@ -46,14 +45,7 @@ def discard_run_checkpoints(cache_dir: Path, run_id: str) -> None:
 
 def _save(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _load(path: Path, config: TrainConfig, seed: int) -> dict | None:
