@@ -136,7 +136,7 @@ def convtransformer_macs(config: dict, input_dim: int, num_classes: int, frames:
             + pooled * num_classes)
 
 
-# Over the shared per-preset recipes (bench.models): the large model overfits EmoDB's 8 training speakers
+# Over the shared per-preset recipes (bench.training.models): the large model overfits EmoDB's 8 training speakers
 # (validation UA falls after its best epoch), and mixup with speed perturbation held it up best of the
 # regularizers searched on validation (docs/recipes.md, round 4).
 RECIPES = {"large": dict(mixup_alpha=0.4, speed_perturb=0.1)}

@@ -8,14 +8,16 @@ when a function is first called::
     records = bench.run(methods=["baseline", "hrf"], folds=[1, 2], seeds=[0], epochs=6)
     runs, summary = bench.load_runs("results"), bench.load_summary("results")
 
-Submodules (``bench.grid``, ``bench.registry``...) are importable as attributes too.
+The harness is grouped by pipeline stage: ``bench.data`` (corpora, features), ``bench.training``,
+``bench.execution`` (grids, runs, workers), ``bench.measure`` (costs, latency, ONNX, saved models),
+``bench.reporting`` (records, tables, statistics, plots, HTML), ``bench.tuning`` and ``bench.cli``;
+``bench.registry``, ``bench.method`` and ``bench.schema`` are the contracts they share. Subpackages
+are importable as attributes too.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 __all__ = ["run", "plan", "tune", "load_runs", "load_summary", "report", "list_methods", "list_backbones",
            "list_datasets", "load_model", "load_deployed", "BenchError"]
@@ -27,7 +29,7 @@ def __getattr__(name: str):
         return BenchError
     if name in __all__:
         return getattr(importlib.import_module("bench.api"), name)
-    try:  # ``bench.grid.make_grid(...)`` after a bare ``import bench``
+    try:  # ``bench.registry`` or ``bench.execution`` after a bare ``import bench``
         return importlib.import_module(f"bench.{name}")
     except ModuleNotFoundError as error:
         if error.name != f"bench.{name}":
@@ -37,17 +39,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """Importing a submodule sets it as an attribute of its package; this keeps the API functions
-    ``bench.report`` and ``bench.tune`` from being replaced by the modules of the same names (``from
-    bench.report import ...`` still gets the module)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in __all__ and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -18,10 +18,10 @@ if TYPE_CHECKING:
     import pandas as pd
     from torch import nn
 
-    from bench.executors import Execution
+    from bench.execution.executors import Execution
     from bench.method import Deployed
-    from bench.report import Report
-    from bench.tune import TuneResult
+    from bench.reporting.html import Report
+    from bench.tuning.tune import TuneResult
 
 LIST_AXES = ("methods", "backbones", "presets", "datasets")
 INT_AXES = ("folds", "seeds")
@@ -79,9 +79,9 @@ def grid_values(config: str | Path | None = None, **given: Any) -> dict:
     settings (``features="mfcc"``, ``n_mels=64``...). None means "not given". Given ``methods`` narrow
     the file's: its presets and method parameters for methods left out are dropped (an explicit one
     for a method not in the grid is still an error)."""
-    from bench.features import FeatureConfig
-    from bench.grid import Grid, load_config
-    from bench.train import TrainConfig
+    from bench.data.features import FeatureConfig
+    from bench.execution.grid import Grid, load_config
+    from bench.training.trainer import TrainConfig
 
     values = load_config(Path(config)) if config else {}
     if given.get("methods") is not None:  # narrowed by the caller: the file's settings for other methods lapse
@@ -137,9 +137,9 @@ def run(methods: Any = None, backbones: Any = None, datasets: Any = None, folds:
     ``settings``: see :func:`grid_values` (``epochs=2``, ``presets=["tiny"]``, ``method_params={"hrf":
     {"expansion_ratio": 4}}``...). ``execution`` runs shards or a submitit job array; with a job array
     that is not waited for, the result is None."""
-    from bench.executors import Execution
-    from bench.grid import make_grid
-    from bench.results import RecordStore
+    from bench.execution.executors import Execution
+    from bench.execution.grid import make_grid
+    from bench.reporting.results import RecordStore
 
     values = grid_values(config, methods=methods, backbones=backbones, datasets=datasets, folds=folds, seeds=seeds,
                          **settings)
@@ -155,11 +155,11 @@ def plan(methods: Any = None, backbones: Any = None, datasets: Any = None, folds
     """What :func:`run` with the same arguments would do, as text (``bench run --dry-run``): the runs, the
     plain models trained once and reused, and a compute estimate calibrated by timing a few training
     steps of each backbone and preset on this machine. Nothing is trained or written."""
-    from bench.estimate import describe_plan
-    from bench.executors import Execution
-    from bench.grid import make_grid
-    from bench.results import RecordStore
-    from bench.runner import Workspace
+    from bench.execution.estimate import describe_plan
+    from bench.execution.executors import Execution
+    from bench.execution.grid import make_grid
+    from bench.reporting.results import RecordStore
+    from bench.execution.runner import Workspace
 
     grid = make_grid(grid_values(config, methods=methods, backbones=backbones, datasets=datasets, folds=folds,
                                  seeds=seeds, **settings))
@@ -172,8 +172,8 @@ def plan(methods: Any = None, backbones: Any = None, datasets: Any = None, folds
 
 def load_runs(results_dir: str | Path = "results") -> pd.DataFrame:
     """The tidy runs table: one row per recorded run (identity, settings, metrics, costs, environment)."""
-    from bench.results import RecordStore
-    from bench.summary import runs_frame
+    from bench.reporting.results import RecordStore
+    from bench.reporting.summary import runs_frame
 
     store = RecordStore(Path(results_dir))
     if not store.records_dir.is_dir():  # a typo or another folder is not "no runs": say so
@@ -186,7 +186,7 @@ def load_summary(results_dir: str | Path = "results", light_preset: str = "light
                  seed: int = 0) -> pd.DataFrame:
     """The summary: mean and std over folds and seeds per configuration, the differences to the plain
     baselines, and the paired statistics with their bootstrap intervals (``ci_low``, ``ci_high``)."""
-    from bench.summary import summary_table
+    from bench.reporting.summary import summary_table
 
     return summary_table(load_runs(results_dir), light_preset, large_preset, seed)
 
@@ -194,7 +194,7 @@ def load_summary(results_dir: str | Path = "results", light_preset: str = "light
 def report(results_dir: str | Path = "results", reports_dir: str | Path = "reports", light_preset: str = "lightweight",
            large_preset: str = "large", seed: int = 0) -> Report:
     """Write the tables, figures and HTML leaderboard (``bench report``); returns where they are."""
-    from bench.report import build_report
+    from bench.reporting.html import build_report
 
     return build_report(Path(results_dir), Path(reports_dir), light_preset, large_preset, seed)
 
@@ -205,7 +205,7 @@ def tune(method: str, backbone: str = "convtransformer", preset: str = "lightwei
     test folds (``bench tune``): ``params`` like ``["expansion_ratio=1:8"]``, options as the command's
     (``trials``, ``objectives``, ``folds``, ``seeds``, ``epochs``, ``storage``, ``results_dir``, ``device``...).
     Returns the study, its trials table, the best trials and the test-fold records."""
-    from bench.tune import tune as tune_study
+    from bench.tuning.tune import tune as tune_study
 
     return tune_study(method, backbone, preset, dataset, params, **options)
 
@@ -232,6 +232,6 @@ def load_model(run_id: str, results_dir: str | Path = "results") -> nn.Module:
 def load_deployed(run_id: str, results_dir: str | Path = "results") -> Deployed:
     """What a recorded run ships (``run_id`` or a unique prefix of it): the module in eval mode, and the
     ONNX graph its method ships in the module's place (``.graph``, bytes; None when the module's export ships)."""
-    from bench.model_store import find_model, load_deploy_model
+    from bench.measure.model_store import find_model, load_deploy_model
 
     return load_deploy_model(find_model(run_id, Path(results_dir)))

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from bench import measure
+from bench.measure import costs
 from bench.registry import METHODS, BenchError
 
 if TYPE_CHECKING:
-    from bench.runner import RunContext
+    from bench.execution.runner import RunContext
 
 __all__ = ["FINETUNE_FIELDS", "Deployed", "Method", "Reparameterization", "RunFailed", "TRAINS_AT", "plain_reference"]
 
@@ -157,10 +157,10 @@ class Reparameterization(Method):
 
     def training_model(self, model: nn.Module) -> nn.Module:
         self.expanded = self.expand(model)
-        self.train_params = measure.count_params(model)
+        self.train_params = costs.count_params(model)
         return model
 
     def deploy(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         model = self.fold(model)
-        self.deploy_params = measure.count_params(model)
+        self.deploy_params = costs.count_params(model)
         return model

@@ -203,7 +203,7 @@ def load_builtin_plugins() -> None:
     _builtins_loaded = True  # set first: the plug-in modules look names up while they import
     try:
         import backbones  # noqa: F401
-        import bench.datasets  # noqa: F401
+        import bench.data.datasets  # noqa: F401
         import methods  # noqa: F401
     except BaseException:
         _builtins_loaded = False

@@ -1,8 +1,8 @@
 """The run record's declared schema: every field a record may hold, its JSON type and what it means.
 
-A record is one JSON object per run (:mod:`bench.results`). Its fields come from the harness, declared
+A record is one JSON object per run (:mod:`bench.reporting.results`). Its fields come from the harness, declared
 here, and from the methods it composes, each declaring its own on :attr:`bench.method.Method.record_fields`.
-:func:`problems` checks a record against both, and :class:`bench.results.RecordStore` refuses to write one
+:func:`problems` checks a record against both, and :class:`bench.reporting.results.RecordStore` refuses to write one
 that does not match; :func:`merge` builds a record from its parts and refuses two parts that set the
 same field, so no value is silently replaced by whichever part comes last. ``bench schema`` prints the
 reference (``docs/records.md`` is its output).
@@ -70,7 +70,7 @@ OUTCOME = {
     "wall_seconds": _always("number", "the run's wall time, from its data to its record"),
     "finished_at": _always("str", "UTC time the record was made (ISO 8601)"),
     "worker": _always("str", "the process that ran it (host:pid)"),
-    "schema_version": _always("int", "the record format (bench.results.SCHEMA_VERSION)"),
+    "schema_version": _always("int", "the record format (bench.reporting.results.SCHEMA_VERSION)"),
     "checksum": _always("str", "SHA-256 of the other fields: an edited record is refused"),
 }
 
@@ -170,7 +170,7 @@ TRAINING = {
     "resumed_from_epoch": _optional("int", "the checkpoint an interrupted training resumed from"),
 }
 
-# Where the run's wall time went (``bench.runner.PhaseTimes``): they add up to ``wall_seconds``.
+# Where the run's wall time went (``bench.execution.runner.PhaseTimes``): they add up to ``wall_seconds``.
 TIMING = {
     "seconds_data": Field("number", "loading, feature extraction (when not cached) and normalization of the fold"),
     "seconds_training": Field("number", "training steps of every model trained in this run (cached plain models "
@@ -200,9 +200,9 @@ def _dataclass_fields(prefix: str, cls, doc: str) -> dict[str, Field]:
 
 def harness_fields() -> dict[str, Field]:
     """Every named field the harness writes."""
-    from bench.env import _PACKAGES
-    from bench.features import FeatureConfig
-    from bench.train import TrainConfig
+    from bench.execution.env import _PACKAGES
+    from bench.data.features import FeatureConfig
+    from bench.training.trainer import TrainConfig
 
     environment = {
         "env_host": "host name", "env_cpu": "CPU model", "env_cores": "CPU cores", "env_torch_threads": "torch threads",

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import measure
+from bench.measure import costs
 from bench.method import FINETUNE_FIELDS, Method
 from bench.registry import METHODS, param
-from bench.train import class_weights
+from bench.training.trainer import class_weights
 
 __all__ = ["KD", "KDParams", "distillation_loss", "distillation_objective"]
 
@@ -71,7 +71,7 @@ def distillation_objective(teacher: nn.Module, p: KDParams, weight: torch.Tensor
 
 def embedding_width(model: nn.Module, input_dim: int) -> int:
     """The width of ``model.embed``'s output, found by running it on a short input."""
-    features, lengths = measure.example_input(input_dim, 100)
+    features, lengths = costs.example_input(input_dim, 100)
     was_training = model.training
     model.eval()
     with torch.inference_mode():
@@ -112,8 +112,8 @@ class KD(Method):
         loss_fn = distillation_objective(teacher, p, weight, projection)
         ctx.fit(model, loss_fn=loss_fn, extra_parameters=list(projection.parameters()) if projection else None,
                 desc="kd", companions=[teacher])
-        self.teacher_params = measure.count_params(teacher)
-        self.projection_params = measure.count_params(projection) if projection is not None else 0
+        self.teacher_params = costs.count_params(teacher)
+        self.projection_params = costs.count_params(projection) if projection is not None else 0
         self.epochs = ctx.spec.train.epochs
         return model
 

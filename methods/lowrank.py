@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.budget import BUDGET_FIELDS, TOLERANCE, BudgetParams, bisect_budget, cost, output_layers, resolve_budget
+from bench.measure.budget import (BUDGET_FIELDS, TOLERANCE, BudgetParams, bisect_budget, cost, output_layers,
+                                  resolve_budget)
+from bench.measure.costs import LATENCY_SECONDS
 from bench.method import FINETUNE_FIELDS, Method, RunFailed
 from bench.registry import METHODS
 
@@ -229,7 +231,6 @@ def smallest_model(model: nn.Module, keep: set[nn.Module]) -> nn.Module:
 
 def _frames(ctx) -> int:
     """Frames of the input over which the run record counts MACs."""
-    from bench.runner import LATENCY_SECONDS  # the runner imports the method plug-ins
     return ctx.spec.features.frames(LATENCY_SECONDS)
 
 

@@ -33,10 +33,11 @@ from torch import nn
 from torch_pruning.dependency import index_mapping
 
 from backbones.ffn import FeedForward
-from bench.budget import BUDGET_FIELDS, TOLERANCE, Budget, BudgetParams, cost, output_layers, resolve_budget
+from bench.measure.budget import BUDGET_FIELDS, TOLERANCE, Budget, BudgetParams, cost, output_layers, resolve_budget
+from bench.measure.costs import LATENCY_SECONDS
 from bench.method import FINETUNE_FIELDS, Method, RunFailed
 from bench.registry import METHODS, BenchError, param
-from bench.train import batches
+from bench.training.trainer import batches
 
 __all__ = ["Prune", "PruneParams", "Unit", "dependency_graph", "pruning_units", "prune_to_budget"]
 
@@ -351,7 +352,6 @@ class Prune(Method):
         return source
 
     def train(self, model: nn.Module, ctx) -> nn.Module:
-        from bench.runner import LATENCY_SECONDS  # the runner imports the method plug-ins
         p, dim = self.params, ctx.data.input_dim
         frames = ctx.spec.features.frames(LATENCY_SECONDS)
         keep = output_layer_names(model, dim)
@@ -380,7 +380,6 @@ class Prune(Method):
     def check(self, ctx, start: nn.Module | None) -> None:
         """RunFailed, before the large model trains, when one channel (one head) per group still exceeds
         the budget: decided on an untrained model of the teacher preset (the same structure)."""
-        from bench.runner import LATENCY_SECONDS
         source = start if start is not None else ctx.new_model(ctx.spec.teacher_preset)
         budget = resolve_budget(ctx, source, self.params.budget, self.params.ratio)
         dim, frames = ctx.data.input_dim, ctx.spec.features.frames(LATENCY_SECONDS)
@@ -394,7 +393,6 @@ class Prune(Method):
                             f"per group still costs {minimum:,}; use a larger ratio or preset")
 
     def deploy(self, model: nn.Module, ctx) -> nn.Module:
-        from bench.runner import LATENCY_SECONDS
         self.reached = cost(model, self.params.budget, ctx.data.input_dim, ctx.spec.features.frames(LATENCY_SECONDS))
         return model
 

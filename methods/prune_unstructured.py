@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bench.budget import BUDGET_FIELDS, TOLERANCE, RatioParams, cost, resolve_budget
+from bench.measure.budget import BUDGET_FIELDS, TOLERANCE, RatioParams, cost, resolve_budget
 from bench.method import FINETUNE_FIELDS, Method, RunFailed
 from bench.registry import METHODS
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from bench.method import Deployed, Method
-from bench.onnx_io import export_onnx
+from bench.measure.onnx_io import export_onnx
 from bench.registry import METHODS, BenchError, param
 
 __all__ = ["Quant", "QuantParams", "quantize_graph"]
@@ -52,7 +52,7 @@ class QuantParams:
 
 
 def quantize_graph(float_graph: Path, scheme: str, calibration: list[torch.Tensor] | None = None) -> bytes:
-    """The int8 ONNX graph of ``float_graph`` (a file written by :func:`bench.onnx_io.export_onnx`).
+    """The int8 ONNX graph of ``float_graph`` (a file written by :func:`bench.measure.onnx_io.export_onnx`).
     ``calibration``: training utterances ``(frames, dims)`` for the static scheme's activation ranges."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)

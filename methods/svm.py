@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.features import FUNCTIONALS_PER_DIM, utterance_functionals
+from bench.data.features import FUNCTIONALS_PER_DIM, utterance_functionals
 from bench.method import Method, RunFailed
 from bench.registry import METHODS, param
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.corpus import Corpus, Utterance, speaker_folds
+from bench.data.corpus import Corpus, Utterance, speaker_folds
 from bench.registry import DATASETS, load_builtin_plugins, param
 
 load_builtin_plugins()
@@ -120,9 +120,9 @@ def tiny_grid_results(tmp_path_factory) -> Path:
     """A results folder of real tiny runs on ``toy`` (2 folds x 2 seeds, 2 epochs): ``baseline`` at
     ``tiny`` and ``lightweight`` (report with ``--light-preset tiny --large-preset lightweight``), and
     ``hrf`` at ``tiny`` when that method is registered."""
-    from bench.grid import make_grid, run_grid
+    from bench.execution.grid import make_grid, run_grid
     from bench.registry import METHODS
-    from bench.results import RecordStore
+    from bench.reporting.results import RecordStore
 
     store = RecordStore(tmp_path_factory.mktemp("tiny-grid") / "results")
     cache = tmp_path_factory.mktemp("tiny-grid-cache")
@@ -138,8 +138,8 @@ def tiny_grid_results(tmp_path_factory) -> Path:
 def recorded_run(tmp_path_factory) -> Path:
     """A results folder with one real recorded run and its saved deploy model (``baseline``,
     convtransformer ``tiny``, ``toy``, 1 epoch); tests that write into it copy it first."""
-    from bench.grid import make_grid, run_grid
-    from bench.results import RecordStore
+    from bench.execution.grid import make_grid, run_grid
+    from bench.reporting.results import RecordStore
 
     root = tmp_path_factory.mktemp("recorded-run")
     grid = make_grid({"methods": ["baseline"], "presets": ["tiny"], "datasets": ["toy"], "folds": [1], "seeds": [0],

@@ -16,12 +16,12 @@ import torch
 from click.testing import CliRunner
 
 import bench
-from bench.cli import main
-from bench.measure import example_input
-from bench.model_store import load_deploy_model
+from bench.cli.main import main
+from bench.measure.costs import example_input
+from bench.measure.model_store import load_deploy_model
 from bench.registry import BenchError
-from bench.runner import RunSpec, Workspace, execute, save_model
-from bench.train import TrainConfig
+from bench.execution.runner import RunSpec, Workspace, execute, save_model
+from bench.training.trainer import TrainConfig
 
 ROOT = Path(__file__).parent.parent
 TINY_SETTINGS = 'settings = dict(datasets=["toy"], presets=["tiny"], folds=[1], seeds=[0], epochs=1)'
@@ -90,7 +90,8 @@ def test_import_is_cheap_and_plugins_load_on_first_lookup():
     """In a notebook: no ``load_builtin_plugins()``, and torch is not imported by ``import bench``."""
     code = ("import sys, bench\n"
             "assert 'torch' not in sys.modules and 'pandas' not in sys.modules\n"
-            "grid = bench.grid.make_grid({'methods': ['hrf'], 'backbones': ['convtransformer']})\n"
+            "import bench.execution.grid\n"
+            "grid = bench.execution.grid.make_grid({'methods': ['hrf'], 'backbones': ['convtransformer']})\n"
             "print(len(grid.specs()), 'convtransformer' in bench.list_backbones(), 'emodb' in bench.list_datasets())")
     done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)),
                           capture_output=True, text=True, timeout=120)
@@ -153,8 +154,8 @@ def test_a_module_inserted_before_unchanged_ones_keeps_its_place(tmp_path):
 
     from torch import nn
 
-    from bench.model_store import save_deploy_model
-    from bench.models import build_backbone
+    from bench.measure.model_store import save_deploy_model
+    from bench.training.models import build_backbone
 
     torch.manual_seed(0)
     model = build_backbone("convtransformer", "tiny", 16, 4).eval()
@@ -217,7 +218,7 @@ def test_cluster_drivers_are_extras_and_fail_in_one_line_without_them(tmp_path, 
                                        "--results-dir", str(tmp_path), "--executor", "submitit"])
     assert result.exit_code == 2 and result.output.strip() == \
         "error: --executor submitit needs submitit: pip install 'hrf-bench[slurm]'"
-    from bench.tune import make_storage
+    from bench.tuning.tune import make_storage
     with pytest.raises(BenchError, match=r"needs the PostgreSQL driver: pip install 'hrf-bench\[postgres\]'"):
         make_storage("postgresql://bench:bench@127.0.0.1/bench")
 
@@ -232,10 +233,10 @@ def test_private_apis_the_code_relies_on_still_exist():
         from optuna.storages._heartbeat import BaseHeartbeat
     except ImportError as error:
         pytest.fail(f"optuna {optuna.__version__} has no optuna.storages._heartbeat.BaseHeartbeat ({error}): "
-                    f"bench/tune.py's journal heartbeat needs a new base; keep optuna below this version")
+                    f"bench/tuning/tune.py's journal heartbeat needs a new base; keep optuna below this version")
     missing = {"record_heartbeat", "_get_stale_trial_ids", "get_heartbeat_interval",
                "get_heartbeat_stale_trial_callback"} - set(dir(BaseHeartbeat))
-    assert not missing, f"optuna {optuna.__version__}'s BaseHeartbeat lost {sorted(missing)}: update bench/tune.py"
+    assert not missing, f"optuna {optuna.__version__}'s BaseHeartbeat lost {sorted(missing)}: update bench/tuning/tune.py"
     try:
         from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
         _FlattenIndexMapping(stride=4, reverse=True)

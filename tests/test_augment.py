@@ -13,12 +13,12 @@ from click.testing import CliRunner
 from torch.nn.functional import interpolate
 from torch.nn.utils.rnn import pad_sequence
 
-from bench.checkpoint import resumable_fit
-from bench.cli import main
-from bench.models import build_backbone, recipe
+from bench.execution.checkpoint import resumable_fit
+from bench.cli.main import main
+from bench.training.models import build_backbone, recipe
 from bench.registry import BenchError
-from bench.runner import RunContext, RunSpec, Workspace, execute
-from bench.train import (Split, TrainConfig, add_noise, augment_generator, cross_entropy_loss, fit, mixed_loss,
+from bench.execution.runner import RunContext, RunSpec, Workspace, execute
+from bench.training.trainer import (Split, TrainConfig, add_noise, augment_generator, cross_entropy_loss, fit, mixed_loss,
                          mixup, speed_perturb, takes_mix)
 
 ALL_ON = dict(mixup_alpha=0.4, speed_perturb=0.2, noise_std=0.3)

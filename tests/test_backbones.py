@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from backbones.ffn import FeedForward
-from bench.measure import count_macs, count_params
-from bench.models import build_backbone, preset_config
+from bench.measure.costs import count_macs, count_params
+from bench.training.models import build_backbone, preset_config
 from bench.registry import BACKBONES
-from bench.train import Split, TrainConfig, evaluate, fit
+from bench.training.trainer import Split, TrainConfig, evaluate, fit
 from conftest import ToyParams, load_toy
 
 BACKBONE_NAMES = ["convtransformer", "conformer", "speechformer"]

@@ -8,12 +8,12 @@ import pytest
 import soundfile
 import torch
 
-from bench.corpus import Corpus, Utterance
-from bench.features import FeatureConfig, extract
+from bench.data.corpus import Corpus, Utterance
+from bench.data.features import FeatureConfig, extract
 from bench.registry import BenchError
-from bench.runner import RunSpec, Workspace, execute, normalize
-from bench.train import TrainConfig
-from bench.features import utterance_functionals
+from bench.execution.runner import RunSpec, Workspace, execute, normalize
+from bench.training.trainer import TrainConfig
+from bench.data.features import utterance_functionals
 
 
 def toy_spec(**changes) -> RunSpec:
@@ -144,9 +144,9 @@ def test_opensmile_functionals_are_extracted_and_cached(tmp_path):
 
 
 def test_plain_models_below_the_classical_reference_are_flagged_with_what_is_built_on_them(tmp_path):
-    from bench.grid import make_grid, run_grid
-    from bench.results import RecordStore
-    from bench.summary import runs_frame, summary_table
+    from bench.execution.grid import make_grid, run_grid
+    from bench.reporting.results import RecordStore
+    from bench.reporting.summary import runs_frame, summary_table
 
     store = RecordStore(tmp_path / "results")
     grid = make_grid({"methods": ["baseline", "hrf", "svm"], "presets": ["tiny"], "datasets": ["toy"],

@@ -12,9 +12,9 @@ import pytest
 import soundfile
 from click.testing import CliRunner
 
-from bench.cli import main
-from bench.corpus import FILE_HASHES, Corpus, Utterance, corpus_fingerprint
-from bench.results import RecordStore
+from bench.cli.main import main
+from bench.data.corpus import FILE_HASHES, Corpus, Utterance, corpus_fingerprint
+from bench.reporting.results import RecordStore
 
 TINY = ["--datasets", "toy", "--presets", "tiny", "--folds", "1", "--seeds", "0", "--epochs", "2", "--quiet"]
 
@@ -148,7 +148,7 @@ def test_fingerprint_follows_content_and_labels_not_location(tmp_path):
 
 
 def test_the_single_fold_caveat_names_only_datasets_with_one_test_fold():
-    from bench.summary import scope_lines
+    from bench.reporting.summary import scope_lines
     records = [{"dataset": "toy", "fold": 1, "status": "ok", "n_test": 8},
                {"dataset": "emodb", "fold": 1, "status": "ok", "n_test": 107},
                {"dataset": "emodb", "fold": 2, "status": "ok", "n_test": 99},

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 import bench
-from bench.cli import main
+from bench.cli.main import main
 
 # Deploy at ``tiny``, compress from ``lightweight`` (the teacher preset): the smallest real setting.
 TINY = ["--datasets", "toy", "--presets", "tiny", "--teacher-preset", "lightweight", "--folds", "1",

@@ -14,9 +14,9 @@ import time
 import pandas as pd
 import pytest
 
-from bench.grid import make_grid
-from bench.results import RecordStore
-from bench.runner import Workspace
+from bench.execution.grid import make_grid
+from bench.reporting.results import RecordStore
+from bench.execution.runner import Workspace
 
 GRID = {"methods": ["baseline", "quant"], "datasets": ["toy"], "presets": ["tiny"],
         "folds": [1, 2, 3], "seeds": [0], "train": {"epochs": 4}}
@@ -26,8 +26,8 @@ ARGS = ["--methods", "baseline,quant", "--datasets", "toy", "--presets", "tiny",
 # Holds the claim on one run until killed, like a worker busy with it.
 HOLD = """
 import sys, time
-from bench.claims import claim
-from bench.results import RecordStore
+from bench.execution.claims import claim
+from bench.reporting.results import RecordStore
 with claim(RecordStore(sys.argv[1]), sys.argv[2]) as held:
     print("held" if held else "busy", flush=True)
     time.sleep(600)
@@ -53,7 +53,7 @@ def test_two_workers_share_a_grid_each_run_recorded_once_and_a_dead_holders_run_
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     logs = [tmp_path / "worker-a.log", tmp_path / "worker-b.log"]
-    workers = [subprocess.Popen([sys.executable, "-m", "bench.cli", "run", *ARGS, "--results-dir", str(results)],
+    workers = [subprocess.Popen([sys.executable, "-m", "bench.cli.main", "run", *ARGS, "--results-dir", str(results)],
                                 env=bench_env, stdout=log.open("w"), stderr=subprocess.STDOUT) for log in logs]
     try:
         wait_until(lambda: all("held by other workers" in log.read_text() for log in logs)

@@ -17,14 +17,14 @@ from click.testing import CliRunner
 from torch import nn
 
 import dataset_fixtures as fx
-from bench.cli import main
-from bench.corpus import Corpus, Utterance
-from bench.features import FeatureConfig, _Frontend, read_audio
-from bench.grid import load_config, make_grid
-from bench.metrics import declared_scores, scores
+from bench.cli.main import main
+from bench.data.corpus import Corpus, Utterance
+from bench.data.features import FeatureConfig, _Frontend, read_audio
+from bench.execution.grid import load_config, make_grid
+from bench.training.metrics import declared_scores, scores
 from bench.registry import DATASETS, BenchError
-from bench.runner import Workspace
-from bench.train import Split, evaluate
+from bench.execution.runner import Workspace
+from bench.training.trainer import Split, evaluate
 
 TINY = ["--methods", "baseline", "--presets", "tiny", "--folds", "1", "--seeds", "0", "--epochs", "1", "--quiet"]
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from bench.corpus import Corpus
-from bench.datasets import embedded
-from bench.datasets._espeak import Prosody, Request, synthesize_batches
-from bench.datasets.embedded import CLASSES, EmbeddedParams, load, plan_corpus
+from bench.data.corpus import Corpus
+from bench.data.datasets import embedded
+from bench.data.datasets._espeak import Prosody, Request, synthesize_batches
+from bench.data.datasets.embedded import CLASSES, EmbeddedParams, load, plan_corpus
 from bench.registry import DATASETS, BenchError
 
 SMALL = EmbeddedParams(speakers=4, sentences=2)  # 32 utterances, a few seconds to generate

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench.cli import main
+from bench.cli.main import main
 from bench.registry import DATASETS, METHODS
 
 ROOT = Path(os.environ.get("HRF_BENCH_EMODB_ROOT") or Path(__file__).parents[2] / "shared" / "data" / "emodb")

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from bench.grid import make_grid
-from bench.models import build_backbone
+from bench.execution.grid import make_grid
+from bench.training.models import build_backbone
 from bench.registry import BACKBONES, load_builtin_plugins
-from bench.runner import RunSpec, Workspace, execute
-from bench.train import TrainConfig
+from bench.execution.runner import RunSpec, Workspace, execute
+from bench.training.trainer import TrainConfig
 from conftest import TOY_DIM
 from methods.expandnets import ConvChain, LinearChain, expand_model, merge_model
 

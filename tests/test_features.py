@@ -7,8 +7,8 @@ import pytest
 import soundfile
 import torch
 
-from bench.corpus import Corpus, Utterance
-from bench.features import FeatureConfig, cache_path, extract, read_audio
+from bench.data.corpus import Corpus, Utterance
+from bench.data.features import FeatureConfig, cache_path, extract, read_audio
 
 
 def write_corpus(folder, rate=16000, n=4) -> Corpus:

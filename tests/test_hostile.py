@@ -17,8 +17,8 @@ import soundfile
 import torch
 from click.testing import CliRunner
 
-from bench.cli import main
-from bench.results import RecordStore
+from bench.cli.main import main
+from bench.reporting.results import RecordStore
 
 GRID = ["--methods", "baseline", "--datasets", "toy", "--presets", "tiny"]
 RUN = ["--folds", "1", "--seeds", "0", "--epochs", "1"]
@@ -254,7 +254,7 @@ def test_a_study_name_that_is_a_path_is_refused_before_anything_runs(world, name
 
 
 def test_minus_zero_is_the_same_setting_and_run_as_zero():
-    from bench.grid import make_grid
+    from bench.execution.grid import make_grid
 
     ids = {value: [s.run_id for s in make_grid({"methods": ["kd"], "datasets": ["toy"], "folds": [1], "seeds": [0],
                                                 "method_params": {"kd": {"alpha": value}}}).specs()]
@@ -312,8 +312,8 @@ def wav(path: Path, seconds: float = 1.0, rate: int = 16000, value: float = 0.1,
 def test_audio_that_would_hang_or_exhaust_memory_is_skipped_with_its_reason(tmp_path):
     import os
 
-    from bench.corpus import Corpus, Utterance
-    from bench.features import FeatureConfig, extract
+    from bench.data.corpus import Corpus, Utterance
+    from bench.data.features import FeatureConfig, extract
 
     os.mkfifo(tmp_path / "fifo.wav")  # opening it for reading would block forever
     (tmp_path / "loop.wav").symlink_to(tmp_path / "loop.wav")
@@ -334,7 +334,7 @@ def test_audio_that_would_hang_or_exhaust_memory_is_skipped_with_its_reason(tmp_
 
 
 def test_upper_case_wav_suffixes_are_read_like_lower_case_ones(tmp_path):
-    from bench.datasets.emodb import read_utterances
+    from bench.data.datasets.emodb import read_utterances
 
     (tmp_path / "wav").mkdir()
     wav(tmp_path / "wav" / "03a01Fa.wav")
@@ -347,7 +347,7 @@ def test_upper_case_wav_suffixes_are_read_like_lower_case_ones(tmp_path):
 def test_an_edit_that_keeps_size_and_mtime_changes_the_corpus_fingerprint(tmp_path):
     import os
 
-    from bench.corpus import FILE_HASHES, Corpus, Utterance, corpus_fingerprint
+    from bench.data.corpus import FILE_HASHES, Corpus, Utterance, corpus_fingerprint
 
     path = wav(tmp_path / "u.wav", value=0.1)
     corpus = Corpus("edited", ["a"], [Utterance("u", "a", "s", path=path)], [])

@@ -18,14 +18,14 @@ from torch import nn
 from backbones.ffn import FeedForward
 from backbones.layers import EncoderLayer
 import bench
-from bench.cli import main
-from bench.grid import make_grid, run_grid
-from bench.measure import count_macs, count_params
-from bench.models import build_backbone
+from bench.cli.main import main
+from bench.execution.grid import make_grid, run_grid
+from bench.measure.costs import count_macs, count_params
+from bench.training.models import build_backbone
 from bench.registry import BACKBONES, METHODS, BenchError
-from bench.results import RecordStore
-from bench.runner import RunContext, RunSpec, Workspace
-from bench.train import TrainConfig, evaluate
+from bench.reporting.results import RecordStore
+from bench.execution.runner import RunContext, RunSpec, Workspace
+from bench.training.trainer import TrainConfig, evaluate
 from methods.hrf import ExpandedAttention, ExpandedLinear, expand_model, merge_model
 
 RATIOS = [0.3, 0.5, 1.0, 1.7, 2.5, 4.0, 7.3]

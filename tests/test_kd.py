@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.models import build_backbone
+from bench.training.models import build_backbone
 from methods.kd import KDParams, distillation_loss, distillation_objective, embedding_width
 
 

@@ -11,9 +11,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from backbones.ffn import FeedForward
-from bench import measure
-from bench.budget import Budget, bisect_budget, output_layers
-from bench.models import build_backbone
+from bench.measure import costs
+from bench.measure.budget import Budget, bisect_budget, output_layers
+from bench.training.models import build_backbone
 from bench.registry import BACKBONES
 from methods.lowrank import (LowRankAttention, energy_ranks, factorizable_layers, factorize_linear, factorize_model,
                              smallest_model)
@@ -34,7 +34,7 @@ def test_full_rank_factor_pair_reproduces_the_layer():
     x = torch.randn(7, 48)
     assert torch.allclose(pair(x), layer(x), atol=1e-5)
     truncated = factorize_linear(layer.weight, layer.bias, rank=5)
-    assert measure.count_params(truncated) == 5 * 48 + 20 * 5 + 20 < measure.count_params(layer)
+    assert costs.count_params(truncated) == 5 * 48 + 20 * 5 + 20 < costs.count_params(layer)
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
@@ -86,22 +86,22 @@ def test_budgeted_factorization_is_smaller_in_params_and_macs():
             weight.copy_(u @ torch.diag(s * torch.exp(-torch.arange(len(s)) / 8.0)) @ vh)
     spectra = {n: torch.linalg.svdvals(w.detach().double()) for n, w in layers.items()}
     shapes = {n: tuple(w.shape) for n, w in layers.items()}
-    source = measure.count_params(model)
+    source = costs.count_params(model)
     budget = Budget("params", source // 2, "ratio 0.5", source)
 
     def build(energy):
         candidate = factorize_model(copy.deepcopy(model), energy_ranks(spectra, shapes, energy))
-        return candidate, measure.count_params(candidate)
+        return candidate, costs.count_params(candidate)
 
     energy, factorized, reached = bisect_budget(build, budget)
     assert budget.within(reached) and 0 < energy < 1
-    assert measure.count_macs(factorized, DIM, 300) < measure.count_macs(model, DIM, 300)
+    assert costs.count_macs(factorized, DIM, 300) < costs.count_macs(model, DIM, 300)
     features, lengths = padded_batch()
     assert factorized(features, lengths).shape == (3, 4)
 
 
 def attention_macs(attn: nn.Module, *inputs: torch.Tensor) -> int:
-    with measure.countable_attention(), torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with costs.countable_attention(), torch.no_grad(), FlopCounterMode(display=False) as counter:
         attn.eval()(*inputs, need_weights=False)
     return counter.get_total_flops() // 2
 
@@ -128,8 +128,8 @@ def test_dense_equivalent_model_costs_what_the_model_costs(backbone):
     layers = factorizable_layers(model, set(output_layers(model, DIM)))
     dense = factorize_model(copy.deepcopy(model), {name: None for name in layers}).eval()
     assert any(isinstance(m, LowRankAttention) for m in dense.modules())
-    assert measure.count_params(dense) == measure.count_params(model)
-    assert measure.count_macs(dense, DIM, 301) == measure.count_macs(model, DIM, 301)
+    assert costs.count_params(dense) == costs.count_params(model)
+    assert costs.count_macs(dense, DIM, 301) == costs.count_macs(model, DIM, 301)
 
 
 def test_pointwise_convolutions_are_factorized_and_depthwise_ones_are_not():
@@ -152,5 +152,5 @@ def test_default_budget_is_reachable_from_the_large_model(backbone):
     large = build_backbone(backbone, "large", 80, 4).eval()
     light = build_backbone(backbone, "lightweight", 80, 4).eval()
     smallest = smallest_model(large, set(output_layers(large, 80)))
-    assert measure.count_params(smallest) < measure.count_params(light)
-    assert measure.count_macs(smallest, 80, 501) < measure.count_macs(light, 80, 501)
+    assert costs.count_params(smallest) < costs.count_params(light)
+    assert costs.count_macs(smallest, 80, 501) < costs.count_macs(light, 80, 501)

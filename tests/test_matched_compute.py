@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.runner import RunSpec, Workspace, execute
-from bench.train import TrainConfig
+from bench.execution.runner import RunSpec, Workspace, execute
+from bench.training.trainer import TrainConfig
 
 
 def spec(**params) -> RunSpec:
@@ -33,7 +33,7 @@ def test_the_plain_model_trains_as_many_flops_as_the_matched_method(matched, cac
 
 def test_a_method_it_cannot_match_is_a_one_line_error_before_anything_runs():
     from bench.api import grid_values
-    from bench.grid import make_grid
+    from bench.execution.grid import make_grid
     from bench.registry import BenchError
 
     for method, reason in (("kd", "starts from a cached or large model"), ("nonesuch", "not a registered method"),

@@ -15,10 +15,12 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from bench import measure, probe
-from bench.cli import main
-from bench.features import FeatureConfig
-from bench.models import build_backbone
+from bench.measure import costs
+
+from bench.measure import probe
+from bench.cli.main import main
+from bench.data.features import FeatureConfig
+from bench.training.models import build_backbone
 
 FEATURES = FeatureConfig()
 
@@ -35,13 +37,13 @@ def results(recorded_run, tmp_path, cache_dir, monkeypatch) -> Path:
 
 def test_costs_flops_are_twice_macs_and_size_and_peak_memory_are_sensible():
     model = build_backbone("convtransformer", "tiny", FEATURES.dim, 4)
-    short, long = (measure.cost_figures(model, FEATURES.dim, FEATURES.frames(s)) for s in (2.0, 10.0))
-    for costs in (short, long):
-        assert costs["flops"] == 2 * costs["macs"] > 0
-        assert costs["params"] == sum(p.numel() for p in model.parameters())
+    short, long = (costs.cost_figures(model, FEATURES.dim, FEATURES.frames(s)) for s in (2.0, 10.0))
+    for figures in (short, long):
+        assert figures["flops"] == 2 * figures["macs"] > 0
+        assert figures["params"] == sum(p.numel() for p in model.parameters())
         # float32 weights plus a little pickle framing per tensor
-        assert 4 * costs["params"] < costs["size_bytes"] < 4 * costs["params"] + 400 * len(model.state_dict())
-        assert costs["size_format"] == "float32"
+        assert 4 * figures["params"] < figures["size_bytes"] < 4 * figures["params"] + 400 * len(model.state_dict())
+        assert figures["size_format"] == "float32"
     assert long["macs"] > 4 * short["macs"]  # 5x the audio: more than 4x the work (attention is quadratic)
     # The first convolution's output (channels x T/2 x F/2 floats) must be alive at some point.
     conv_out = 8 * (FEATURES.frames(10.0) // 2) * (FEATURES.dim // 2) * 4
@@ -65,7 +67,7 @@ def test_quantized_model_is_sized_and_costed_from_its_int8_graph_and_measured_in
     record, = (json.loads(p.read_text()) for p in (results / "records").glob("*.json"))
     model = build_backbone("convtransformer", "tiny", 16, 4)
     # costed on the quantized graph's nodes, and equal to an independent count of the float model's shapes
-    assert record["int8_macs"] == record["macs"] == measure.count_macs(model, 16, record["input_frames"])
+    assert record["int8_macs"] == record["macs"] == costs.count_macs(model, 16, record["input_frames"])
     assert record["float_macs"] == 0 and record["flops"] == 2 * record["macs"]
     assert record["size_format"] == "int8 onnx" and record["size_bytes"] < record["size_float32_bytes"]
     done = invoke("measure", "--results-dir", str(results), "--threads", "1", "--seconds", "2", "--max-seconds", "0.3")
@@ -95,7 +97,7 @@ def test_interleaved_timing_recovers_a_known_ratio():
 
 
 def test_peak_gemm_rates_and_the_roofline_bound():
-    from bench.onnx_io import peak_graphs
+    from bench.measure.onnx_io import peak_graphs
     peaks = probe.peak_gflops(peak_graphs(), 1)
     assert set(peaks) == {"fp32", "int8"} and all(rate > 0.5 for rate in peaks.values())
     # 1 GFLOP float at 100 GFLOP/s and 2 GFLOP int8 at 400 GFLOP/s take 15 ms at best: measured 30 ms is 2x
@@ -131,14 +133,15 @@ def test_timing_rule_stops_on_a_stable_median_and_respects_its_caps():
 
 FAULTS_PER_PASS = """
 import json, resource, torch
-from bench import measure, probe
-from bench.models import build_backbone
+from bench.measure import costs
+from bench.measure import probe
+from bench.training.models import build_backbone
 from bench.registry import load_builtin_plugins
 
 load_builtin_plugins()
 torch.set_num_threads(1)
 model = build_backbone("speechformer", "lightweight", 80, 4).eval()
-features, lengths = measure.example_input(80, 1001)
+features, lengths = costs.example_input(80, 1001)
 
 def faults_per_pass(passes=40):
     with torch.inference_mode():

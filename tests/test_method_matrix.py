@@ -15,12 +15,14 @@ import pytest
 import torch
 from torch import nn
 
-from bench import measure, schema
-from bench.budget import TOLERANCE
-from bench.models import build_backbone, preset_config
+from bench import schema
+
+from bench.measure import costs
+from bench.measure.budget import TOLERANCE
+from bench.training.models import build_backbone, preset_config
 from bench.registry import BACKBONES, METHODS, load_builtin_plugins
-from bench.runner import RunSpec, Workspace, execute
-from bench.train import TrainConfig
+from bench.execution.runner import RunSpec, Workspace, execute
+from bench.training.trainer import TrainConfig
 from conftest import TOY_CLASSES, TOY_DIM
 from methods.svm import FunctionalSVM
 
@@ -185,7 +187,7 @@ def test_training_flops_are_those_of_the_model_that_trains(backbone, run, tmp_pa
                    train=TrainConfig(epochs=1, batch_size=8), dataset_params=TOY_PARAMS)
     train = Workspace(tmp_path, progress=False).fold_data(spec).train
     frames = round(sum(f.shape[0] for f in train.features) / len(train))
-    forward = {p: 2 * measure.count_macs(plain_model(backbone, p), TOY_DIM, frames) for p in ("lightweight", "large")}
+    forward = {p: 2 * costs.count_macs(plain_model(backbone, p), TOY_DIM, frames) for p in ("lightweight", "large")}
     assert light["fit_flops"] == 3 * forward["lightweight"] * len(train) and light["reused_fit_flops"] == 0
     assert large["fit_flops"] == 3 * forward["large"] * len(train)
     kd = run("kd", backbone)  # the student trains, the teacher runs forward on every batch

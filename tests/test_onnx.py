@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from bench.measure import count_macs, example_input
-from bench.models import build_backbone
-from bench.onnx_io import EXPORT_FRAMES, export_onnx, graph_macs, onnx_figures
-from bench.probe import ort_session
+from bench.measure.costs import count_macs, example_input
+from bench.training.models import build_backbone
+from bench.measure.onnx_io import EXPORT_FRAMES, export_onnx, graph_macs, onnx_figures
+from bench.measure.probe import ort_session
 from bench.registry import BACKBONES, METHODS
-from bench.runner import RunSpec, Workspace, execute
-from bench.train import TrainConfig
+from bench.execution.runner import RunSpec, Workspace, execute
+from bench.training.trainer import TrainConfig
 from conftest import TOY_DIM
 
 PAIRS = [(backbone, method) for backbone in BACKBONES.names() for method in METHODS.names()]

@@ -19,7 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bench.tune import make_storage
+from bench.tuning.tune import make_storage
 
 URL = os.environ.get("HRF_BENCH_TEST_POSTGRES", "postgresql://bench:bench@127.0.0.1/bench")
 TOTAL = 4
@@ -46,7 +46,7 @@ def running_trial_of(worker: str, name: str, storage):
 @pytest.mark.slow  # several real processes; still run by default
 def test_two_workers_share_a_postgres_study_and_end_with_exactly_n_complete_trials(postgres, tmp_path, bench_env):
     name = f"scale-{uuid.uuid4().hex[:12]}"
-    command = [sys.executable, "-m", "bench.cli", "tune", "--method", "hrf", "--preset", "tiny", "--dataset", "toy",
+    command = [sys.executable, "-m", "bench.cli.main", "tune", "--method", "hrf", "--preset", "tiny", "--dataset", "toy",
                "--epochs", "3", "--folds", "1,2", "--test-folds", "1", "--param", "expansion_ratio=1:8",
                "--storage", postgres, "--study-name", name, "--heartbeat", "1", "--total-trials", str(TOTAL),
                "--results-dir", str(tmp_path / "results"), "--quiet"]

@@ -19,7 +19,7 @@ import torch
 import pytest
 
 from bench.api import load_model
-from bench.measure import count_params
+from bench.measure.costs import count_params
 
 ROOT = Path(__file__).parent.parent
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.corpus import Corpus, Utterance, speaker_folds
+from bench.data.corpus import Corpus, Utterance, speaker_folds
 from bench.registry import DATASETS, param
 
 CLASSES = ["calm", "tense", "sad"]
@@ -82,7 +82,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from bench.method import Deployed, Method
-from bench.onnx_io import export_onnx
+from bench.measure.onnx_io import export_onnx
 from bench.registry import METHODS
 
 

@@ -12,9 +12,9 @@ import torch_pruning as tp
 from torch import nn
 
 from backbones.layers import POOLING_MODES, StatsPooling, padding_mask
-from bench import measure
-from bench.budget import output_layers
-from bench.models import build_backbone, preset_config
+from bench.measure import costs
+from bench.measure.budget import output_layers
+from bench.training.models import build_backbone, preset_config
 from bench.registry import BACKBONES, BenchError
 
 BACKBONE_NAMES = ["convtransformer", "conformer", "speechformer"]
@@ -152,7 +152,7 @@ def test_analytic_macs_follow_the_pooling_and_the_counter_sees_it(name):
     for mode in POOLING_MODES:
         model = build_backbone(name, "tiny", DIM, CLASSES, pooling=mode)
         config = preset_config(name, "tiny") | {"pooling": mode}
-        figures = measure.cost_figures(model, DIM, 201)
+        figures = costs.cost_figures(model, DIM, 201)
         expected = BACKBONES.get(name).extra["analytic_macs"](config, DIM, CLASSES, 201)
         assert figures["macs"] == expected and figures["flops"] == 2 * expected, mode
         counted_by_mode[mode] = figures["macs"]
@@ -163,22 +163,22 @@ def test_analytic_macs_follow_the_pooling_and_the_counter_sees_it(name):
 
 
 def test_onnx_export_of_attentive_pooling_matches_pytorch(tmp_path):
-    from bench.onnx_io import export_onnx, graph_macs
-    from bench.probe import ort_session
+    from bench.measure.onnx_io import export_onnx, graph_macs
+    from bench.measure.probe import ort_session
 
     torch.manual_seed(0)
     model = build_backbone("convtransformer", "tiny", DIM, CLASSES, pooling="attentive").eval()
     path = tmp_path / "attentive.onnx"
     assert export_onnx(model, DIM, path, check_frames=(40, 120)) <= 1e-4
     session = ort_session(path, threads=1)
-    features, _ = measure.example_input(DIM, 150)
+    features, _ = costs.example_input(DIM, 150)
     for length in (150, 61):  # whole, and mostly padding
         lengths = torch.tensor([length])
         with torch.no_grad():
             expected = model(features, lengths).numpy()
         actual = session.run(None, {"features": features.numpy(), "lengths": lengths.numpy()})[0]
         assert abs(actual - expected).max() <= 1e-4, length
-    assert graph_macs(path.read_bytes(), DIM, 64)["macs"] == measure.count_macs(model, DIM, 64)
+    assert graph_macs(path.read_bytes(), DIM, 64)["macs"] == costs.count_macs(model, DIM, 64)
 
 
 # --- methods that edit the model -----------------------------------------------------------------------
@@ -220,10 +220,10 @@ def test_structured_pruning_meets_the_budget_and_shrinks_the_pooled_width(mode):
     keep = output_layer_names(model, DIM)
     units, skipped = prunable_units(model, DIM, keep)
     assert not skipped and any(u.name == "layers.0.ffn.w2" for u in units)  # the residual width is prunable
-    target = measure.count_params(model) // 2
+    target = costs.count_params(model) // 2
     pruned, reached, _ = prune_to_budget(model, DIM, units, channel_scores(units, "magnitude"), target,
-                                         measure.count_params, keep)
-    assert abs(reached - target) <= 0.05 * target and measure.count_params(pruned) == reached
+                                         costs.count_params, keep)
+    assert abs(reached - target) <= 0.05 * target and costs.count_params(pruned) == reached
     width = pruned.final_norm.normalized_shape[0]
     assert width < pruned.pooling.d_model and pruned.head.mlp[0].in_features == 2 * width
     features, lengths = padded_batch()
@@ -246,8 +246,8 @@ def test_low_rank_factorization_at_full_rank_and_at_a_budget(mode):
     with torch.no_grad():
         assert torch.allclose(full(features, lengths), model(features, lengths), atol=1e-5)
         assert torch.isfinite(low.eval()(features, lengths)).all()
-    assert measure.count_params(low) < measure.count_params(model)
-    assert measure.count_macs(low, DIM, 200) < measure.count_macs(model, DIM, 200)
+    assert costs.count_params(low) < costs.count_params(model)
+    assert costs.count_macs(low, DIM, 200) < costs.count_macs(model, DIM, 200)
 
 
 @pytest.mark.parametrize("targets", ["ffn", "ffn+attn"])
@@ -265,8 +265,8 @@ def test_hrf_merge_is_exact(mode, targets):
         expanded = model(features, lengths)
         merged = merge_model(model).eval()
         assert (merged(features, lengths) - expanded).abs().max().item() < 1e-5
-    assert measure.count_params(merged) == measure.count_params(plain)
-    assert measure.count_macs(merged, DIM, 200) == measure.count_macs(plain, DIM, 200)
+    assert costs.count_params(merged) == costs.count_params(plain)
+    assert costs.count_macs(merged, DIM, 200) == costs.count_macs(plain, DIM, 200)
 
 
 @pytest.mark.parametrize("mode", WIDE_MODES)

@@ -17,8 +17,10 @@ import torch
 from click.testing import CliRunner
 from filelock import FileLock
 
-from bench import model_store, probe
-from bench.cli import main
+from bench.measure import model_store
+
+from bench.measure import probe
+from bench.cli.main import main
 
 
 def invoke(*args: str):

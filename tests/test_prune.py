@@ -11,8 +11,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from bench import measure
-from bench.models import build_backbone
+from bench.measure import costs
+from bench.training.models import build_backbone
 from bench.registry import BACKBONES, BenchError
 from methods.prune import (apply_plan, channel_scores, dependency_graph, output_layer_names, prunable_units,
                            prune_to_budget, removed_channels, step_epochs, plan_unit)
@@ -30,7 +30,7 @@ def attentions(model: nn.Module) -> list[nn.MultiheadAttention]:
     return [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
 
 
-def prune(model: nn.Module, target: int, measure_cost=measure.count_params, criterion: str = "magnitude"):
+def prune(model: nn.Module, target: int, measure_cost=costs.count_params, criterion: str = "magnitude"):
     keep = output_layer_names(model, DIM)
     units, skipped = prunable_units(model, DIM, keep)
     scores = channel_scores(units, criterion)
@@ -40,13 +40,13 @@ def prune(model: nn.Module, target: int, measure_cost=measure.count_params, crit
 @pytest.mark.parametrize("backbone", BACKBONES.names())
 def test_prune_to_budget_on_every_backbone(backbone):
     model = build_backbone(backbone, "tiny", DIM, 4).eval()
-    source_params, source_macs = measure.count_params(model), measure.count_macs(model, DIM, 200)
+    source_params, source_macs = costs.count_params(model), costs.count_macs(model, DIM, 200)
     source_widths = [a.embed_dim for a in attentions(model)]
     target = source_params // 2
     pruned, reached, plan = prune(model, target)
     assert abs(reached - target) <= 0.05 * target
-    assert measure.count_params(pruned) == reached < source_params  # physically smaller
-    assert measure.count_macs(pruned, DIM, 200) < source_macs
+    assert costs.count_params(pruned) == reached < source_params  # physically smaller
+    assert costs.count_macs(pruned, DIM, 200) < source_macs
     for attn, width in zip(attentions(pruned), source_widths):  # consistent heads, shrunk
         assert attn.num_heads * attn.head_dim == attn.embed_dim < width
         assert attn.in_proj_weight.shape == (3 * attn.embed_dim, attn.embed_dim)
@@ -62,8 +62,8 @@ def test_prune_to_budget_on_every_backbone(backbone):
 
 def test_macs_budget_lands_within_tolerance():
     model = build_backbone("convtransformer", "lightweight", DIM, 4).eval()
-    target = measure.count_macs(model, DIM, 501) // 3
-    _, reached, _ = prune(model, target, lambda m: measure.count_macs(m, DIM, 501))
+    target = costs.count_macs(model, DIM, 501) // 3
+    _, reached, _ = prune(model, target, lambda m: costs.count_macs(m, DIM, 501))
     assert abs(reached - target) <= 0.05 * target
 
 

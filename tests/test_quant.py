@@ -14,15 +14,15 @@ import torch
 from click.testing import CliRunner
 
 import bench
-from bench import measure
-from bench.cli import main
-from bench.features import FeatureConfig
-from bench.models import build_backbone
-from bench.onnx_io import export_onnx, graph_macs
-from bench.probe import ort_session
+from bench.measure import costs
+from bench.cli.main import main
+from bench.data.features import FeatureConfig
+from bench.training.models import build_backbone
+from bench.measure.onnx_io import export_onnx, graph_macs
+from bench.measure.probe import ort_session
 from bench.registry import METHODS, BenchError
-from bench.runner import RunSpec, Workspace, execute
-from bench.train import TrainConfig
+from bench.execution.runner import RunSpec, Workspace, execute
+from bench.training.trainer import TrainConfig
 from conftest import TOY_DIM
 from methods.quant import quantize_graph
 
@@ -49,7 +49,7 @@ def test_static_quant_makes_every_multiply_accumulate_int8_and_ships_the_onnx_ac
     records, results = quant_runs
     record = records["quant-static"]
     plain = build_backbone("convtransformer", "tiny", TOY_DIM, 4)
-    float_macs = measure.count_macs(plain, TOY_DIM, record["input_frames"])  # independent count of the same shapes
+    float_macs = costs.count_macs(plain, TOY_DIM, record["input_frames"])  # independent count of the same shapes
     assert record["quant_scheme"] == "static" and record["quant_calibration_utterances"] > 0
     assert record["int8_macs"] == record["macs"] == float_macs and record["float_macs"] == 0
     assert record["flops"] == 2 * record["macs"]
@@ -63,9 +63,9 @@ def test_static_quant_makes_every_multiply_accumulate_int8_and_ships_the_onnx_ac
     assert bench.load_deployed(record["run_id"], results).graph == graph.read_bytes()  # and loads with it
     assert graph_macs(graph.read_bytes(), TOY_DIM, record["input_frames"])["int8_macs"] == float_macs
     # the validation score is the int8 graph's too (as a tune trial scores it), not the float model's
-    from bench.onnx_io import predict_graph
-    from bench.runner import RunSpec, Workspace
-    from bench.train import scores_of
+    from bench.measure.onnx_io import predict_graph
+    from bench.execution.runner import RunSpec, Workspace
+    from bench.training.trainer import scores_of
     spec = RunSpec(method="quant", backbone="convtransformer", preset="tiny", dataset="toy", fold=record["fold"],
                    seed=record["seed"])
     data = Workspace(results.parent / "unused-cache", progress=False).fold_data(spec)
@@ -85,7 +85,7 @@ def test_dynamic_quant_leaves_the_convolutions_and_attention_products_float(quan
     hooks = [m.register_forward_hook(lambda m, args, out: outputs.append((m, args[0], out)))
              for m in model.modules() if isinstance(m, kinds)]
     with torch.inference_mode():
-        model(*measure.example_input(TOY_DIM, dynamic["input_frames"]))
+        model(*costs.example_input(TOY_DIM, dynamic["input_frames"]))
     for hook in hooks:
         hook.remove()
     conv = sum(out.numel() * m.weight[0].numel() for m, _, out in outputs if not isinstance(m, kinds[2]))
@@ -113,7 +113,7 @@ def test_int8_graph_stays_close_to_the_float_model(scheme, tmp_path):
     session = ort_session(graph, threads=1)
     worst = 0.0
     for frames, length in ((301, 301), (501, 333)):
-        x, _ = measure.example_input(features.dim, frames)
+        x, _ = costs.example_input(features.dim, frames)
         lengths = torch.tensor([length])
         with torch.inference_mode():
             expected = model(x, lengths).numpy()

@@ -105,7 +105,7 @@ def test_a_broken_plugin_package_is_a_one_line_error_naming_it(tmp_path, monkeyp
 
 
 def test_the_plain_reference_and_default_presets_are_declared_on_the_method_not_named(monkeypatch):
-    from bench.grid import make_grid
+    from bench.execution.grid import make_grid
     from bench.method import Method, plain_reference
     from bench.registry import Entry
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.models import build_backbone
+from bench.training.models import build_backbone
 from bench.registry import BACKBONES, BenchError, load_builtin_plugins
-from bench.runner import RunSpec, Workspace, execute
-from bench.train import TrainConfig
+from bench.execution.runner import RunSpec, Workspace, execute
+from bench.training.trainer import TrainConfig
 from conftest import TOY_DIM
 from methods.repadapter import AdaptedAttention, AdaptedLinear, adapt_model, merge_model
 

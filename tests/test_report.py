@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from bench import plots
-from bench.cli import main
-from bench.results import RecordStore
+from bench.reporting import plots
+from bench.cli.main import main
+from bench.reporting.results import RecordStore
 
 
 PRESETS = ("--light-preset", "tiny", "--large-preset", "lightweight")  # the tiny grid's two baselines

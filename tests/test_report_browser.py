@@ -12,7 +12,7 @@ import shutil
 import pytest
 from test_report import augment_records
 
-from bench.report import build_report
+from bench.reporting.html import build_report
 
 CHROMIUM = os.environ.get("HRF_BENCH_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -8,8 +8,8 @@ import os
 import pandas as pd
 import pytest
 
-from bench import results
-from bench.results import RecordStore, atomic_write_text
+from bench.reporting import results
+from bench.reporting.results import RecordStore, atomic_write_text
 
 
 def record(rid: str, ua: float = 0.5) -> dict:

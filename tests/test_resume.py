@@ -16,12 +16,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bench.checkpoint import resumable_fit
-from bench.cli import main
-from bench.grid import make_grid
-from bench.results import RecordStore
-from bench.runner import RunContext, RunSpec, Workspace
-from bench.train import TrainConfig, cross_entropy_loss
+from bench.execution.checkpoint import resumable_fit
+from bench.cli.main import main
+from bench.execution.grid import make_grid
+from bench.reporting.results import RecordStore
+from bench.execution.runner import RunContext, RunSpec, Workspace
+from bench.training.trainer import TrainConfig, cross_entropy_loss
 
 CONFIG = TrainConfig(epochs=4, batch_size=16, lr=3e-3, label_smoothing=0.0)  # the loss interrupting_loss wraps
 
@@ -115,7 +115,7 @@ ARGS = ["--methods", "baseline", "--datasets", "toy", "--presets", "tiny", "--fo
 
 
 def start_bench(results: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bench.cli", "run", *ARGS, "--results-dir", str(results)],
+    return subprocess.Popen([sys.executable, "-m", "bench.cli.main", "run", *ARGS, "--results-dir", str(results)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

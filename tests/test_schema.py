@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from bench import schema
-from bench.cli import main
+from bench.cli.main import main
 from bench.registry import BenchError, load_builtin_plugins
-from bench.runner import RunSpec, Workspace, execute
-from bench.train import TrainConfig
+from bench.execution.runner import RunSpec, Workspace, execute
+from bench.training.trainer import TrainConfig
 from methods.hrf import HRF
 
 load_builtin_plugins()

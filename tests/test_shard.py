@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from bench.cli import main
-from bench.grid import make_grid
-from bench.results import RecordStore
-from bench.runner import Workspace
+from bench.cli.main import main
+from bench.execution.grid import make_grid
+from bench.reporting.results import RecordStore
+from bench.execution.runner import Workspace
 
 GRID = {"methods": ["baseline"], "datasets": ["toy"], "presets": ["tiny"], "folds": [1, 2, 3], "seeds": [0],
         "train": {"epochs": 1}}

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from bench import stats
-from bench.summary import runs_frame, summary_table, to_latex, to_markdown, to_terminal
+from bench.reporting import stats
+from bench.reporting.summary import runs_frame, summary_table, to_latex, to_markdown, to_terminal
 
 
 def record(method: str, preset: str, fold: int, seed: int, ua: float, **extra) -> dict:
@@ -149,7 +149,7 @@ def test_a_headline_metric_beyond_the_standard_four_is_summarized():
 
 
 def test_pareto_front_keeps_the_points_nothing_cheaper_beats():
-    from bench.plots import pareto_front
+    from bench.reporting.plots import pareto_front
 
     costs = [1.0, 2.0, 3.0, 4.0, 2.0, math.nan, 0.5]
     scores = [0.50, 0.40, 0.70, 0.60, 0.55, 0.90, math.nan]
@@ -219,7 +219,7 @@ def test_five_folds_never_reach_wilcoxon_p_below_five_percent():
 def test_macro_f1_averages_over_every_class_like_scikit_learn(case):
     from sklearn.metrics import f1_score
 
-    from bench.metrics import scores
+    from bench.training.metrics import scores
 
     rng = np.random.default_rng(case)
     num_classes = 4 + case % 3
@@ -257,7 +257,7 @@ def failed(method: str, preset: str, fold: int, seed: int, reason: str) -> dict:
 
 
 def test_failed_runs_are_counted_and_listed_never_averaged_or_paired(capsys):
-    from bench.summary import print_summary
+    from bench.reporting.summary import print_summary
 
     records = fixed_records() + [
         failed("hrf", "lightweight", 3, 0, "budget 355844 params unreachable: rank 1 holds 520548"),
@@ -318,8 +318,8 @@ def test_a_large_lead_whose_paired_interval_includes_zero_gets_the_milder_warnin
 
 
 def test_real_runs_pair_on_the_folds_both_ran_and_a_failed_run_is_listed(tiny_grid_results, capsys):
-    from bench.results import RecordStore
-    from bench.summary import print_summary
+    from bench.reporting.results import RecordStore
+    from bench.reporting.summary import print_summary
 
     records, problems = RecordStore(tiny_grid_results).load()
     assert not problems
@@ -392,7 +392,7 @@ def test_a_methods_budget_points_join_into_one_curve_per_other_setting():
     plain baseline left to the frontier, a method with one point drawn as a point only."""
     import pandas as pd
 
-    from bench.plots import method_curves
+    from bench.reporting.plots import method_curves
 
     rows = [("baseline", "", "tiny", 1e4, 0.60), ("baseline", "", "lightweight", 1e5, 0.70),
             ("prune", "prune.budget=params, prune.ratio=0.5", "lightweight", 4e5, 0.72),

@@ -8,8 +8,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from bench.cli import main
-from bench.grid import load_config, make_grid
+from bench.cli.main import main
+from bench.execution.grid import load_config, make_grid
 from bench.registry import BACKBONES, METHODS, BenchError
 from bench.studies import study_names, study_path
 
@@ -123,7 +123,7 @@ def test_dry_run_lists_runs_shared_models_and_an_estimate_without_running(tmp_pa
 def test_the_estimate_times_what_an_over_parameterizing_method_trains(tmp_path, cache_dir, monkeypatch):
     """hrf and expandnets train a wider model than they deploy: the dry run times a step of that model
     (``Method.training_model``), not the plain one's; a method without one shares the plain timing."""
-    from bench import estimate
+    from bench.execution import estimate
 
     monkeypatch.setenv("HRF_BENCH_CACHE", str(cache_dir))
     timed = []
@@ -152,7 +152,7 @@ def test_cuda_device_without_a_gpu_is_one_line_exit_2(tmp_path):
 
 def test_a_study_narrowed_to_other_methods_drops_its_baseline_presets(tmp_path):
     from bench.api import grid_values
-    from bench.grid import make_grid
+    from bench.execution.grid import make_grid
 
     grid = make_grid(grid_values(study_path("emodb"), methods="hrf,kd"))
     assert grid.method_names() == ["hrf", "kd"] and grid.presets_for("hrf") == ["lightweight"]

@@ -8,10 +8,10 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from bench.cli import main
-from bench.grid import make_grid
-from bench.results import RecordStore
-from bench.runner import Workspace
+from bench.cli.main import main
+from bench.execution.grid import make_grid
+from bench.reporting.results import RecordStore
+from bench.execution.runner import Workspace
 
 pytest.importorskip("submitit", reason="the [slurm] extra is not installed (pip install -e '.[slurm]'; .ci/run does)")
 

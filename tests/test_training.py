@@ -7,11 +7,11 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
-from bench.features import FeatureConfig
-from bench.models import preset_config, recipe
+from bench.data.features import FeatureConfig
+from bench.training.models import preset_config, recipe
 from bench.registry import BenchError
-from bench.runner import RunSpec, Workspace, execute
-from bench.train import MASK_FRACTION, Split, TrainConfig, batches, lr_factor, resolve_device, spec_augment
+from bench.execution.runner import RunSpec, Workspace, execute
+from bench.training.trainer import MASK_FRACTION, Split, TrainConfig, batches, lr_factor, resolve_device, spec_augment
 
 
 def toy_spec(**changes) -> RunSpec:
@@ -170,8 +170,8 @@ def test_history_has_every_epoch_and_early_stopping_shortens_it(cache_dir):
 
 @pytest.mark.parametrize("keep", ["best", "last"])
 def test_the_kept_weights_are_the_best_validation_epochs_or_the_last_epochs(keep):
-    from bench.models import build_backbone
-    from bench.train import fit
+    from bench.training.models import build_backbone
+    from bench.training.trainer import fit
 
     generator = torch.Generator().manual_seed(0)
     def split(n):  # noisy labels: validation UA wanders, so the best epoch is not the last
@@ -209,7 +209,7 @@ def test_device_errors_are_one_line():
 
 
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
-    from bench.train import native_bf16_cpu
+    from bench.training.trainer import native_bf16_cpu
 
     with_bf16, without = tmp_path / "with", tmp_path / "without"
     with_bf16.write_text("flags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n")
@@ -219,7 +219,7 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
 
 
 def test_bf16_training_on_a_cpu_without_native_bf16_is_a_one_line_error(cache_dir, monkeypatch):
-    monkeypatch.setattr("bench.train.native_bf16_cpu", lambda: False)
+    monkeypatch.setattr("bench.training.trainer.native_bf16_cpu", lambda: False)
     with pytest.raises(BenchError, match="no native bf16.*drop --amp"):
         Workspace(cache_dir, progress=False, device="cpu", amp=True)
     Workspace(cache_dir, progress=False, device="cpu")  # float32 training is unaffected
@@ -229,7 +229,7 @@ def test_bf16_cpu_training_runs_matmuls_in_bf16_keeps_float_weights_and_is_its_o
     """``--amp`` on the CPU: the model's linear layers compute in bf16 while training, its weights and the
     deploy model stay float32, the test score is a float32 one, the record says the precision, and the
     plain model trained this way is cached apart from the float32 one (a run never reuses the other)."""
-    monkeypatch.setattr("bench.train.native_bf16_cpu", lambda: True)  # emulated where the CPU lacks it: still correct
+    monkeypatch.setattr("bench.training.trainer.native_bf16_cpu", lambda: True)  # emulated where the CPU lacks it: still correct
     dtypes = set()
     original = torch.nn.Linear.forward
 
@@ -289,7 +289,7 @@ def test_a_presets_architecture_is_part_of_the_run_identity(cache_dir, monkeypat
 def test_a_records_wall_time_is_split_into_its_phases(cache_dir):
     """Every second of a run is accounted for: the phases add up to ``wall_seconds``, each measured where
     it happens (a fresh plain model trains here, so training and validation are this run's)."""
-    from bench.runner import PHASES
+    from bench.execution.runner import PHASES
 
     record = execute(toy_spec(train=TrainConfig(epochs=2, batch_size=16)), Workspace(cache_dir / "fresh", progress=False))
     phases = {name: record[f"seconds_{name}"] for name in PHASES}

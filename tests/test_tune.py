@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from bench.cli import main
-from bench.tune import make_storage
+from bench.cli.main import main
+from bench.tuning.tune import make_storage
 
 TINY = ["--method", "hrf", "--backbone", "convtransformer", "--preset", "tiny", "--dataset", "toy",
         "--epochs", "1", "--folds", "1,2", "--quiet"]
@@ -145,12 +145,12 @@ def test_a_trial_scores_what_a_recorded_run_ships_and_reuses_its_cached_models(t
     and is scored on the int8 graph in ONNX Runtime with the records' latency ratio."""
     from dataclasses import replace
 
-    from bench import onnx_io
-    from bench.claims import execute_claimed
-    from bench.results import RecordStore
-    from bench.runner import RunSpec, Workspace, cached_model_path
-    from bench.train import TrainConfig
-    from bench.tune import validation_scores
+    from bench.measure import onnx_io
+    from bench.execution.claims import execute_claimed
+    from bench.reporting.results import RecordStore
+    from bench.execution.runner import RunSpec, Workspace, cached_model_path
+    from bench.training.trainer import TrainConfig
+    from bench.tuning.tune import validation_scores
 
     workspace = Workspace(tmp_path / "cache", progress=False, defer_latency=True)
     spec = RunSpec(method="kd+quant", backbone="convtransformer", preset="tiny", dataset="toy", fold=1, seed=0,
@@ -191,16 +191,16 @@ def test_python_api_tunes_kd_on_the_run_device_and_reruns_the_best_setting(resul
     and the final runs), trials trained on the device ``bench run`` would use, the best setting re-run
     and recorded on the test folds."""
     import bench
-    import bench.runner
+    import bench.execution.runner
 
     devices = []
-    original = bench.runner.Workspace.__init__
+    original = bench.execution.runner.Workspace.__init__
 
     def spying(self, *args, **kwargs):
         original(self, *args, **kwargs)
         devices.append(self.device.type)
 
-    monkeypatch.setattr(bench.runner.Workspace, "__init__", spying)
+    monkeypatch.setattr(bench.execution.runner.Workspace, "__init__", spying)
     result = bench.tune("kd", "convtransformer", "tiny", "toy", ["temperature=1:8"], trials=2, folds=[1],
                         seeds=0, epochs=1, teacher_preset="lightweight", results_dir=results, progress=False)
     assert isinstance(result.study, optuna.Study) and len(result.study.trials) == 2
@@ -208,6 +208,6 @@ def test_python_api_tunes_kd_on_the_run_device_and_reruns_the_best_setting(resul
     assert [r["method"] for r in result.records] == ["kd"] and result.records[0]["status"] == "ok"
     assert result.records[0]["kd_temperature"] == pytest.approx(result.best[0].params["temperature"])
     assert result.records[0]["lightweight_model_cache"] == "hit"  # the teacher the trials trained, reused
-    assert set(devices) == {bench.train.resolve_device("auto").type}  # trials and final runs: bench run's default
+    assert set(devices) == {bench.training.trainer.resolve_device("auto").type}  # trials and final runs: bench run's default
     with pytest.raises(bench.BenchError, match="bad folds"):
         bench.tune("kd", "convtransformer", "tiny", "toy", ["temperature=1:8"], folds=["x"], results_dir=results)

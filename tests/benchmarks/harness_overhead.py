@@ -1,5 +1,5 @@
 """Harness overhead: the same model, cached features and epochs trained once through the harness
-(``bench.runner.execute``: data split, trainer with per-epoch validation, evaluation, measurement)
+(``bench.execution.runner.execute``: data split, trainer with per-epoch validation, evaluation, measurement)
 and once through a minimal hand-written PyTorch loop, alternately (the order flips every repeat, so
 that a drift in the machine's speed does not favour either), in one process. One untimed run of each
 comes first: the process's one-time costs (allocator growth, lazy initialisation of the FLOP counter
@@ -23,11 +23,11 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from bench.cli import default_cache_dir
-from bench.probe import steady_allocator
+from bench.cli.main import default_cache_dir
+from bench.measure.probe import steady_allocator
 from bench.registry import load_builtin_plugins
-from bench.runner import RunContext, RunSpec, Workspace, execute
-from bench.train import TrainConfig
+from bench.execution.runner import RunContext, RunSpec, Workspace, execute
+from bench.training.trainer import TrainConfig
 
 
 def bare_loop(model: nn.Module, features: list[torch.Tensor], labels: torch.Tensor, config: TrainConfig, seed: int):

@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from bench.features import FeatureConfig
-from bench.measure import example_input
-from bench.models import build_backbone
+from bench.data.features import FeatureConfig
+from bench.measure.costs import example_input
+from bench.training.models import build_backbone
 from bench.registry import BACKBONES, load_builtin_plugins
 from methods.hrf import expand_model, merge_model
 

@@ -26,28 +26,30 @@ from pathlib import Path
 
 import torch
 
-from bench import measure, probe
+from bench.measure import costs
+
+from bench.measure import probe
 from bench.api import default_cache_dir
-from bench.features import FeatureConfig
-from bench.models import build_backbone
-from bench.onnx_io import export_onnx
+from bench.data.features import FeatureConfig
+from bench.training.models import build_backbone
+from bench.measure.onnx_io import export_onnx
 from bench.registry import BACKBONES, load_builtin_plugins
 
-RUNTIMES = (measure.RUNTIME_EAGER, probe.RUNTIME_ORT)
+RUNTIMES = (costs.RUNTIME_EAGER, probe.RUNTIME_ORT)
 
 
 def child(runtime: str, folder: Path, input_dim: int, frames: int, max_seconds: float) -> dict:
     """One fresh-process measurement at 1 thread: the figures ``bench measure`` would record."""
     torch.set_num_threads(1)
     rule = probe.TimingRule(max_seconds=max_seconds)
-    if runtime == measure.RUNTIME_EAGER:
+    if runtime == costs.RUNTIME_EAGER:
         model, reference = (torch.load(folder / f"{name}.pt", weights_only=False).eval() for name in ("model", "reference"))
-        runners = measure.eager_runner(model, input_dim, frames), measure.eager_runner(reference, input_dim, frames)
+        runners = costs.eager_runner(model, input_dim, frames), costs.eager_runner(reference, input_dim, frames)
     else:
-        runners = (measure.ort_runner(folder / "model.onnx", input_dim, frames, 1),
-                   measure.ort_runner(folder / "reference.onnx", input_dim, frames, 1))
-    with measure.exclusive():
-        return measure.latency_against(*runners, 1, rule, None)
+        runners = (costs.ort_runner(folder / "model.onnx", input_dim, frames, 1),
+                   costs.ort_runner(folder / "reference.onnx", input_dim, frames, 1))
+    with costs.exclusive():
+        return costs.latency_against(*runners, 1, rule, None)
 
 
 def variation(values: list[float]) -> float:

@@ -19,12 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.claims import execute_claimed
-from bench.grid import make_grid
-from bench.probe import steady_allocator
+from bench.execution.claims import execute_claimed
+from bench.execution.grid import make_grid
+from bench.measure.probe import steady_allocator
 from bench.registry import load_builtin_plugins
-from bench.results import RecordStore
-from bench.runner import Workspace
+from bench.reporting.results import RecordStore
+from bench.execution.runner import Workspace
 
 
 def rss_mb() -> float:

@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 
 from bench.api import default_cache_dir, parse_ints
-from bench.features import FeatureConfig
-from bench.models import build_backbone
+from bench.data.features import FeatureConfig
+from bench.training.models import build_backbone
 from bench.registry import load_builtin_plugins
-from bench.runner import RunSpec, Workspace
-from bench.train import TrainConfig, fit
+from bench.execution.runner import RunSpec, Workspace
+from bench.training.trainer import TrainConfig, fit
 
 CONFIG_TYPES = {f.name: f.type for f in fields(TrainConfig)}
 

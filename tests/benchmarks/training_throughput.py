@@ -2,7 +2,7 @@
 training step, the achieved GFLOP/s and the fraction of that precision's GEMM peak, all measured in this
 process.
 
-A step is the trainer's (``bench.train.fit``): SpecAugment on the batch, forward and label-smoothed
+A step is the trainer's (``bench.training.trainer.fit``): SpecAugment on the batch, forward and label-smoothed
 cross-entropy (under bf16 autocast for ``bf16``), backward, gradient clipping and a fused AdamW update,
 on a batch of equal-length random utterances. FLOPs are counted by ``FlopCounterMode`` over one forward
 and backward pass. The GEMM peak is a 2048 x 2048 matmul at the same thread count. fp32 and bf16 steps of
@@ -25,10 +25,10 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.features import FeatureConfig
-from bench.models import build_backbone, recipe
+from bench.data.features import FeatureConfig
+from bench.training.models import build_backbone, recipe
 from bench.registry import load_builtin_plugins
-from bench.train import TrainConfig, autocast, cross_entropy_loss, native_bf16_cpu, spec_augment
+from bench.training.trainer import TrainConfig, autocast, cross_entropy_loss, native_bf16_cpu, spec_augment
 
 PRECISIONS = ("fp32", "bf16")
 
