@@ -19,6 +19,7 @@ import pandas as pd
 from bench.reporting import plots
 
 from bench.reporting import stats
+from bench.reporting.page import regenerate_command, results_page
 from bench.paths import UserPath
 from bench.method import plain_reference
 from bench.registry import BACKBONES, BenchError
@@ -440,6 +441,8 @@ def build_report(results_dir: Path, reports_dir: Path, light_preset: str = "ligh
     }
     index = reports_dir / "index.html"
     atomic_write_text(index, render_page(context))
+    command = regenerate_command(results_dir, reports_dir, light_preset, large_preset, seed)
+    atomic_write_text(reports_dir / "results.md", results_page(runs, summary, notes, command))
     return Report(index, tables, summary, problems, notes + ([empty] if empty else []))
 
 
