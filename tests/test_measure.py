@@ -223,6 +223,11 @@ def test_measure_rows_per_runtime_threads_and_duration_then_skips_and_keeps_devi
     (["--runtimes", "tensorrt"], "unknown runtime 'tensorrt'"),
     (["--threads", "0"], "bad threads '0'"),
     (["--seconds", "two"], "bad seconds 'two'"),
+    (["--seconds", "1e9"], "at most 600"),  # a terabyte input
+    (["--seconds", "nan"], "bad seconds 'nan'"),
+    (["--threads", "100000"], "bad threads '100000': at most 256"),  # a session per thread count
+    (["--max-seconds", "nan"], "--max-seconds must be in"),
+    (["--max-seconds", "1e30"], "--max-seconds must be in"),
     (["--device", "my box"], "bad device tag 'my box'"),
     (["--runs", "ffffffff"], "no recorded run 'ffffffff'"),
 ])

@@ -242,9 +242,7 @@ def timing_options(command):
 
 
 def _rule(max_seconds: float, target_rel_ci: float) -> probe.TimingRule:
-    if max_seconds <= 0 or not 0 < target_rel_ci < 1:
-        raise BenchError("--max-seconds must be > 0 and --target-rel-ci in (0, 1), "
-                         "e.g. --max-seconds 5 --target-rel-ci 0.01")
+    _checked(probe.check_rule, max_seconds, target_rel_ci)
     return probe.TimingRule(max_seconds=max_seconds, target_rel_ci=target_rel_ci)
 
 

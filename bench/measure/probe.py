@@ -44,6 +44,11 @@ MANIFEST_VERSION = 1
 RUNTIME_ORT = "onnxruntime"
 CHECK_ATOL = 1e-4
 DEVICE_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Bounds on what one flag may ask for: every thread count builds a session, every duration an input
+# tensor (a 1e9 s input is terabytes). Ten minutes is also the longest utterance a corpus may hold.
+MAX_THREADS = 256
+MAX_INPUT_SECONDS = 600.0
+MAX_TIMING_SECONDS = 3600.0
 
 
 class ProbeError(Exception):
@@ -303,8 +308,11 @@ def parse_threads(text: str) -> list[int]:
     for item in (t.strip() for t in text.split(",") if t.strip()):
         if item == "all":
             values.append(usable_cores())
-        elif item.isdigit() and int(item) > 0:
+        elif item.isdigit() and 0 < int(item) <= MAX_THREADS:
             values.append(int(item))
+        elif item.isdigit() and int(item) > MAX_THREADS:
+            raise ProbeError(f"bad threads {item!r}: at most {MAX_THREADS} (this machine has {usable_cores()} "
+                             f"usable cores), e.g. 1,all")
         else:
             raise ProbeError(f"bad threads {item!r}: use positive integers or 'all', e.g. 1,all")
     return sorted(set(values)) or [1]
@@ -315,9 +323,17 @@ def parse_seconds(text: str) -> list[float]:
         values = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise ProbeError(f"bad seconds {text!r}: use durations in seconds, e.g. 2,5,10") from None
-    if not values or any(v <= 0 for v in values):
-        raise ProbeError(f"bad seconds {text!r}: durations must be positive, e.g. 2,5,10")
+    if not values or not all(0 < v <= MAX_INPUT_SECONDS for v in values):  # NaN fails too
+        raise ProbeError(f"bad seconds {text!r}: durations must be positive and at most {MAX_INPUT_SECONDS:g}, "
+                         f"e.g. 2,5,10")
     return values
+
+
+def check_rule(max_seconds: float, target_rel_ci: float) -> None:
+    """The stopping rule's flags: a finite time cap and a fraction (NaN fails every comparison)."""
+    if not (0 < max_seconds <= MAX_TIMING_SECONDS and 0 < target_rel_ci < 1):
+        raise ProbeError(f"--max-seconds must be in (0, {MAX_TIMING_SECONDS:g}] and --target-rel-ci in (0, 1), "
+                         f"e.g. --max-seconds 5 --target-rel-ci 0.01")
 
 
 def ort_session(path: Path | bytes, threads: int, spinning: bool = True):
@@ -519,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames-per-second", type=float, default=100.0, help="for a bare .onnx file only")
     args = parser.parse_args(argv)
     try:
+        check_rule(args.max_seconds, args.target_rel_ci)
         rule = TimingRule(max_seconds=args.max_seconds, target_rel_ci=args.target_rel_ci)
         run_probe(args.target, args.device, args.threads, args.seconds, rule, args.out, args.frames_per_second)
     except ProbeError as error:
