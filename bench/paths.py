@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import click
+from filelock import FileLock
 
 from bench.registry import BenchError
 
@@ -56,3 +57,13 @@ def atomic_write(path: Path, write) -> None:
         raise BenchError(f"cannot write {path}: {error.strerror or error}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def file_lock(path: Path, timeout: float = -1):
+    """A ``FileLock`` on ``path``, refused in one line when something other than a file is there (a folder
+    made the lock library raise ``IsADirectoryError`` from deep inside a run)."""
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_file():
+        raise BenchError(f"{path} is a {'folder' if path.is_dir() else 'special file'} where a lock file belongs: "
+                         f"remove it (no bench process is using it) and run again")
+    return FileLock(path, timeout=timeout)

@@ -396,3 +396,19 @@ def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary_one(tmp_
     assert target.read_text() == "the old model" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
     atomic_write(target, lambda tmp: tmp.write_text("the new model"))
     assert target.read_text() == "the new model" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_a_folder_where_a_lock_file_belongs_is_one_line_and_nothing_runs(world):
+    from bench.execution.grid import make_grid
+    from bench.execution.runner import Workspace
+    grid = make_grid({"methods": ["baseline"], "datasets": ["toy"], "presets": ["tiny"], "folds": [1], "seeds": [1],
+                      "train": {"epochs": 1}})
+    (spec,) = grid.specs(Workspace(world / "cache", {}, False))
+    lock = world / "results" / "claims" / f"{spec.run_id}.lock"
+    lock.mkdir(parents=True)
+    before = snapshot(world)
+    result = CliRunner().invoke(main, ["run", *GRID, *RUN[:2], "--seeds", "1", *RUN[4:], "--quiet",
+                                       "--results-dir", str(world / "results")])
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0, result.output
+    assert f"{lock} is a folder where a lock file belongs" in result.output
+    assert snapshot(world) == before and lock.is_dir()

@@ -25,6 +25,7 @@ from filelock import FileLock, Timeout
 
 from bench import schema
 from bench.execution.checkpoint import discard_run_checkpoints
+from bench.paths import file_lock
 from bench.registry import BenchError
 from bench.reporting.results import SCHEMA_VERSION, RecordStore, atomic_write_text
 from bench.execution.runner import RunSpec, Workspace, execute, release_memory, save_model
@@ -84,7 +85,7 @@ def claim(store: RecordStore, rid: str, wait: bool = False) -> Iterator[bool]:
     ``wait``) when a live worker holds it."""
     folder = claims_dir(store)
     folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(folder / f"{rid}.lock")
+    lock = file_lock(folder / f"{rid}.lock")
     try:
         lock.acquire(timeout=-1 if wait else 0)
     except Timeout:
@@ -102,7 +103,7 @@ def claim(store: RecordStore, rid: str, wait: bool = False) -> Iterator[bool]:
 
 def table_lock(store: RecordStore) -> FileLock:
     """Serializes rebuilding ``runs.csv``, so that the last rebuild sees every record written before it."""
-    return FileLock(store.root / ".runs.csv.lock")
+    return file_lock(store.root / ".runs.csv.lock")
 
 
 def execute_claimed(spec: RunSpec, store: RecordStore, workspace: Workspace, wait: bool = False,

@@ -18,7 +18,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 from torch import nn
 
 from bench import schema
@@ -29,7 +28,7 @@ from bench.execution.env import environment, git_commit
 from bench.measure import costs, onnx_io
 from bench.measure.costs import LATENCY_SECONDS
 from bench.method import Deployed, RunFailed
-from bench.paths import atomic_write
+from bench.paths import atomic_write, file_lock
 from bench.registry import DATASETS, METHODS, BenchError
 from bench.reporting.results import run_id
 from bench.training.metrics import declared_scores
@@ -331,7 +330,7 @@ class RunContext:
         path = cached_model_path(self.workspace.cache_dir, spec.plain_model_name(preset))
         model = self.new_model(preset)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(path.with_suffix(".lock")):  # concurrent workers needing this model train it once
+        with file_lock(path.with_suffix(".lock")):  # concurrent workers needing this model train it once
             saved = load_cached_model(path, model) if path.exists() else None
             if saved is not None:
                 self.fits.append(FitResult(**saved["fit"]))

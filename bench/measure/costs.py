@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.paths import file_lock
 from bench.measure.probe import (RUNTIME_ORT, TimingRule, clocked, ort_session, peak_gflops, ratio_figures, roofline,
                          summarize, time_adaptively, time_interleaved)
 
@@ -156,7 +157,7 @@ def cost_figures(model: nn.Module, input_dim: int, frames: int) -> dict:
 
 def exclusive() -> FileLock:
     """Hold while timing, so that co-located measurements do not disturb each other."""
-    return FileLock(MACHINE_LOCK)
+    return file_lock(MACHINE_LOCK)
 
 
 @contextmanager
