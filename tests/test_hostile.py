@@ -412,3 +412,30 @@ def test_a_folder_where_a_lock_file_belongs_is_one_line_and_nothing_runs(world):
     assert result.exit_code == 2 and result.output.strip().count("\n") == 0, result.output
     assert f"{lock} is a folder where a lock file belongs" in result.output
     assert snapshot(world) == before and lock.is_dir()
+
+
+def test_a_table_that_cannot_be_replaced_is_one_line_before_anything_runs(world, monkeypatch):
+    """An immutable ``runs.csv`` (``chattr +i``: even root's rename over it fails with EPERM) was a traceback
+    after the run had trained; a report table that cannot be written was one too."""
+    import errno
+    import os
+
+    replace = os.replace
+
+    def immutable(src, dst, *args, **kwargs):  # what the kernel answers for an immutable target
+        if Path(dst).name in ("runs.csv", "summary.csv"):
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+        return replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", immutable)
+    before = snapshot(world)
+    result = CliRunner().invoke(main, ["run", *GRID, *RUN[:2], "--seeds", "1", *RUN[4:], "--quiet",
+                                       "--results-dir", str(world / "results")])
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0, result.output
+    assert "runs.csv cannot be replaced (Operation not permitted)" in result.output
+    assert snapshot(world) == before
+    report = CliRunner().invoke(main, ["report", "--results-dir", str(world / "results"), "--reports-dir",
+                                       str(world / "reports"), "--quiet"])
+    assert report.exit_code == 2 and report.output.strip().count("\n") == 0, report.output
+    assert "cannot write" in report.output and "tables/runs.csv (Operation not permitted)" in report.output
+    assert not [p for p in (world / "results" / "tables").iterdir() if p.name.endswith(".tmp")]

@@ -35,10 +35,19 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+class WriteError(BenchError, OSError):
+    """A file that could not be written: one line for the CLI, an ``OSError`` for callers that recover
+    (a read-only cache)."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder and rename: readers never see half a file.
     The file gets the umask's usual mode, not the temporary file's private 0600, so that a shared
-    results folder or a served report stays readable."""
+    results folder or a served report stays readable. A failure is a :class:`WriteError` naming the
+    file; the old file is left as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -48,9 +57,12 @@ def atomic_write_text(path: Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(error, OSError) and not isinstance(error, WriteError):
+            raise WriteError(error.errno, f"cannot write {path} ({error.strerror or error}): the old file is "
+                                          f"left as it was; make it writable or choose another folder") from None
         raise
 
 
@@ -88,6 +100,12 @@ class RecordStore:
         table = self.root / "runs.csv"
         if table.exists() and not table.is_file():
             raise BenchError(f"{table} is not a file, so the table cannot be written there: move it away")
+        if table.is_file():  # replaced after every run: find out now whether it can be (immutable, read-only folder)
+            try:
+                atomic_write_text(table, table.read_text(errors="replace"))
+            except OSError as error:
+                raise BenchError(f"{table} cannot be replaced ({os.strerror(error.errno) if error.errno else error}), so no run "
+                                 f"could be recorded in its table: make it writable or choose another --results-dir") from None
 
     def path(self, rid: str) -> Path:
         return self.records_dir / f"{rid}.json"
