@@ -159,7 +159,7 @@ def plan(methods: Any = None, backbones: Any = None, datasets: Any = None, folds
     from bench.execution.executors import Execution
     from bench.execution.grid import make_grid
     from bench.reporting.results import RecordStore
-    from bench.execution.runner import Workspace
+    from bench.execution.workspace import Workspace
 
     grid = make_grid(grid_values(config, methods=methods, backbones=backbones, datasets=datasets, folds=folds,
                                  seeds=seeds, **settings))

@@ -18,7 +18,7 @@ from bench.measure import costs
 from bench.registry import METHODS, BenchError
 
 if TYPE_CHECKING:
-    from bench.execution.runner import RunContext
+    from bench.execution.context import RunContext
 
 __all__ = ["FINETUNE_FIELDS", "Deployed", "Method", "Reparameterization", "RunFailed", "TRAINS_AT", "plain_reference"]
 

@@ -170,7 +170,7 @@ TRAINING = {
     "resumed_from_epoch": _optional("int", "the checkpoint an interrupted training resumed from"),
 }
 
-# Where the run's wall time went (``bench.execution.runner.PhaseTimes``): they add up to ``wall_seconds``.
+# Where the run's wall time went (``bench.execution.context.PhaseTimes``): they add up to ``wall_seconds``.
 TIMING = {
     "seconds_data": Field("number", "loading, feature extraction (when not cached) and normalization of the fold"),
     "seconds_training": Field("number", "training steps of every model trained in this run (cached plain models "

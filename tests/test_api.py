@@ -20,7 +20,9 @@ from bench.cli.main import main
 from bench.measure.costs import example_input
 from bench.measure.model_store import load_deploy_model
 from bench.registry import BenchError
-from bench.execution.runner import RunSpec, Workspace, execute, save_model
+from bench.execution.runner import execute, save_model
+from bench.execution.spec import RunSpec
+from bench.execution.workspace import Workspace
 from bench.training.trainer import TrainConfig
 
 ROOT = Path(__file__).parent.parent

@@ -17,7 +17,10 @@ from bench.execution.checkpoint import resumable_fit
 from bench.cli.main import main
 from bench.training.models import build_backbone, recipe
 from bench.registry import BenchError
-from bench.execution.runner import RunContext, RunSpec, Workspace, execute
+from bench.execution.context import RunContext
+from bench.execution.runner import execute
+from bench.execution.spec import RunSpec
+from bench.execution.workspace import Workspace
 from bench.training.trainer import (Split, TrainConfig, add_noise, augment_generator, cross_entropy_loss, fit, mixed_loss,
                          mixup, speed_perturb, takes_mix)
 

@@ -11,7 +11,9 @@ import torch
 from bench.data.corpus import Corpus, Utterance
 from bench.data.features import FeatureConfig, extract
 from bench.registry import BenchError
-from bench.execution.runner import RunSpec, Workspace, execute, normalize
+from bench.execution.runner import execute
+from bench.execution.spec import RunSpec
+from bench.execution.workspace import Workspace, normalize
 from bench.training.trainer import TrainConfig
 from bench.data.features import utterance_functionals
 

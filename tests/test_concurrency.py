@@ -16,7 +16,7 @@ import pytest
 
 from bench.execution.grid import make_grid
 from bench.reporting.results import RecordStore
-from bench.execution.runner import Workspace
+from bench.execution.workspace import Workspace
 
 GRID = {"methods": ["baseline", "quant"], "datasets": ["toy"], "presets": ["tiny"],
         "folds": [1, 2, 3], "seeds": [0], "train": {"epochs": 4}}

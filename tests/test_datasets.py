@@ -23,7 +23,7 @@ from bench.data.features import FeatureConfig, _Frontend, read_audio
 from bench.execution.grid import load_config, make_grid
 from bench.training.metrics import declared_scores, scores
 from bench.registry import DATASETS, BenchError
-from bench.execution.runner import Workspace
+from bench.execution.workspace import Workspace
 from bench.training.trainer import Split, evaluate
 
 TINY = ["--methods", "baseline", "--presets", "tiny", "--folds", "1", "--seeds", "0", "--epochs", "1", "--quiet"]

@@ -10,7 +10,9 @@ from torch import nn
 from bench.execution.grid import make_grid
 from bench.training.models import build_backbone
 from bench.registry import BACKBONES, load_builtin_plugins
-from bench.execution.runner import RunSpec, Workspace, execute
+from bench.execution.runner import execute
+from bench.execution.spec import RunSpec
+from bench.execution.workspace import Workspace
 from bench.training.trainer import TrainConfig
 from conftest import TOY_DIM
 from methods.expandnets import ConvChain, LinearChain, expand_model, merge_model

@@ -400,7 +400,7 @@ def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary_one(tmp_
 
 def test_a_folder_where_a_lock_file_belongs_is_one_line_and_nothing_runs(world):
     from bench.execution.grid import make_grid
-    from bench.execution.runner import Workspace
+    from bench.execution.workspace import Workspace
     grid = make_grid({"methods": ["baseline"], "datasets": ["toy"], "presets": ["tiny"], "folds": [1], "seeds": [1],
                       "train": {"epochs": 1}})
     (spec,) = grid.specs(Workspace(world / "cache", {}, False))

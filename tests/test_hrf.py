@@ -24,7 +24,9 @@ from bench.measure.costs import count_macs, count_params
 from bench.training.models import build_backbone
 from bench.registry import BACKBONES, METHODS, BenchError
 from bench.reporting.results import RecordStore
-from bench.execution.runner import RunContext, RunSpec, Workspace
+from bench.execution.context import RunContext
+from bench.execution.spec import RunSpec
+from bench.execution.workspace import Workspace
 from bench.training.trainer import TrainConfig, evaluate
 from methods.hrf import ExpandedAttention, ExpandedLinear, expand_model, merge_model
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from bench.execution.runner import RunSpec, Workspace, execute
+from bench.execution.runner import execute
+
+from bench.execution.spec import RunSpec
+
+from bench.execution.workspace import Workspace
 from bench.training.trainer import TrainConfig
 
 

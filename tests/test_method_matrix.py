@@ -21,7 +21,9 @@ from bench.measure import costs
 from bench.measure.budget import TOLERANCE
 from bench.training.models import build_backbone, preset_config
 from bench.registry import BACKBONES, METHODS, load_builtin_plugins
-from bench.execution.runner import RunSpec, Workspace, execute
+from bench.execution.runner import execute
+from bench.execution.spec import RunSpec
+from bench.execution.workspace import Workspace
 from bench.training.trainer import TrainConfig
 from conftest import TOY_CLASSES, TOY_DIM
 from methods.svm import FunctionalSVM

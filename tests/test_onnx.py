@@ -15,7 +15,9 @@ from bench.training.models import build_backbone
 from bench.measure.onnx_io import EXPORT_FRAMES, export_onnx, graph_macs, onnx_figures
 from bench.measure.probe import ort_session
 from bench.registry import BACKBONES, METHODS
-from bench.execution.runner import RunSpec, Workspace, execute
+from bench.execution.runner import execute
+from bench.execution.spec import RunSpec
+from bench.execution.workspace import Workspace
 from bench.training.trainer import TrainConfig
 from conftest import TOY_DIM
 

@@ -21,7 +21,9 @@ from bench.training.models import build_backbone
 from bench.measure.onnx_io import export_onnx, graph_macs
 from bench.measure.probe import ort_session
 from bench.registry import METHODS, BenchError
-from bench.execution.runner import RunSpec, Workspace, execute
+from bench.execution.runner import execute
+from bench.execution.spec import RunSpec
+from bench.execution.workspace import Workspace
 from bench.training.trainer import TrainConfig
 from conftest import TOY_DIM
 from methods.quant import quantize_graph
@@ -64,7 +66,8 @@ def test_static_quant_makes_every_multiply_accumulate_int8_and_ships_the_onnx_ac
     assert graph_macs(graph.read_bytes(), TOY_DIM, record["input_frames"])["int8_macs"] == float_macs
     # the validation score is the int8 graph's too (as a tune trial scores it), not the float model's
     from bench.measure.onnx_io import predict_graph
-    from bench.execution.runner import RunSpec, Workspace
+    from bench.execution.spec import RunSpec
+    from bench.execution.workspace import Workspace
     from bench.training.trainer import scores_of
     spec = RunSpec(method="quant", backbone="convtransformer", preset="tiny", dataset="toy", fold=record["fold"],
                    seed=record["seed"])

@@ -20,7 +20,9 @@ from bench.execution.checkpoint import resumable_fit
 from bench.cli.main import main
 from bench.execution.grid import make_grid
 from bench.reporting.results import RecordStore
-from bench.execution.runner import RunContext, RunSpec, Workspace
+from bench.execution.context import RunContext
+from bench.execution.spec import RunSpec
+from bench.execution.workspace import Workspace
 from bench.training.trainer import TrainConfig, cross_entropy_loss
 
 CONFIG = TrainConfig(epochs=4, batch_size=16, lr=3e-3, label_smoothing=0.0)  # the loss interrupting_loss wraps

@@ -13,7 +13,9 @@ from click.testing import CliRunner
 from bench import schema
 from bench.cli.main import main
 from bench.registry import BenchError, load_builtin_plugins
-from bench.execution.runner import RunSpec, Workspace, execute
+from bench.execution.runner import execute
+from bench.execution.spec import RunSpec
+from bench.execution.workspace import Workspace
 from bench.training.trainer import TrainConfig
 from methods.hrf import HRF
 

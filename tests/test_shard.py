@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from bench.cli.main import main
 from bench.execution.grid import make_grid
 from bench.reporting.results import RecordStore
-from bench.execution.runner import Workspace
+from bench.execution.workspace import Workspace
 
 GRID = {"methods": ["baseline"], "datasets": ["toy"], "presets": ["tiny"], "folds": [1, 2, 3], "seeds": [0],
         "train": {"epochs": 1}}

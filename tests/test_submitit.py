@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from bench.cli.main import main
 from bench.execution.grid import make_grid
 from bench.reporting.results import RecordStore
-from bench.execution.runner import Workspace
+from bench.execution.workspace import Workspace
 
 pytest.importorskip("submitit", reason="the [slurm] extra is not installed (pip install -e '.[slurm]'; .ci/run does)")
 

@@ -10,7 +10,9 @@ import torch
 from bench.data.features import FeatureConfig
 from bench.training.models import preset_config, recipe
 from bench.registry import BenchError
-from bench.execution.runner import RunSpec, Workspace, execute
+from bench.execution.runner import execute
+from bench.execution.spec import RunSpec
+from bench.execution.workspace import Workspace
 from bench.training.trainer import MASK_FRACTION, Split, TrainConfig, batches, lr_factor, resolve_device, spec_augment
 
 
@@ -289,7 +291,7 @@ def test_a_presets_architecture_is_part_of_the_run_identity(cache_dir, monkeypat
 def test_a_records_wall_time_is_split_into_its_phases(cache_dir):
     """Every second of a run is accounted for: the phases add up to ``wall_seconds``, each measured where
     it happens (a fresh plain model trains here, so training and validation are this run's)."""
-    from bench.execution.runner import PHASES
+    from bench.execution.context import PHASES
 
     record = execute(toy_spec(train=TrainConfig(epochs=2, batch_size=16)), Workspace(cache_dir / "fresh", progress=False))
     phases = {name: record[f"seconds_{name}"] for name in PHASES}

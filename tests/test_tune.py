@@ -148,7 +148,9 @@ def test_a_trial_scores_what_a_recorded_run_ships_and_reuses_its_cached_models(t
     from bench.measure import onnx_io
     from bench.execution.claims import execute_claimed
     from bench.reporting.results import RecordStore
-    from bench.execution.runner import RunSpec, Workspace, cached_model_path
+    from bench.execution.context import cached_model_path
+    from bench.execution.spec import RunSpec
+    from bench.execution.workspace import Workspace
     from bench.training.trainer import TrainConfig
     from bench.tuning.tune import validation_scores
 
@@ -194,13 +196,13 @@ def test_python_api_tunes_kd_on_the_run_device_and_reruns_the_best_setting(resul
     import bench.execution.runner
 
     devices = []
-    original = bench.execution.runner.Workspace.__init__
+    original = bench.execution.workspace.Workspace.__init__
 
     def spying(self, *args, **kwargs):
         original(self, *args, **kwargs)
         devices.append(self.device.type)
 
-    monkeypatch.setattr(bench.execution.runner.Workspace, "__init__", spying)
+    monkeypatch.setattr(bench.execution.workspace.Workspace, "__init__", spying)
     result = bench.tune("kd", "convtransformer", "tiny", "toy", ["temperature=1:8"], trials=2, folds=[1],
                         seeds=0, epochs=1, teacher_preset="lightweight", results_dir=results, progress=False)
     assert isinstance(result.study, optuna.Study) and len(result.study.trials) == 2

@@ -28,7 +28,10 @@ from bench.execution.checkpoint import discard_run_checkpoints
 from bench.paths import file_lock
 from bench.registry import BenchError
 from bench.reporting.results import SCHEMA_VERSION, RecordStore, atomic_write_text
-from bench.execution.runner import RunSpec, Workspace, execute, release_memory, save_model
+from bench.execution.context import release_memory
+from bench.execution.runner import execute, save_model
+from bench.execution.spec import RunSpec
+from bench.execution.workspace import Workspace
 
 log = logging.getLogger("bench")
 

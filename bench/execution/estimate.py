@@ -24,7 +24,9 @@ from bench.training.models import build_backbone, recipe
 from bench.method import Method
 from bench.registry import METHODS
 from bench.reporting.results import RecordStore
-from bench.execution.runner import RunSpec, Workspace, cached_model_path
+from bench.execution.context import cached_model_path
+from bench.execution.spec import RunSpec
+from bench.execution.workspace import Workspace
 from bench.training.trainer import autocast, check_amp, resolve_device, training_precision
 
 

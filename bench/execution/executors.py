@@ -169,7 +169,7 @@ def run_submitit(grid: Grid, store: RecordStore, cache_dir: Path, options: Submi
             raise BenchError(f"job {job.job_id} (shard {shard}) failed: {lines[-1]}; see {job.paths.stderr}, "
                              f"fix and run again (recorded runs are kept)") from None
         log.info("job %s (shard %s) finished: %d runs recorded", job.job_id, shard, recorded)
-    from bench.execution.runner import Workspace
+    from bench.execution.workspace import Workspace
     wanted = {s.run_id for s in grid.specs(Workspace(cache_dir, grid.data_roots, progress=False))}
     records, _ = store.load()
     return [r for r in records if r["run_id"] in wanted]

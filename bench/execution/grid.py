@@ -23,7 +23,8 @@ from bench.paths import read_text
 from bench.method import TRAINS_AT
 from bench.registry import BACKBONES, DATASETS, METHODS, BenchError
 from bench.reporting.results import RecordStore
-from bench.execution.runner import RunSpec, Workspace
+from bench.execution.spec import RunSpec
+from bench.execution.workspace import Workspace
 from bench.training.trainer import TrainConfig, training_precision
 
 log = logging.getLogger("bench")

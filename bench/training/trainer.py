@@ -437,7 +437,7 @@ class FitResult:
     # (the epoch's, validation included) and val_seconds (its validation's)
     history: list[dict]
     deployed_epoch: int | None = None  # whose weights the model kept (None: cached before this was recorded)
-    train_flops: int | None = None  # estimated (``bench.execution.runner.training_flops_per_epoch``); None: cached before
+    train_flops: int | None = None  # estimated (``bench.execution.context.training_flops_per_epoch``); None: cached before
     peak_memory_bytes: int | None = None  # see ``TrainingMemory``; None: cached before, or not measurable
     peak_memory_how: str | None = None
 

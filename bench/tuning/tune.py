@@ -31,7 +31,10 @@ from bench.cli.main import default_cache_dir, parse_assignments, parse_data_root
 from bench.data.features import FeatureConfig
 from bench.execution.checkpoint import discard_run_checkpoints
 from bench.execution.claims import optimize_total
-from bench.execution.runner import RunContext, RunSpec, Workspace, deploy_model, latency_reference
+from bench.execution.context import RunContext
+from bench.execution.runner import deploy_model, latency_reference
+from bench.execution.spec import RunSpec
+from bench.execution.workspace import Workspace
 from bench.measure import costs, onnx_io
 from bench.measure.costs import LATENCY_SECONDS
 from bench.paths import UserPath

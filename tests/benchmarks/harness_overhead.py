@@ -26,7 +26,10 @@ from torch.nn.utils.rnn import pad_sequence
 from bench.cli.main import default_cache_dir
 from bench.measure.probe import steady_allocator
 from bench.registry import load_builtin_plugins
-from bench.execution.runner import RunContext, RunSpec, Workspace, execute
+from bench.execution.context import RunContext
+from bench.execution.runner import execute
+from bench.execution.spec import RunSpec
+from bench.execution.workspace import Workspace
 from bench.training.trainer import TrainConfig
 
 

@@ -24,7 +24,7 @@ from bench.execution.grid import make_grid
 from bench.measure.probe import steady_allocator
 from bench.registry import load_builtin_plugins
 from bench.reporting.results import RecordStore
-from bench.execution.runner import Workspace
+from bench.execution.workspace import Workspace
 
 
 def rss_mb() -> float:

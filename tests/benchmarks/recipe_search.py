@@ -30,7 +30,8 @@ from bench.api import default_cache_dir, parse_ints
 from bench.data.features import FeatureConfig
 from bench.training.models import build_backbone
 from bench.registry import load_builtin_plugins
-from bench.execution.runner import RunSpec, Workspace
+from bench.execution.spec import RunSpec
+from bench.execution.workspace import Workspace
 from bench.training.trainer import TrainConfig, fit
 
 CONFIG_TYPES = {f.name: f.type for f in fields(TrainConfig)}
