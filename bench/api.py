@@ -81,7 +81,7 @@ def grid_values(config: str | Path | None = None, **given: Any) -> dict:
     for a method not in the grid is still an error)."""
     from bench.data.features import FeatureConfig
     from bench.execution.grid import Grid, load_config
-    from bench.training.trainer import TrainConfig
+    from bench.training.config import TrainConfig
 
     values = load_config(Path(config)) if config else {}
     if given.get("methods") is not None:  # narrowed by the caller: the file's settings for other methods lapse

@@ -202,7 +202,7 @@ def harness_fields() -> dict[str, Field]:
     """Every named field the harness writes."""
     from bench.execution.env import _PACKAGES
     from bench.data.features import FeatureConfig
-    from bench.training.trainer import TrainConfig
+    from bench.training.config import TrainConfig
 
     environment = {
         "env_host": "host name", "env_cpu": "CPU model", "env_cores": "CPU cores", "env_torch_threads": "torch threads",

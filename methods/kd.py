@@ -20,7 +20,7 @@ from torch import nn
 from bench.measure import costs
 from bench.method import FINETUNE_FIELDS, Method
 from bench.registry import METHODS, param
-from bench.training.trainer import class_weights
+from bench.training.splits import class_weights
 
 __all__ = ["KD", "KDParams", "distillation_loss", "distillation_objective"]
 

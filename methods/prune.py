@@ -37,7 +37,7 @@ from bench.measure.budget import BUDGET_FIELDS, TOLERANCE, Budget, BudgetParams,
 from bench.measure.costs import LATENCY_SECONDS
 from bench.method import FINETUNE_FIELDS, Method, RunFailed
 from bench.registry import METHODS, BenchError, param
-from bench.training.trainer import batches
+from bench.training.splits import batches
 
 __all__ = ["Prune", "PruneParams", "Unit", "dependency_graph", "pruning_units", "prune_to_budget"]
 

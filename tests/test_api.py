@@ -23,7 +23,7 @@ from bench.registry import BenchError
 from bench.execution.runner import execute, save_model
 from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
-from bench.training.trainer import TrainConfig
+from bench.training.config import TrainConfig
 
 ROOT = Path(__file__).parent.parent
 TINY_SETTINGS = 'settings = dict(datasets=["toy"], presets=["tiny"], folds=[1], seeds=[0], epochs=1)'

@@ -21,8 +21,10 @@ from bench.execution.context import RunContext
 from bench.execution.runner import execute
 from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
-from bench.training.trainer import (Split, TrainConfig, add_noise, augment_generator, cross_entropy_loss, fit, mixed_loss,
-                         mixup, speed_perturb, takes_mix)
+from bench.training.augment import add_noise, augment_generator, mixup, speed_perturb
+from bench.training.config import TrainConfig
+from bench.training.splits import Split
+from bench.training.trainer import cross_entropy_loss, fit, mixed_loss, takes_mix
 
 ALL_ON = dict(mixup_alpha=0.4, speed_perturb=0.2, noise_std=0.3)
 

@@ -12,7 +12,10 @@ from backbones.ffn import FeedForward
 from bench.measure.costs import count_macs, count_params
 from bench.training.models import build_backbone, preset_config
 from bench.registry import BACKBONES
-from bench.training.trainer import Split, TrainConfig, evaluate, fit
+from bench.training.config import TrainConfig
+from bench.training.evaluate import evaluate
+from bench.training.splits import Split
+from bench.training.trainer import fit
 from conftest import ToyParams, load_toy
 
 BACKBONE_NAMES = ["convtransformer", "conformer", "speechformer"]

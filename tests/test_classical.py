@@ -14,7 +14,7 @@ from bench.registry import BenchError
 from bench.execution.runner import execute
 from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace, normalize
-from bench.training.trainer import TrainConfig
+from bench.training.config import TrainConfig
 from bench.data.features import utterance_functionals
 
 

@@ -24,7 +24,8 @@ from bench.execution.grid import load_config, make_grid
 from bench.training.metrics import declared_scores, scores
 from bench.registry import DATASETS, BenchError
 from bench.execution.workspace import Workspace
-from bench.training.trainer import Split, evaluate
+from bench.training.evaluate import evaluate
+from bench.training.splits import Split
 
 TINY = ["--methods", "baseline", "--presets", "tiny", "--folds", "1", "--seeds", "0", "--epochs", "1", "--quiet"]
 

@@ -13,7 +13,7 @@ from bench.registry import BACKBONES, load_builtin_plugins
 from bench.execution.runner import execute
 from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
-from bench.training.trainer import TrainConfig
+from bench.training.config import TrainConfig
 from conftest import TOY_DIM
 from methods.expandnets import ConvChain, LinearChain, expand_model, merge_model
 

@@ -27,7 +27,8 @@ from bench.reporting.results import RecordStore
 from bench.execution.context import RunContext
 from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
-from bench.training.trainer import TrainConfig, evaluate
+from bench.training.config import TrainConfig
+from bench.training.evaluate import evaluate
 from methods.hrf import ExpandedAttention, ExpandedLinear, expand_model, merge_model
 
 RATIOS = [0.3, 0.5, 1.0, 1.7, 2.5, 4.0, 7.3]

@@ -10,7 +10,7 @@ from bench.execution.runner import execute
 from bench.execution.spec import RunSpec
 
 from bench.execution.workspace import Workspace
-from bench.training.trainer import TrainConfig
+from bench.training.config import TrainConfig
 
 
 def spec(**params) -> RunSpec:

@@ -24,7 +24,7 @@ from bench.registry import BACKBONES, METHODS, load_builtin_plugins
 from bench.execution.runner import execute
 from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
-from bench.training.trainer import TrainConfig
+from bench.training.config import TrainConfig
 from conftest import TOY_CLASSES, TOY_DIM
 from methods.svm import FunctionalSVM
 

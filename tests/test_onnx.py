@@ -18,7 +18,7 @@ from bench.registry import BACKBONES, METHODS
 from bench.execution.runner import execute
 from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
-from bench.training.trainer import TrainConfig
+from bench.training.config import TrainConfig
 from conftest import TOY_DIM
 
 PAIRS = [(backbone, method) for backbone in BACKBONES.names() for method in METHODS.names()]

@@ -24,7 +24,7 @@ from bench.registry import METHODS, BenchError
 from bench.execution.runner import execute
 from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
-from bench.training.trainer import TrainConfig
+from bench.training.config import TrainConfig
 from conftest import TOY_DIM
 from methods.quant import quantize_graph
 
@@ -68,7 +68,7 @@ def test_static_quant_makes_every_multiply_accumulate_int8_and_ships_the_onnx_ac
     from bench.measure.onnx_io import predict_graph
     from bench.execution.spec import RunSpec
     from bench.execution.workspace import Workspace
-    from bench.training.trainer import scores_of
+    from bench.training.evaluate import scores_of
     spec = RunSpec(method="quant", backbone="convtransformer", preset="tiny", dataset="toy", fold=record["fold"],
                    seed=record["seed"])
     data = Workspace(results.parent / "unused-cache", progress=False).fold_data(spec)

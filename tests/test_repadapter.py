@@ -11,7 +11,7 @@ from bench.registry import BACKBONES, BenchError, load_builtin_plugins
 from bench.execution.runner import execute
 from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
-from bench.training.trainer import TrainConfig
+from bench.training.config import TrainConfig
 from conftest import TOY_DIM
 from methods.repadapter import AdaptedAttention, AdaptedLinear, adapt_model, merge_model
 

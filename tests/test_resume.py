@@ -23,7 +23,8 @@ from bench.reporting.results import RecordStore
 from bench.execution.context import RunContext
 from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
-from bench.training.trainer import TrainConfig, cross_entropy_loss
+from bench.training.config import TrainConfig
+from bench.training.trainer import cross_entropy_loss
 
 CONFIG = TrainConfig(epochs=4, batch_size=16, lr=3e-3, label_smoothing=0.0)  # the loss interrupting_loss wraps
 

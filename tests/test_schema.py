@@ -16,7 +16,7 @@ from bench.registry import BenchError, load_builtin_plugins
 from bench.execution.runner import execute
 from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
-from bench.training.trainer import TrainConfig
+from bench.training.config import TrainConfig
 from methods.hrf import HRF
 
 load_builtin_plugins()

@@ -13,7 +13,11 @@ from bench.registry import BenchError
 from bench.execution.runner import execute
 from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
-from bench.training.trainer import MASK_FRACTION, Split, TrainConfig, batches, lr_factor, resolve_device, spec_augment
+from bench.training.augment import MASK_FRACTION, spec_augment
+from bench.training.config import TrainConfig
+from bench.training.devices import resolve_device
+from bench.training.splits import Split, batches
+from bench.training.trainer import lr_factor
 
 
 def toy_spec(**changes) -> RunSpec:
@@ -211,7 +215,7 @@ def test_device_errors_are_one_line():
 
 
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
-    from bench.training.trainer import native_bf16_cpu
+    from bench.training.devices import native_bf16_cpu
 
     with_bf16, without = tmp_path / "with", tmp_path / "without"
     with_bf16.write_text("flags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n")
@@ -221,7 +225,7 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
 
 
 def test_bf16_training_on_a_cpu_without_native_bf16_is_a_one_line_error(cache_dir, monkeypatch):
-    monkeypatch.setattr("bench.training.trainer.native_bf16_cpu", lambda: False)
+    monkeypatch.setattr("bench.training.devices.native_bf16_cpu", lambda: False)
     with pytest.raises(BenchError, match="no native bf16.*drop --amp"):
         Workspace(cache_dir, progress=False, device="cpu", amp=True)
     Workspace(cache_dir, progress=False, device="cpu")  # float32 training is unaffected
@@ -231,7 +235,7 @@ def test_bf16_cpu_training_runs_matmuls_in_bf16_keeps_float_weights_and_is_its_o
     """``--amp`` on the CPU: the model's linear layers compute in bf16 while training, its weights and the
     deploy model stay float32, the test score is a float32 one, the record says the precision, and the
     plain model trained this way is cached apart from the float32 one (a run never reuses the other)."""
-    monkeypatch.setattr("bench.training.trainer.native_bf16_cpu", lambda: True)  # emulated where the CPU lacks it: still correct
+    monkeypatch.setattr("bench.training.devices.native_bf16_cpu", lambda: True)  # emulated where the CPU lacks it: still correct
     dtypes = set()
     original = torch.nn.Linear.forward
 

@@ -151,7 +151,7 @@ def test_a_trial_scores_what_a_recorded_run_ships_and_reuses_its_cached_models(t
     from bench.execution.context import cached_model_path
     from bench.execution.spec import RunSpec
     from bench.execution.workspace import Workspace
-    from bench.training.trainer import TrainConfig
+    from bench.training.config import TrainConfig
     from bench.tuning.tune import validation_scores
 
     workspace = Workspace(tmp_path / "cache", progress=False, defer_latency=True)
@@ -210,6 +210,6 @@ def test_python_api_tunes_kd_on_the_run_device_and_reruns_the_best_setting(resul
     assert [r["method"] for r in result.records] == ["kd"] and result.records[0]["status"] == "ok"
     assert result.records[0]["kd_temperature"] == pytest.approx(result.best[0].params["temperature"])
     assert result.records[0]["lightweight_model_cache"] == "hit"  # the teacher the trials trained, reused
-    assert set(devices) == {bench.training.trainer.resolve_device("auto").type}  # trials and final runs: bench run's default
+    assert set(devices) == {bench.training.devices.resolve_device("auto").type}  # trials and final runs: bench run's default
     with pytest.raises(bench.BenchError, match="bad folds"):
         bench.tune("kd", "convtransformer", "tiny", "toy", ["temperature=1:8"], folds=["x"], results_dir=results)

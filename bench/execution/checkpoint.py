@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from bench.paths import atomic_write
-from bench.training.trainer import FitResult, Split, TrainConfig, fit
+from bench.training.config import TrainConfig
+from bench.training.splits import Split
+from bench.training.trainer import FitResult, fit
 
 log = logging.getLogger("bench")
 

@@ -23,7 +23,9 @@ from bench.execution.workspace import FoldData, Workspace
 from bench.measure import costs
 from bench.paths import atomic_write, file_lock
 from bench.training.models import build_backbone
-from bench.training.trainer import FitResult, TrainConfig, TrainingMemory
+from bench.training.config import TrainConfig
+from bench.training.devices import TrainingMemory
+from bench.training.trainer import FitResult
 
 log = logging.getLogger("bench")
 

@@ -27,7 +27,7 @@ from bench.reporting.results import RecordStore
 from bench.execution.context import cached_model_path
 from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
-from bench.training.trainer import autocast, check_amp, resolve_device, training_precision
+from bench.training.devices import autocast, check_amp, resolve_device, training_precision
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ CORPUS_SIZES = {
     "features": CorpusSize(train=1000, evaluate=500, mean_seconds=3.0, classes=4),
 }
 FALLBACK_SIZE = CorpusSize(train=1000, evaluate=500, mean_seconds=3.0, classes=4)
-EVAL_BATCH = 16  # bench.training.trainer.predict's batch
+EVAL_BATCH = 16  # bench.training.evaluate.predict's batch
 LATENCY_SECONDS_PER_RUN = 5.0  # in-run cost figures and 1-thread latency (warm-up + at least 2 s)
 
 

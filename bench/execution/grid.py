@@ -25,7 +25,8 @@ from bench.registry import BACKBONES, DATASETS, METHODS, BenchError
 from bench.reporting.results import RecordStore
 from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
-from bench.training.trainer import TrainConfig, training_precision
+from bench.training.config import TrainConfig
+from bench.training.devices import training_precision
 
 log = logging.getLogger("bench")
 

@@ -23,7 +23,9 @@ from bench.method import Deployed, RunFailed
 from bench.registry import METHODS, BenchError
 from bench.training.metrics import declared_scores
 from bench.training.models import build_backbone
-from bench.training.trainer import FitResult, evaluate, scores_of, training_precision
+from bench.training.devices import training_precision
+from bench.training.evaluate import evaluate, scores_of
+from bench.training.trainer import FitResult
 
 log = logging.getLogger("bench")
 

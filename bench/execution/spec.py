@@ -11,7 +11,7 @@ from bench.data.features import FeatureConfig
 from bench.registry import METHODS
 from bench.reporting.results import run_id
 from bench.training.models import preset_config, recipe
-from bench.training.trainer import TrainConfig
+from bench.training.config import TrainConfig
 
 log = logging.getLogger("bench")
 

@@ -15,7 +15,8 @@ from bench.data.corpus import Corpus, corpus_fingerprint
 from bench.data.features import FeatureConfig, extract
 from bench.execution.spec import RunSpec
 from bench.registry import DATASETS, BenchError
-from bench.training.trainer import Split, check_amp, resolve_device
+from bench.training.devices import check_amp, resolve_device
+from bench.training.splits import Split
 
 log = logging.getLogger("bench")
 

@@ -292,7 +292,7 @@ def onnx_figures(graph: bytes, model: nn.Module, data, frames: int, shipped: boo
     int8 graph), its MACs by precision and size are the record's, and its test scores (returned second)
     are the headline, because it is what ships; else None."""
     from bench.training.metrics import declared_scores
-    from bench.training.trainer import predict, scores_of
+    from bench.training.evaluate import predict, scores_of
 
     probs = predict_graph(graph, data.test)
     mismatch = float(np.mean(probs.argmax(1) != predict(model, data.test)[0].argmax(1)))

@@ -21,7 +21,7 @@ from bench.reporting import stats
 from bench.data.features import FeatureConfig
 from bench.method import plain_reference
 from bench.registry import METHODS
-from bench.training.trainer import TrainConfig
+from bench.training.config import TrainConfig
 
 KEYS = ["dataset", "backbone", "method", "config", "preset", "settings"]  # one summary row per value
 METRICS = ["wa", "ua", "macro_f1", "weighted_f1"]  # fractions in [0, 1]

@@ -40,7 +40,8 @@ from bench.measure.costs import LATENCY_SECONDS
 from bench.paths import UserPath
 from bench.registry import METHODS, BenchError
 from bench.reporting.results import RecordStore, atomic_write_text
-from bench.training.trainer import TrainConfig, evaluate, scores_of
+from bench.training.config import TrainConfig
+from bench.training.evaluate import evaluate, scores_of
 
 # --objectives name -> trial attribute; latency is the records' figure: the interleaved ratio to the plain
 # lightweight model (absolute milliseconds drift with the machine's load between trials)

@@ -30,7 +30,7 @@ from bench.execution.context import RunContext
 from bench.execution.runner import execute
 from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
-from bench.training.trainer import TrainConfig
+from bench.training.config import TrainConfig
 
 
 def bare_loop(model: nn.Module, features: list[torch.Tensor], labels: torch.Tensor, config: TrainConfig, seed: int):

@@ -32,7 +32,8 @@ from bench.training.models import build_backbone
 from bench.registry import load_builtin_plugins
 from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
-from bench.training.trainer import TrainConfig, fit
+from bench.training.config import TrainConfig
+from bench.training.trainer import fit
 
 CONFIG_TYPES = {f.name: f.type for f in fields(TrainConfig)}
 

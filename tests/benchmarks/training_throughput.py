@@ -28,7 +28,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.data.features import FeatureConfig
 from bench.training.models import build_backbone, recipe
 from bench.registry import load_builtin_plugins
-from bench.training.trainer import TrainConfig, autocast, cross_entropy_loss, native_bf16_cpu, spec_augment
+from bench.training.augment import spec_augment
+from bench.training.config import TrainConfig
+from bench.training.devices import autocast, native_bf16_cpu
+from bench.training.trainer import cross_entropy_loss
 
 PRECISIONS = ("fp32", "bf16")
 
