@@ -220,7 +220,7 @@ def test_cluster_drivers_are_extras_and_fail_in_one_line_without_them(tmp_path, 
                                        "--results-dir", str(tmp_path), "--executor", "submitit"])
     assert result.exit_code == 2 and result.output.strip() == \
         "error: --executor submitit needs submitit: pip install 'hrf-bench[slurm]'"
-    from bench.tuning.tune import make_storage
+    from bench.tuning.storage import make_storage
     with pytest.raises(BenchError, match=r"needs the PostgreSQL driver: pip install 'hrf-bench\[postgres\]'"):
         make_storage("postgresql://bench:bench@127.0.0.1/bench")
 

@@ -19,7 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bench.tuning.tune import make_storage
+from bench.tuning.storage import make_storage
 
 URL = os.environ.get("HRF_BENCH_TEST_POSTGRES", "postgresql://bench:bench@127.0.0.1/bench")
 TOTAL = 4

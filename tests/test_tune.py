@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.cli.main import main
-from bench.tuning.tune import make_storage
+from bench.tuning.storage import make_storage
 
 TINY = ["--method", "hrf", "--backbone", "convtransformer", "--preset", "tiny", "--dataset", "toy",
         "--epochs", "1", "--folds", "1,2", "--quiet"]
@@ -152,7 +152,7 @@ def test_a_trial_scores_what_a_recorded_run_ships_and_reuses_its_cached_models(t
     from bench.execution.spec import RunSpec
     from bench.execution.workspace import Workspace
     from bench.training.config import TrainConfig
-    from bench.tuning.tune import validation_scores
+    from bench.tuning.objective import validation_scores
 
     workspace = Workspace(tmp_path / "cache", progress=False, defer_latency=True)
     spec = RunSpec(method="kd+quant", backbone="convtransformer", preset="tiny", dataset="toy", fold=1, seed=0,

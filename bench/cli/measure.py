@@ -22,14 +22,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.measure import costs
-
-from bench.measure import probe
-from bench.paths import UserPath
-from bench.execution.env import environment
+from bench.api import default_cache_dir
 from bench.data.features import FeatureConfig
-from bench.method import Deployed
+from bench.execution.env import environment
+from bench.measure import costs, probe
 from bench.measure.onnx_io import export_onnx, graph_costs, peak_graphs
+from bench.method import Deployed
+from bench.paths import UserPath
 from bench.registry import BenchError
 from bench.reporting.results import RecordStore, atomic_write_text
 
@@ -261,7 +260,6 @@ SECONDS = click.option("--seconds", default="2,5,10", show_default=True, help="i
 @click.option("--force", is_flag=True, help="re-measure rows already stored for this device")
 def measure_command(results_dir, runs, seconds, runtimes, threads, device, max_seconds, target_rel_ci, force) -> None:
     """Measure costs and latency of recorded deploy models on this machine (no retraining)."""
-    from bench.cli.main import default_cache_dir
 
     tag, counts = _checked(probe.device_tag, device), _checked(probe.parse_threads, threads)
     durations, rule = _checked(probe.parse_seconds, seconds), _rule(max_seconds, target_rel_ci)
@@ -303,7 +301,6 @@ def measure_command(results_dir, runs, seconds, runtimes, threads, device, max_s
 def export_command(out, results_dir, runs, seconds, skip_unexportable, replace) -> None:
     """Write the recorded deploy models as ONNX (int8 ones as quantized) plus manifest.json and the
     standalone probe.py. The folder is written beside --out and moved into place when complete."""
-    from bench.cli.main import default_cache_dir
 
     durations = _checked(probe.parse_seconds, seconds)
     _check_export_target(out, replace)

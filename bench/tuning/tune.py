@@ -11,257 +11,25 @@ and the trials become a tidy table and plots under ``<results-dir>/tune/``.
 
 from __future__ import annotations
 
-import json
 import re
-import statistics
 import time
-import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import optuna
 import pandas as pd
-from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from bench.cli.main import default_cache_dir, parse_assignments, parse_data_roots, parse_ints, parse_list
-from bench.data.features import FeatureConfig
-from bench.execution.checkpoint import discard_run_checkpoints
+from bench.api import default_cache_dir
 from bench.execution.claims import optimize_total
-from bench.execution.context import RunContext
-from bench.execution.runner import deploy_model, latency_reference
-from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
-from bench.measure import costs, onnx_io
-from bench.measure.costs import LATENCY_SECONDS
-from bench.paths import UserPath
+from bench.flags import parse_assignments, parse_data_roots, parse_ints, parse_list
 from bench.registry import METHODS, BenchError
 from bench.reporting.results import RecordStore, atomic_write_text
 from bench.training.config import TrainConfig
-from bench.training.evaluate import evaluate, scores_of
-
-# --objectives name -> trial attribute; latency is the records' figure: the interleaved ratio to the plain
-# lightweight model (absolute milliseconds drift with the machine's load between trials)
-COSTS = {"macs": "macs", "latency": "latency_ratio"}
-
-
-class _HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
-    """Optuna's journal storage has no heartbeat; this one keeps it as a trial system attribute, so
-    that trials of killed workers on shared file systems are failed and retried as with RDB storages.
-    ``BaseHeartbeat`` is the one private name used: Optuna (5.0) exports no other way for a storage to
-    take part in ``fail_stale_trials``, and pyproject pins the minor it is tested with."""
-
-    def __init__(self, backend: JournalFileBackend, heartbeat_interval: int, callback):
-        super().__init__(backend)
-        self.heartbeat_interval, self.grace_period, self.callback = heartbeat_interval, 2 * heartbeat_interval, callback
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        self.set_trial_system_attr(trial_id, "heartbeat", time.time())
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        now = time.time()
-        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        return [self.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in running
-                if now - t.system_attrs.get("heartbeat", now) > self.grace_period]
-
-    def get_heartbeat_interval(self) -> int:
-        return self.heartbeat_interval
-
-    def get_heartbeat_stale_trial_callback(self):
-        return self.callback
-
-
-def make_storage(url: str, heartbeat_interval: int = 60, max_retry: int = 3) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url`` (``sqlite:///PATH``, ``postgresql://...``, any SQLAlchemy URL, or
-    ``journal:PATH`` for a journal file on a shared file system), with heartbeats every
-    ``heartbeat_interval`` s: a trial silent for twice that long is failed and re-queued (at most
-    ``max_retry`` times). One-line BenchError when it cannot be opened."""
-    given = url
-    if url.startswith("postgresql://"):
-        try:
-            import psycopg2  # noqa: F401  (an optional dependency)
-        except ImportError:
-            raise BenchError("a postgresql:// storage needs the PostgreSQL driver: "
-                             "pip install 'hrf-bench[postgres]'") from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-            if url.startswith("journal:"):
-                path = url.removeprefix("journal:")
-                if not path:
-                    raise ValueError("empty journal path")
-                return _HeartbeatJournalStorage(JournalFileBackend(path), heartbeat_interval, callback)
-            if url.startswith("postgresql://"):  # SQLAlchemy >= 2.1 defaults to psycopg 3; the project ships psycopg2
-                url = url.replace("postgresql://", "postgresql+psycopg2://", 1)
-            return RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=2 * heartbeat_interval,
-                              heartbeat_stale_trial_callback=callback)
-    except Exception as error:  # sqlalchemy, driver and file errors all mean the same thing to the user
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        shown = re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", given)  # never echo a password
-        raise BenchError(f"cannot open storage {shown!r} ({reason}): use sqlite:///PATH, "
-                         f"postgresql://USER@HOST/DB or journal:PATH") from None
-
-
-@dataclass(frozen=True)
-class SearchParam:
-    """One searched parameter: ``component``'s ``name``, known to Optuna as ``key``."""
-
-    component: str
-    name: str
-    key: str
-    kind: str  # float | int | categorical | fixed (not searched)
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: tuple = ()
-
-    def suggest(self, trial: optuna.Trial):
-        if self.kind == "categorical":
-            return trial.suggest_categorical(self.key, list(self.choices))
-        suggest = trial.suggest_int if self.kind == "int" else trial.suggest_float
-        return suggest(self.key, self.low, self.high, log=self.log)
-
-    def distribution(self) -> optuna.distributions.BaseDistribution:
-        if self.kind == "categorical":
-            return optuna.distributions.CategoricalDistribution(self.choices)
-        kind = optuna.distributions.IntDistribution if self.kind == "int" else optuna.distributions.FloatDistribution
-        return kind(self.low, self.high, log=self.log)
-
-    def contains(self, value) -> bool:
-        return value in self.choices if self.kind == "categorical" else self.low <= value <= self.high
-
-
-def _typed(component: str, name: str, text: str, where: str):
-    """``text`` as the declared type of the parameter, validated against its declared range."""
-    try:
-        return getattr(METHODS.get(component).make_params({name: text}), name)
-    except BenchError as error:
-        raise BenchError(f"--param {where}: {error}") from None
-
-
-def parse_search_param(text: str, components: list[str]) -> SearchParam:
-    """``NAME=LOW:HIGH[:log]`` (range), ``NAME=A,B,C`` (choices) or ``NAME=VALUE`` (kind ``fixed``, the
-    value as the only choice); NAME may be ``COMPONENT.NAME`` when the method is a composition."""
-    target, sep, spec = (part.strip() for part in text.partition("="))
-    if not sep or not target or not spec:
-        raise BenchError(f"bad --param {text!r}: use NAME=LOW:HIGH[:log], NAME=A,B,C or NAME=VALUE")
-    component, _, name = target.rpartition(".")
-    owners = [component] if component else [c for c in components if name in {p.name for p in METHODS.get(c).params}]
-    if component and component not in components:
-        raise BenchError(f"--param {text}: {component!r} is not part of the tuned method {'+'.join(components)!r}")
-    if len(owners) != 1 or name not in {p.name for p in METHODS.get(owners[0]).params}:
-        declared = ", ".join(f"{c}.{p.name}" for c in components for p in METHODS.get(c).params) or "none"
-        problem = "is ambiguous: prefix it with its method" if len(owners) > 1 else "is not a parameter"
-        raise BenchError(f"--param {text}: {target!r} {problem}; searchable parameters: {declared}")
-    component = owners[0]
-    info = {p.name: p for p in METHODS.get(component).params}[name]
-    key = name if len(components) == 1 else f"{component}.{name}"
-    has_range = info.low is not None or info.high is not None
-    if ":" in spec:
-        if info.choices is not None or not has_range or info.type not in (int, float):
-            raise BenchError(f"--param {text}: {info.describe()} declares no numeric range; give choices "
-                             f"({name}=A,B) or one value")
-        parts = spec.split(":")
-        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
-            raise BenchError(f"--param {text} does not parse: use {name}=LOW:HIGH or {name}=LOW:HIGH:log")
-        try:
-            info.type(parts[0]), info.type(parts[1])
-        except ValueError:
-            raise BenchError(f"--param {text} does not parse: LOW and HIGH must be {info.type.__name__}s") from None
-        low, high = (_typed(component, name, part, text) for part in parts[:2])
-        log = len(parts) == 3 or info.log
-        if low >= high or (log and low <= 0):
-            raise BenchError(f"--param {text}: need LOW < HIGH{' and LOW > 0 for a log scale' if log else ''}")
-        return SearchParam(component, name, key, info.type.__name__, low, high, log)
-    if "," in spec:
-        if info.choices is None and not has_range and info.type is not bool:
-            raise BenchError(f"--param {text}: {info.describe()} declares no range or choices, so it cannot be searched")
-        values = [_typed(component, name, v.strip(), text) for v in spec.split(",") if v.strip()]
-        return SearchParam(component, name, key, "categorical", choices=tuple(dict.fromkeys(values)))
-    return SearchParam(component, name, key, "fixed", choices=(_typed(component, name, spec, text),))
-
-
-@dataclass
-class TuneSetting:
-    """What every trial of a study shares; stored with the study so that extensions match it."""
-
-    method: str
-    backbone: str
-    preset: str
-    dataset: str
-    folds: list[int]
-    seed: int
-    objectives: list[str]
-    train: TrainConfig = TrainConfig()
-    features: FeatureConfig = FeatureConfig()
-    fixed: dict = field(default_factory=dict)  # {component: {param: value}} not searched
-    dataset_params: dict = field(default_factory=dict)
-    teacher_preset: str = "large"
-
-    def spec(self, fold: int, searched: dict) -> RunSpec:
-        params = {c: dict(self.fixed.get(c, {})) | searched.get(c, {}) for c in self.method.split("+")}
-        return RunSpec(self.method, self.backbone, self.preset, self.dataset, fold, self.seed, self.train,
-                       self.features, {c: p for c, p in params.items() if p}, self.dataset_params, self.teacher_preset)
-
-    def identity(self) -> dict:
-        identity = json.loads(json.dumps(asdict(self), default=str))
-        if "latency" in self.objectives:  # its unit changed (ms -> ratio): older studies must not be extended
-            identity["latency_objective"] = COSTS["latency"]
-        return identity
-
-
-def validation_scores(spec: RunSpec, workspace: Workspace, cost: str | None = None) -> dict:
-    """Train and deploy ``spec``'s method, then score the deploy model on the validation split only
-    (the test split is never touched) and measure its cost when asked."""
-    if spec.train_config().final_fit:
-        raise BenchError("tuning scores on the validation speakers: it cannot train on them (final_fit)")
-    data = workspace.fold_data(spec)
-    # as `bench run` does: the fingerprint names the cached plain models a trial reuses (the large one too)
-    spec = replace(spec, corpus_fingerprint=data.fingerprint)
-    shipped, _, _ = deploy_model(RunContext(spec, data, workspace))
-    model, graph = shipped.model.to("cpu"), shipped.graph
-    if graph is None:
-        scores = {"val_ua": evaluate(model, data.val, data.num_classes)["ua"]}
-    else:  # what ships is the method's graph (quant's int8 one): scored in ONNX Runtime, as recorded runs are
-        scores = {"val_ua": scores_of(onnx_io.predict_graph(graph, data.val), data.val, data.num_classes)["ua"]}
-    frames = spec.features.frames(LATENCY_SECONDS)
-    if cost == "macs":
-        scores["macs"] = (onnx_io.graph_macs(graph, data.input_dim, frames)["macs"] if graph is not None
-                          else costs.count_macs(model, data.input_dim, frames))
-    elif cost == "latency_ratio":
-        scores["latency_ratio"] = costs.deploy_latency(model, latency_reference(spec, data), data.input_dim, frames,
-                                                         {}, workspace.cache_dir / "onnx-graphs",
-                                                         graph=graph)["latency_ratio"]
-    discard_run_checkpoints(workspace.cache_dir, spec.run_id)  # trials are not recorded runs
-    return scores
-
-
-def make_objective(setting: TuneSetting, space: list[SearchParam], workspace: Workspace):
-    cost = COSTS.get(setting.objectives[1]) if len(setting.objectives) > 1 else None
-
-    def objective(trial: optuna.Trial):
-        searched: dict = {}
-        for p in space:
-            searched.setdefault(p.component, {})[p.name] = p.suggest(trial)
-        uas, trial_costs = [], []
-        for step, fold in enumerate(setting.folds):
-            scores = validation_scores(setting.spec(fold, searched), workspace, cost)
-            uas.append(scores["val_ua"])
-            trial.set_user_attr(f"fold_{fold}_val_ua", scores["val_ua"])
-            if cost:
-                trial_costs.append(scores[cost])
-                trial.set_user_attr(f"fold_{fold}_{cost}", scores[cost])
-            else:  # the pruner compares running means over the same folds
-                trial.report(statistics.mean(uas), step)
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
-        return (statistics.mean(uas), statistics.mean(trial_costs)) if cost else statistics.mean(uas)
-
-    return objective
+from bench.tuning.objective import COSTS, TuneSetting, make_objective
+from bench.tuning.space import SearchParam, parse_search_param
+from bench.tuning.storage import make_storage
 
 
 def open_study(storage, name: str, setting: TuneSetting, space: list[SearchParam]) -> optuna.Study:
@@ -342,57 +110,6 @@ def plot_value(table: pd.DataFrame, column: str, label: str, path: Path, log: bo
     ax.legend(fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
-
-
-@click.command("tune")
-@click.option("--method", required=True, help="method to tune (a+b composes; then name params as b.PARAM)")
-@click.option("--backbone", default="convtransformer", show_default=True)
-@click.option("--preset", default="lightweight", show_default=True, help="deploy preset")
-@click.option("--dataset", default="embedded", show_default=True)
-@click.option("--param", "-p", "params", multiple=True,
-              help="NAME=LOW:HIGH[:log] range, NAME=A,B,C choices or NAME=VALUE fixed (repeatable)")
-@click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True, help="trials added by this call")
-@click.option("--total-trials", type=click.IntRange(min=1),
-              help="instead of --trials: run until the study has this many complete trials, shared by all workers")
-@click.option("--objectives", default="ua", show_default=True, help="ua, or ua,macs / ua,latency (multi-objective)")
-@click.option("--folds", default="1,2", show_default=True, help="folds whose validation splits score a trial")
-@click.option("--test-folds", help="folds the best setting is re-run on (default: --folds)")
-@click.option("--seeds", default="0", show_default=True, help="seeds of the final runs; trials use the first")
-@click.option("--epochs", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--lr", type=float)
-@click.option("--teacher-preset", default="large", show_default=True)
-@click.option("--storage", help="Optuna storage URL or journal:PATH (default: sqlite:///<results-dir>/optuna.db)")
-@click.option("--study-name", help="default: METHOD-BACKBONE-PRESET-DATASET")
-@click.option("--heartbeat", type=click.IntRange(min=1), default=60, show_default=True,
-              help="seconds between heartbeats; a trial silent twice as long is failed and retried")
-@click.option("--max-retry", type=click.IntRange(min=0), default=3, show_default=True)
-@click.option("--dataset-param", "dataset_params", multiple=True, help="DATASET.PARAM=VALUE")
-@click.option("--data-root", "data_roots", multiple=True, help="corpus folder: PATH or NAME=PATH")
-@click.option("--results-dir", type=UserPath(), default=Path("results"), show_default=True)
-@click.option("--cache-dir", type=UserPath(), default=None)
-@click.option("--quiet", "-q", is_flag=True, help="no progress bars or per-trial lines")
-@click.option("--device", default="auto", show_default=True,
-              help="training device of trials and final runs: auto (CUDA when present), cpu, cuda, cuda:N")
-@click.option("--amp", is_flag=True, help="bf16 autocast while training (CUDA, or a CPU with native bf16)")
-def tune_command(method, backbone, preset, dataset, params, trials, objectives, folds, test_folds, seeds, epochs,
-                 batch_size, lr, teacher_preset, storage, study_name, heartbeat, max_retry, dataset_params,
-                 data_roots, results_dir, cache_dir, quiet, total_trials, device, amp) -> None:
-    """Search a method's parameters with Optuna, then re-run the best setting on the test folds."""
-    from bench.reporting.summary import print_summary
-
-    result = tune(method, backbone, preset, dataset, params, trials=trials, total_trials=total_trials,
-                  objectives=objectives, folds=folds, test_folds=test_folds, seeds=seeds, epochs=epochs,
-                  batch_size=batch_size, lr=lr, teacher_preset=teacher_preset, storage=storage,
-                  study_name=study_name, heartbeat=heartbeat, max_retry=max_retry, dataset_params=dataset_params,
-                  data_roots=data_roots, results_dir=results_dir, cache_dir=cache_dir, progress=not quiet,
-                  device=device, amp=amp, echo=None if quiet else click.echo)
-    for trial in result.best:
-        click.echo(f"best trial {trial.number}: validation {', '.join(f'{v:.4f}' for v in trial.values)} "
-                   f"with {trial.params}")
-    print_summary(result.records)
-    click.echo(f"trials: {result.trials_csv}  study: {result.study_name} in {result.storage}  "
-               f"records: {RecordStore(results_dir).records_dir}")
 
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from bench.cli.main import default_cache_dir
+from bench.api import default_cache_dir
 from bench.measure.probe import steady_allocator
 from bench.registry import load_builtin_plugins
 from bench.execution.context import RunContext
