@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import asdict, dataclass, field
 
 from bench.data.features import FeatureConfig
@@ -12,8 +11,6 @@ from bench.registry import METHODS
 from bench.reporting.results import run_id
 from bench.training.models import preset_config, recipe
 from bench.training.config import TrainConfig
-
-log = logging.getLogger("bench")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ fold (``normalize``), held in memory so that the runs of one fold do not read th
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -17,8 +16,6 @@ from bench.execution.spec import RunSpec
 from bench.registry import DATASETS, BenchError
 from bench.training.devices import check_amp, resolve_device
 from bench.training.splits import Split
-
-log = logging.getLogger("bench")
 
 
 @dataclass
