@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from bench.reporting import stats
-from bench.reporting.summary import runs_frame, summary_table, to_latex, to_markdown, to_terminal
+from bench.reporting.formats import to_latex, to_markdown, to_terminal
+from bench.reporting.summary import runs_frame, summary_table
 
 
 def record(method: str, preset: str, fold: int, seed: int, ua: float, **extra) -> dict:

@@ -24,9 +24,11 @@ from bench.paths import UserPath
 from bench.method import plain_reference
 from bench.registry import BACKBONES, BenchError
 from bench.reporting.results import RecordStore, atomic_write_text, check_folders
-from bench.reporting.summary import (KEYS, LABELS, METRICS, MISSING, classical_references, count, is_true, milliseconds,
-                           multiple, percent, runs_frame, signed_points, size, summary_table, to_latex, to_markdown,
-                           to_terminal)
+from bench.reporting.checks import classical_references
+from bench.reporting.columns import KEYS, LABELS, METRICS, MISSING, is_true
+from bench.reporting.formats import (count, milliseconds, multiple, percent, signed_points, size, to_latex, to_markdown,
+                                     to_terminal)
+from bench.reporting.summary import runs_frame, summary_table
 
 MAX_EXTRA_ROWS = 200  # rows shown per extra measurement table; the file keeps them all
 MAX_NAMED_FAILURES = 5  # failed runs named in the note; the tables under the leaderboards list them all

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.reporting.summary import LABELS, to_markdown
+from bench.reporting.columns import LABELS
+
+from bench.reporting.formats import to_markdown
 
 GROUP = ["backbone", "method", "preset", "settings"]  # one row per compared model within a dataset
 

@@ -24,7 +24,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import EngFormatter, MaxNLocator  # noqa: E402
 
 from bench.method import plain_reference  # noqa: E402
-from bench.reporting.summary import LABELS  # noqa: E402
+from bench.reporting.columns import LABELS  # noqa: E402
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 COSTS = {"macs": "MACs (5 s input)", "latency_ratio": "latency / plain lightweight (interleaved)",

@@ -9,7 +9,6 @@ in every table and is never filled in or averaged over the runs that happen to h
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import fields
 
@@ -17,40 +16,14 @@ import click
 import numpy as np
 import pandas as pd
 
-from bench.reporting import stats
 from bench.data.features import FeatureConfig
 from bench.method import plain_reference
-from bench.registry import METHODS
+from bench.reporting import stats
+from bench.reporting.checks import classical_warnings, large_model_warnings
+from bench.reporting.columns import (COSTS, KEYS, METRICS, MISSING, NESTED, OK, TRAINING_COSTS, TRAINING_MULTIPLES,
+                                     UNKNOWN_FINGERPRINT, _is_missing, _text)
+from bench.reporting.formats import to_terminal
 from bench.training.config import TrainConfig
-
-KEYS = ["dataset", "backbone", "method", "config", "preset", "settings"]  # one summary row per value
-METRICS = ["wa", "ua", "macro_f1", "weighted_f1"]  # fractions in [0, 1]
-COSTS = ["params", "train_params", "macs", "flops", "size_bytes", "latency_ms", "latency_p90_ms"]
-LABELS = {"wa": "WA", "ua": "UA", "macro_f1": "F1", "weighted_f1": "wF1", "params": "params",
-          "train_params": "train params", "macs": "MACs", "flops": "FLOPs", "size_bytes": "size",
-          "latency_ms": "latency ms", "latency_p90_ms": "p90 ms"}
-# Training cost per run (means in the summary), and as multiples of the plain lightweight model's own training
-TRAINING_COSTS = ["fit_flops", "reused_fit_flops", "fit_seconds", "reused_fit_seconds", "train_peak_memory_bytes"]
-TRAINING_MULTIPLES = ["train_flops_x", "train_seconds_x", "train_memory_x"]
-NESTED = ("method_params", "dataset_params", "confusion", "classes", "skipped")
-MISSING = "—"
-OK = "ok"
-DELTA_LIGHT, DELTA_LARGE = "Δ light (folds)", "Δ large (folds)"
-UNKNOWN_FINGERPRINT = "unknown"
-
-
-def _text(value) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-def _is_missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def is_true(value) -> bool:
-    """A flag cell that may be missing (NaN after a merge)."""
-    return not _is_missing(value) and bool(value)
-
 
 def _varying_label(rows: list[dict]) -> list[str]:
     """Per row, ``key=value`` for the keys whose values differ between ``rows`` (sorted, joined)."""
@@ -220,225 +193,6 @@ def training_multiples(table: pd.DataFrame, light_preset: str = "lightweight") -
             / reference("fit_seconds"),
             "train_memory_x": table["train_peak_memory_bytes"].to_numpy(dtype=float)
             / reference("train_peak_memory_bytes")}
-
-
-def starts_from_large_model(method: str, teacher_preset) -> bool:
-    """Whether a method distils from or cuts down a larger trained model (``kd``, ``prune``, ``lowrank``,
-    ``prune-unstructured``, or a composition with one): its record names a teacher preset, or one of
-    its components declares ``uses_large_model``."""
-    if not _is_missing(teacher_preset) and teacher_preset:
-        return True
-    return any(name in METHODS and METHODS.get(name).obj.uses_large_model
-               for name in str(method).split("+"))
-
-
-def large_model_warnings(table: pd.DataFrame, large_preset: str = "large") -> list[str]:
-    """Per summary row, a warning for methods that start from the large model when, on the same
-    dataset, backbone and settings, the plain ``baseline`` at that model's preset (the record's teacher
-    preset, else ``large_preset``) is not better than the plain lightweight baseline: its paired mean
-    difference over folds (headline metric, ``diff_mean``) is <= 0. The method then distils from, or
-    cuts down, a model that is no better than training the small one directly, so its comparison with
-    the lightweight baseline says nothing about the method. A milder warning when the mean is > 0 but
-    the paired interval includes 0 (the lead is not established). Empty otherwise, and when there is
-    no such pair to judge by."""
-    reference = plain_reference()
-    baselines = table[table["method"] == reference].set_index(["dataset", "backbone", "settings", "preset"])
-    texts = []
-    for _, row in table.iterrows():
-        named = not _is_missing(row["teacher_preset"]) and row["teacher_preset"]
-        source = row["teacher_preset"] if named else large_preset
-        where = (row["dataset"], row["backbone"], row["settings"], source)
-        text = ""
-        if row["method"] != reference and starts_from_large_model(row["method"], row["teacher_preset"]) \
-                and where in baselines.index:
-            large = baselines.loc[where]
-            large = large.iloc[0] if isinstance(large, pd.DataFrame) else large
-            if not _is_missing(large["diff_mean"]) and large["diff_mean"] <= 0:
-                text = (f"{reference} @{source} is not better than the lightweight {reference} "
-                        f"({signed_points(large['diff_mean'])} points over {large['pairs']:.0f} folds): "
-                        f"this method starts from it, so its comparison is uninterpretable")
-            elif not _is_missing(large["ci_low"]) and large["ci_low"] <= 0:
-                text = (f"{reference} @{source} is not shown better than the lightweight {reference} "
-                        f"({signed_points(large['diff_mean'])} points over {large['pairs']:.0f} folds, interval "
-                        f"[{signed_points(large['ci_low'])}, {signed_points(large['ci_high'])}] includes 0): "
-                        f"this method starts from it, so read its comparison with care")
-        texts.append(text)
-    return texts
-
-
-def classical_references(methods) -> list[str]:
-    """The methods among ``methods`` that declare ``classical_reference`` (e.g. ``svm``)."""
-    return sorted(m for m in set(methods) if m in METHODS and METHODS.get(m).obj.classical_reference)
-
-
-def classical_warnings(table: pd.DataFrame, runs: pd.DataFrame, seed: int = 0) -> list[str]:
-    """Per summary row, a warning when the plain ``baseline`` the row's model is built on (the row's own
-    preset, and for methods that start from the large model also that model's preset) is not better
-    than a classical reference (``classical_reference`` methods, e.g. ``svm``) of the same dataset,
-    backbone and settings: its paired mean difference over folds is <= 0. Shrinking a model that a
-    functionals-into-an-SVM baseline beats shows nothing. Empty otherwise and without such a pair."""
-    texts, plain_method = [""] * len(table), plain_reference()
-    for reference in classical_references(table["method"]):
-        comparison = stats.compare(runs, None, seed=seed, reference_method=reference)
-        plain = comparison[comparison["method"] == plain_method].set_index(["dataset", "backbone", "settings", "preset"])
-        for position, (_, row) in enumerate(table.iterrows()):
-            if row["method"] == reference:
-                continue
-            named = not _is_missing(row["teacher_preset"]) and row["teacher_preset"]
-            sources = [row["preset"]]
-            if starts_from_large_model(row["method"], row["teacher_preset"]):
-                sources.append(row["teacher_preset"] if named else "large")
-            for source in sources:
-                where = (row["dataset"], row["backbone"], row["settings"], source)
-                if where not in plain.index:
-                    continue
-                found = plain.loc[where]
-                found = found.iloc[0] if isinstance(found, pd.DataFrame) else found
-                if _is_missing(found["diff_mean"]) or found["diff_mean"] > 0:
-                    continue
-                whose = "this plain model is" if row["method"] == plain_method and source == row["preset"] else \
-                    f"the plain model it is built on ({plain_method} @{source}) is"
-                texts[position] = "; ".join(filter(None, [texts[position], (
-                    f"{whose} below the classical reference {reference} ({signed_points(found['diff_mean'])} "
-                    f"points over {found['pairs']:.0f} folds): not a competent model to shrink")]))
-                break
-    return texts
-
-
-# ---- formatting shared by the terminal, Markdown, LaTeX and HTML views ----
-
-def percent(value, std=None) -> str:
-    if _is_missing(value):
-        return MISSING
-    return f"{100 * value:.1f}" + ("" if std is None else f" ± {MISSING if _is_missing(std) else f'{100 * std:.1f}'}")
-
-
-def signed_points(value) -> str:
-    return MISSING if _is_missing(value) else f"{100 * value:+.1f}"
-
-
-def count(value) -> str:
-    """Human-readable count: 31.2k, 1.05M, 3.40G."""
-    if _is_missing(value):
-        return MISSING
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{suffix}"
-    return f"{value:.3g}"
-
-
-def size(value) -> str:
-    """Bytes as 700 kB, 1.2 MB."""
-    if _is_missing(value):
-        return MISSING
-    for scale, suffix in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {suffix}"
-    return f"{value:.0f} B"
-
-
-def milliseconds(value) -> str:
-    return MISSING if _is_missing(value) else f"{value:.2f}"
-
-
-def interval(row) -> str:
-    if _is_missing(row.get("ci_low")):
-        return MISSING
-    mark = " *" if is_true(row.get("significant")) else ""
-    return f"[{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]{mark}"
-
-
-def paired_points(value, pairs) -> str:
-    """A paired mean difference in points with the number of folds it rests on: ``+2.0 (2)``."""
-    return MISSING if _is_missing(value) else f"{signed_points(value)} ({pairs:.0f})"
-
-
-def display_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary as text cells (headline first), for the terminal and the Markdown/LaTeX exports.
-    ``failed`` and ``warning`` appear only when some row has one."""
-    rows = []
-    for _, row in summary.iterrows():
-        headline = row["headline_metric"]
-        cells = {"method": row["method"], "config": row["config"], "backbone": row["backbone"],
-                 "preset": row["preset"], "settings": row["settings"],
-                 f"{LABELS.get(headline, headline)} %": percent(row["headline_mean"], row["headline_std"]),
-                 DELTA_LIGHT: "ref" if row["role"] == "light" else paired_points(row.get(f"light_{headline}"),
-                                                                                 row["pairs"]),
-                 "95% CI": interval(row),
-                 "p": MISSING if _is_missing(row.get("p_wilcoxon")) else f"{row['p_wilcoxon']:.3f}",
-                 DELTA_LARGE: "ref" if row["role"] == "large" else paired_points(row.get(f"large_{headline}"),
-                                                                                 row["large_pairs"])}
-        cells.update({LABELS[m]: percent(row[f"{m}_mean"]) for m in METRICS if m != headline})
-        cells.update({"params": count(row["params"]), "MACs": count(row["macs"]),
-                      "latency ms": milliseconds(row["latency_ms"]),
-                      "train ×": multiple(row.get("train_flops_x")), "runs": str(row["runs"]),
-                      "failed": str(row["failed"]), "warning": row["warning"]})
-        rows.append(cells)
-    table = pd.DataFrame(rows)
-    for optional in ("config", "settings", "warning"):
-        if optional in table and not table[optional].astype(bool).any():
-            table = table.drop(columns=optional)
-    if "failed" in table and (table["failed"] == "0").all():
-        table = table.drop(columns="failed")
-    return table
-
-
-def multiple(value) -> str:
-    """A cost multiple of the plain lightweight model's: ``2.3×``."""
-    return MISSING if _is_missing(value) else f"{value:.2g}×" if value < 10 else f"{value:.0f}×"
-
-
-def _datasets(summary: pd.DataFrame):
-    for dataset, group in summary.groupby("dataset", sort=True):
-        headline = group["headline_metric"].iloc[0]
-        yield dataset, headline, display_table(group)
-
-
-def to_markdown(summary: pd.DataFrame) -> str:
-    """One pipe table per dataset."""
-    parts = []
-    for dataset, headline, table in _datasets(summary):
-        cells = [[str(c).replace("|", "\\|") for c in row] for row in [list(table.columns), *table.to_numpy().tolist()]]
-        lines = ["| " + " | ".join(cells[0]) + " |", "|" + "|".join("---" for _ in cells[0]) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in cells[1:]]
-        parts.append(f"## {dataset} (headline: {LABELS.get(headline, headline)})\n\n" + "\n".join(lines) + "\n")
-    return "\n".join(parts) if parts else "No runs recorded.\n"
-
-
-def _latex_escape(text: str) -> str:
-    replace = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-               "±": r"$\pm$", "Δ": r"$\Delta$", "—": "--"}
-    return "".join(replace.get(ch, ch) for ch in str(text))
-
-
-def to_latex(summary: pd.DataFrame) -> str:
-    """One booktabs ``tabular`` per dataset (needs ``\\usepackage{booktabs}``)."""
-    parts = []
-    for dataset, headline, table in _datasets(summary):
-        lines = [f"% {dataset} (headline: {LABELS.get(headline, headline)})",
-                 r"\begin{tabular}{" + "l" * 4 + "r" * (len(table.columns) - 4) + "}", r"\toprule",
-                 " & ".join(_latex_escape(c) for c in table.columns) + r" \\", r"\midrule"]
-        lines += [" & ".join(_latex_escape(c) for c in row) + r" \\" for row in table.to_numpy().tolist()]
-        lines += [r"\bottomrule", r"\end{tabular}"]
-        parts.append("\n".join(lines) + "\n")
-    return "\n".join(parts) if parts else "% no runs recorded\n"
-
-
-def to_terminal(summary: pd.DataFrame) -> str:
-    """One table per dataset; warnings as lines below it rather than a wide column."""
-    parts = []
-    for dataset, headline, table in _datasets(summary):
-        text = (f"{dataset} (headline {LABELS.get(headline, headline)}; Δ: paired mean difference in points over "
-                f"the folds in brackets, seeds averaged within a fold; * = 95% interval over folds excludes 0, from "
-                f"{stats.MIN_SIGNIFICANT_PAIRS} folds)\n")
-        text += table.drop(columns="warning", errors="ignore").to_string(index=False)
-        if "warning" in table:
-            for _, row in table[table["warning"].astype(bool)].iterrows():
-                config = f" ({row['config']})" if row.get("config") else ""
-                text += f"\nwarning: {row['method']}{config} {row['backbone']} @{row['preset']}: {row['warning']}"
-        parts.append(text)
-    return "\n\n".join(parts)
 
 
 def failed_lines(runs: pd.DataFrame) -> list[str]:
