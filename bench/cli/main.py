@@ -23,7 +23,7 @@ log = logging.getLogger("bench")
 # Commands defined in their own modules, imported only when used: "name": "module:attribute".
 LAZY_COMMANDS: dict[str, str] = {
     "tune": "bench.cli.tune:tune_command",
-    "report": "bench.reporting.html:report_command",
+    "report": "bench.cli.report:report_command",
     "measure": "bench.cli.measure:measure_command",
     "export": "bench.cli.measure:export_command",
     "probe": "bench.cli.measure:probe_command",
