@@ -13,7 +13,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 
-from bench.registry import BenchError
+from bench.data.features import FeatureConfig
+from bench.execution.env import _PACKAGES
+from bench.registry import METHODS, BenchError, load_builtin_plugins
+from bench.training.config import TrainConfig
 
 # JSON types a field's value may have (bool is not a number here: JSON tells them apart)
 _KINDS = {"str": (str,), "int": (int,), "number": (int, float), "bool": (bool,), "list": (list,),
@@ -200,10 +203,6 @@ def _dataclass_fields(prefix: str, cls, doc: str) -> dict[str, Field]:
 
 def harness_fields() -> dict[str, Field]:
     """Every named field the harness writes."""
-    from bench.execution.env import _PACKAGES
-    from bench.data.features import FeatureConfig
-    from bench.training.config import TrainConfig
-
     environment = {
         "env_host": "host name", "env_cpu": "CPU model", "env_cores": "CPU cores", "env_torch_threads": "torch threads",
         "env_python": "Python version", "env_platform": "OS and kernel", "env_cuda": "GPU name, if any",
@@ -220,8 +219,6 @@ def harness_fields() -> dict[str, Field]:
 
 def method_fields(method: str) -> dict[str, str]:
     """The fields the components of ``method`` (``a+b``) declare, name -> description."""
-    from bench.registry import METHODS
-
     declared = {}
     for component in str(method).split("+"):
         if component in METHODS.names():
@@ -276,8 +273,6 @@ def merge(*parts: dict) -> dict:
 
 def reference() -> str:
     """The schema as Markdown (``bench schema``; ``docs/records.md``)."""
-    from bench.registry import METHODS, load_builtin_plugins
-
     load_builtin_plugins()
     sections = [("Identity: which run it is", IDENTITY), ("Outcome", OUTCOME),
                 ("Test and validation scores", SCORES), ("Data", DATA), ("Costs of the deploy model", COSTS),

@@ -20,7 +20,7 @@ import torch
 
 from bench.api import default_cache_dir
 from bench.execution.env import environment
-from bench.measure import costs, probe
+from bench.measure import costs, probe, timing
 from bench.measure.latency_store import LatencyStore, read_rows
 from bench.measure.onnx_io import export_onnx, peak_graphs
 from bench.measure.remeasure import (RUNTIMES, _checked, _write_onnx, check_frames, describe, measure_run,
@@ -61,8 +61,8 @@ SECONDS = click.option("--seconds", default="2,5,10", show_default=True, help="i
 @RESULTS
 @RUNS
 @SECONDS
-@click.option("--runtimes", default=f"{costs.RUNTIME_EAGER},{probe.RUNTIME_ORT}", show_default=True,
-              help=f"any of {', '.join(RUNTIMES)} ({costs.RUNTIME_CUDA} needs a GPU)")
+@click.option("--runtimes", default=f"{timing.RUNTIME_EAGER},{probe.RUNTIME_ORT}", show_default=True,
+              help=f"any of {', '.join(RUNTIMES)} ({timing.RUNTIME_CUDA} needs a GPU)")
 @timing_options
 @click.option("--force", is_flag=True, help="re-measure rows already stored for this device")
 def measure_command(results_dir, runs, seconds, runtimes, threads, device, max_seconds, target_rel_ci, force) -> None:
@@ -74,8 +74,8 @@ def measure_command(results_dir, runs, seconds, runtimes, threads, device, max_s
     unknown = [r for r in chosen_runtimes if r not in RUNTIMES]
     if unknown or not chosen_runtimes:
         raise BenchError(f"unknown runtime {(unknown or [''])[0]!r}: use any of {', '.join(RUNTIMES)}")
-    if costs.RUNTIME_CUDA in chosen_runtimes and not torch.cuda.is_available():
-        raise BenchError(f"runtime {costs.RUNTIME_CUDA} needs a CUDA GPU and none is visible: "
+    if timing.RUNTIME_CUDA in chosen_runtimes and not torch.cuda.is_available():
+        raise BenchError(f"runtime {timing.RUNTIME_CUDA} needs a CUDA GPU and none is visible: "
                          f"drop it from --runtimes")
     store, latency = RecordStore(results_dir), LatencyStore(results_dir)
     chosen = select_runs(store, runs)
@@ -85,7 +85,7 @@ def measure_command(results_dir, runs, seconds, runtimes, threads, device, max_s
         # a graph the method ships (quant's int8 one) runs in onnxruntime only: PyTorch has no path for it
         runnable = [r for r in chosen_runtimes if shipped.graph is None or r == probe.RUNTIME_ORT]
         todo = [r for r in runnable if force or any(
-            (r, c, s) not in have for c in ([1] if r == costs.RUNTIME_CUDA else counts) for s in durations)]
+            (r, c, s) not in have for c in ([1] if r == timing.RUNTIME_CUDA else counts) for s in durations)]
         click.echo(f"[{number}/{len(chosen)}] {record['run_id']} {record.get('method')} "
                    f"{record.get('backbone')}/{record.get('preset')}: " + (", ".join(todo) or "already measured"))
         if not todo:

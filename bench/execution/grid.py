@@ -17,14 +17,15 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from bench.execution.claims import Shard, execute_claimed
+from bench.api import default_cache_dir
 from bench.data.features import FeatureConfig
-from bench.paths import read_text
-from bench.method import TRAINS_AT
-from bench.registry import BACKBONES, DATASETS, METHODS, BenchError
-from bench.reporting.results import RecordStore
+from bench.execution.claims import Shard, execute_claimed
 from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
+from bench.method import TRAINS_AT
+from bench.paths import read_text
+from bench.registry import BACKBONES, DATASETS, METHODS, BenchError
+from bench.reporting.results import RecordStore
 from bench.training.config import TrainConfig
 from bench.training.devices import training_precision
 
@@ -130,7 +131,6 @@ class Grid:
         """The grid's runs; ``workspace`` (default: one on the default cache folder) reads each dataset's
         corpus listing for its fingerprint (part of every run's identity)."""
         if workspace is None:
-            from bench.api import default_cache_dir
             workspace = Workspace(default_cache_dir(), self.data_roots, progress=False)
         runs = []
         for dataset in self.datasets:

@@ -17,14 +17,15 @@ from bench.execution.context import PhaseTimes, RunContext
 from bench.execution.env import environment
 from bench.execution.spec import RunSpec, run_identity
 from bench.execution.workspace import FoldData, Workspace
-from bench.measure import costs, onnx_io
+from bench.measure import costs, onnx_io, timing
 from bench.measure.costs import LATENCY_SECONDS
+from bench.measure.model_store import save_deploy_model
 from bench.method import Deployed, RunFailed
 from bench.registry import METHODS, BenchError
-from bench.training.metrics import declared_scores
-from bench.training.models import build_backbone
 from bench.training.devices import training_precision
 from bench.training.evaluate import evaluate, scores_of
+from bench.training.metrics import declared_scores
+from bench.training.models import build_backbone
 from bench.training.trainer import FitResult
 
 log = logging.getLogger("bench")
@@ -44,8 +45,8 @@ def measure_deploy(model: nn.Module, input_dim: int, frames: int, latency: bool 
     if latency:
         with times.phase("costs"):
             macs = onnx_io.graph_macs(graph, input_dim, frames) if graph else {"float_macs": figures["macs"]}
-        with times.phase("latency"), costs.exclusive():  # one timing at a time on this machine (``bench measure``)
-            figures.update(costs.deploy_latency(model, reference, input_dim, frames, macs, graph_cache,
+        with times.phase("latency"), timing.exclusive():  # one timing at a time on this machine (``bench measure``)
+            figures.update(timing.deploy_latency(model, reference, input_dim, frames, macs, graph_cache,
                                                   audio_seconds=LATENCY_SECONDS, graph=graph))
     else:
         figures["latency_deferred"] = True
@@ -200,7 +201,5 @@ def save_model(shipped: Deployed, path: Path, record: dict) -> None:
     """Save ``record``'s deploy model as data (see :mod:`bench.measure.model_store`), so that ``bench measure``
     and ``bench.load_model`` use it without retraining; the graph a method ships goes beside it
     (``<run_id>.onnx``)."""
-    from bench.measure.model_store import save_deploy_model
-
     save_deploy_model(shipped, path, record["backbone"], record["input_dim"], len(record["classes"]),
                       [record["preset"], record.get("teacher_preset") or record["preset"]])

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import inspect
+import io
 import logging
 import os
 import tempfile
@@ -36,6 +36,8 @@ from torch import nn
 from bench.measure.costs import example_input
 from bench.measure.probe import CHECK_ATOL, ProbeError, ort_session
 from bench.registry import BenchError
+from bench.training.evaluate import predict, scores_of
+from bench.training.metrics import declared_scores
 
 log = logging.getLogger("bench")
 INPUT_NAMES, OUTPUT_NAMES = ["features", "lengths"], ["logits"]
@@ -291,9 +293,6 @@ def onnx_figures(graph: bytes, model: nn.Module, data, frames: int, shipped: boo
     0.5 % is a failed export. For a graph the method ships in the module's place (``shipped``: quant's
     int8 graph), its MACs by precision and size are the record's, and its test scores (returned second)
     are the headline, because it is what ships; else None."""
-    from bench.training.metrics import declared_scores
-    from bench.training.evaluate import predict, scores_of
-
     probs = predict_graph(graph, data.test)
     mismatch = float(np.mean(probs.argmax(1) != predict(model, data.test)[0].argmax(1)))
     scores = scores_of(probs, data.test, data.num_classes)

@@ -12,14 +12,16 @@ import torch
 
 from bench.data.features import FeatureConfig
 from bench.execution.env import environment
-from bench.measure import costs, probe
+from bench.measure import costs, probe, timing
+from bench.measure.model_store import load_deploy_model, saved_graph
 from bench.measure.onnx_io import export_onnx, graph_costs
 from bench.method import Deployed
 from bench.registry import BenchError
 from bench.reporting.results import RecordStore
+from bench.training.models import build_backbone
 
 log = logging.getLogger("bench")
-RUNTIMES = (costs.RUNTIME_EAGER, probe.RUNTIME_ORT, costs.RUNTIME_CUDA)
+RUNTIMES = (timing.RUNTIME_EAGER, probe.RUNTIME_ORT, timing.RUNTIME_CUDA)
 def _checked(call, *args):
     """Run a probe helper, turning its ProbeError into the CLI's one-line BenchError."""
     try:
@@ -53,8 +55,6 @@ def select_runs(store: RecordStore, runs: str | None) -> list[tuple[dict, Deploy
 def load_model(path: Path) -> Deployed:
     """What the run shipped (see :mod:`bench.measure.model_store`): its module, and its method's own ONNX graph
     if any; a damaged graph is named now, not halfway through the measurements."""
-    from bench.measure.model_store import load_deploy_model, saved_graph
-
     shipped = load_deploy_model(path)
     if shipped.graph is not None:
         _checked(probe.ort_session, saved_graph(path), 1)
@@ -95,8 +95,6 @@ def check_frames(entry: dict) -> tuple[int, int]:
 def reference_model(entry: dict) -> torch.nn.Module:
     """The plain lightweight model of the run's backbone (freshly initialized: latency does not depend
     on the weights), against which every latency is timed."""
-    from bench.training.models import build_backbone
-
     with torch.random.fork_rng():
         torch.manual_seed(0)
         return build_backbone(entry["backbone"], "lightweight", entry["input_dim"], entry["num_classes"]).eval()
@@ -109,20 +107,20 @@ def measure_run(entry: dict, shipped: Deployed, device: str, runtimes: list[str]
     model = shipped.model
     env = {**probe.probe_environment(), **environment()}
     reference, rows = reference_model(entry), []
-    with costs.exclusive():
+    with timing.exclusive():
         for runtime in runtimes:
             if runtime == probe.RUNTIME_ORT:
                 rows += _onnx_rows(entry, shipped, reference, device, threads, rule, onnx_dir, graph_cache, env)
                 continue
-            for count in [1] if runtime == costs.RUNTIME_CUDA else threads:
+            for count in [1] if runtime == timing.RUNTIME_CUDA else threads:
                 for item in entry["inputs"]:
-                    if runtime == costs.RUNTIME_CUDA:
-                        stats = probe.summarize(costs.time_cuda(model, entry["input_dim"], item["frames"], rule),
+                    if runtime == timing.RUNTIME_CUDA:
+                        stats = probe.summarize(timing.time_cuda(model, entry["input_dim"], item["frames"], rule),
                                                 item["seconds"], rule)
                     else:
-                        stats = costs.latency_against(
-                            costs.eager_runner(model, entry["input_dim"], item["frames"]),
-                            costs.eager_runner(reference, entry["input_dim"], item["frames"]),
+                        stats = timing.latency_against(
+                            timing.eager_runner(model, entry["input_dim"], item["frames"]),
+                            timing.eager_runner(reference, entry["input_dim"], item["frames"]),
                             count, rule, item["seconds"], item)
                     rows.append(probe.make_row(entry, device, runtime, torch.__version__, count, item, stats, rule, env))
     return rows
@@ -140,9 +138,9 @@ def _onnx_rows(entry, shipped, reference, device, threads, rule, onnx_dir, graph
     rows = []
     for count in threads:
         for item in entry["inputs"]:
-            stats = costs.latency_against(
-                costs.ort_runner(onnx_dir / f"{entry['run_id']}.onnx", entry["input_dim"], item["frames"], count),
-                costs.ort_runner(reference_path, entry["input_dim"], item["frames"], count),
+            stats = timing.latency_against(
+                timing.ort_runner(onnx_dir / f"{entry['run_id']}.onnx", entry["input_dim"], item["frames"], count),
+                timing.ort_runner(reference_path, entry["input_dim"], item["frames"], count),
                 count, rule, item["seconds"], item)
             rows.append(probe.make_row(entry, device, probe.RUNTIME_ORT, probe.probe_environment()["env_onnxruntime"],
                                        count, item, stats, rule, env, check_max_abs_diff=difference,

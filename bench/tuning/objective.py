@@ -15,12 +15,11 @@ from bench.execution.context import RunContext
 from bench.execution.runner import deploy_model, latency_reference
 from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
-from bench.measure import costs, onnx_io
+from bench.measure import costs, onnx_io, timing
 from bench.measure.costs import LATENCY_SECONDS
 from bench.registry import BenchError
 from bench.training.config import TrainConfig
 from bench.training.evaluate import evaluate, scores_of
-
 from bench.tuning.space import SearchParam
 
 # --objectives name -> trial attribute; latency is the records' figure: the interleaved ratio to the plain
@@ -76,7 +75,7 @@ def validation_scores(spec: RunSpec, workspace: Workspace, cost: str | None = No
         scores["macs"] = (onnx_io.graph_macs(graph, data.input_dim, frames)["macs"] if graph is not None
                           else costs.count_macs(model, data.input_dim, frames))
     elif cost == "latency_ratio":
-        scores["latency_ratio"] = costs.deploy_latency(model, latency_reference(spec, data), data.input_dim, frames,
+        scores["latency_ratio"] = timing.deploy_latency(model, latency_reference(spec, data), data.input_dim, frames,
                                                          {}, workspace.cache_dir / "onnx-graphs",
                                                          graph=graph)["latency_ratio"]
     discard_run_checkpoints(workspace.cache_dir, spec.run_id)  # trials are not recorded runs

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from bench.api import default_cache_dir
 from bench.execution.claims import optimize_total
+from bench.execution.grid import make_grid, run_grid
 from bench.execution.workspace import Workspace
 from bench.flags import parse_assignments, parse_data_roots, parse_ints, parse_list
 from bench.registry import METHODS, BenchError
@@ -165,8 +166,6 @@ def tune(method: str, backbone: str = "convtransformer", preset: str = "lightwei
     train and score through ``bench run``'s path: the same device, the corpus fingerprint that names the
     cached plain models, the int8 graph for ``+quant`` and the latency ratio for a latency objective.
     ``echo``: called with one line per finished trial (None: silent)."""
-    from bench.execution.grid import make_grid, run_grid
-
     results_dir = Path(results_dir)
     if study_name is not None:
         check_study_name(study_name)

@@ -26,30 +26,28 @@ from pathlib import Path
 
 import torch
 
-from bench.measure import costs
-
-from bench.measure import probe
 from bench.api import default_cache_dir
 from bench.data.features import FeatureConfig
-from bench.training.models import build_backbone
+from bench.measure import probe, timing
 from bench.measure.onnx_io import export_onnx
 from bench.registry import BACKBONES, load_builtin_plugins
+from bench.training.models import build_backbone
 
-RUNTIMES = (costs.RUNTIME_EAGER, probe.RUNTIME_ORT)
+RUNTIMES = (timing.RUNTIME_EAGER, probe.RUNTIME_ORT)
 
 
 def child(runtime: str, folder: Path, input_dim: int, frames: int, max_seconds: float) -> dict:
     """One fresh-process measurement at 1 thread: the figures ``bench measure`` would record."""
     torch.set_num_threads(1)
     rule = probe.TimingRule(max_seconds=max_seconds)
-    if runtime == costs.RUNTIME_EAGER:
+    if runtime == timing.RUNTIME_EAGER:
         model, reference = (torch.load(folder / f"{name}.pt", weights_only=False).eval() for name in ("model", "reference"))
-        runners = costs.eager_runner(model, input_dim, frames), costs.eager_runner(reference, input_dim, frames)
+        runners = timing.eager_runner(model, input_dim, frames), timing.eager_runner(reference, input_dim, frames)
     else:
-        runners = (costs.ort_runner(folder / "model.onnx", input_dim, frames, 1),
-                   costs.ort_runner(folder / "reference.onnx", input_dim, frames, 1))
-    with costs.exclusive():
-        return costs.latency_against(*runners, 1, rule, None)
+        runners = (timing.ort_runner(folder / "model.onnx", input_dim, frames, 1),
+                   timing.ort_runner(folder / "reference.onnx", input_dim, frames, 1))
+    with timing.exclusive():
+        return timing.latency_against(*runners, 1, rule, None)
 
 
 def variation(values: list[float]) -> float:

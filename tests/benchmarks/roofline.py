@@ -19,14 +19,12 @@ from pathlib import Path
 
 import torch
 
-from bench.measure import costs
-
-from bench.measure import probe
 from bench.api import default_cache_dir
 from bench.data.features import FeatureConfig
-from bench.training.models import build_backbone
+from bench.measure import probe, timing
 from bench.measure.onnx_io import export_onnx, graph_macs
 from bench.registry import BACKBONES, load_builtin_plugins
+from bench.training.models import build_backbone
 from methods.quant import quantize_graph
 
 
@@ -42,7 +40,7 @@ def main() -> None:
     frames = features.frames(args.seconds)
     graph_cache = default_cache_dir() / "onnx-graphs"
     rule = probe.TimingRule(max_seconds=args.max_seconds)
-    peaks = costs.peak_rates()
+    peaks = timing.peak_rates()
     print(f"load average before: {os.getloadavg()[0]:.2f} on {probe.usable_cores()} cores; cpu {probe.cpu_model()}")
     print(f"peak GEMM at 1 thread: fp32 {peaks['fp32']:.0f} GFLOP/s, int8 {peaks['int8']:.0f} GFLOP/s; "
           f"{args.preset} preset, {args.seconds:g} s input ({frames} frames), onnxruntime, 1 thread")
@@ -59,8 +57,8 @@ def main() -> None:
             graphs = {"fp32": path.read_bytes(), "int8": quantize_graph(path, "static", calibration)}
         for precision, graph in graphs.items():
             macs = graph_macs(graph, features.dim, frames)
-            run = costs.ort_runner(graph, features.dim, frames, 1)
-            with costs.exclusive():
+            run = timing.ort_runner(graph, features.dim, frames, 1)
+            with timing.exclusive():
                 stats = probe.summarize(probe.time_adaptively(run, rule), args.seconds, rule)
             bound = probe.roofline(stats["latency_ms"], macs["float_macs"], macs["int8_macs"], peaks)
             print(f"{name:16s} {precision:9s} {macs['int8_macs'] / 1e6:9.1f} {macs['float_macs'] / 1e6:10.1f} "
