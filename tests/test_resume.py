@@ -78,6 +78,9 @@ def test_training_interrupted_mid_epoch_resumes_to_the_uninterrupted_result(cont
     assert resumed_from == 2
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     assert untimed(result.history) == untimed(expected.history)  # same losses, validation UA and lr every epoch
+    # the training time counts the interrupted attempt's epochs as well as the resumed ones
+    assert result.train_seconds == pytest.approx(sum(h["seconds"] for h in result.history))
+    assert result.train_seconds > sum(h["seconds"] for h in result.history[2:])
     assert result.best_epoch == expected.best_epoch
     for name, tensor in reference.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name

@@ -104,6 +104,9 @@ def peak_memory(model: nn.Module, input_dim: int, frames: int) -> int:
         model(features, lengths)  # first-call allocations (lazy initialisation) are not the model's
         with _silent_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             model(features, lengths)
+    # kineto_results is private, but no public API gives the CPU allocation timeline: prof.events() drops
+    # the allocations attributed to an operator, and export_memory_timeline is deprecated and CUDA-minded.
+    # A torch that drops it fails here, and cost_figures records the figure as missing with the reason.
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
     held = peak = 0

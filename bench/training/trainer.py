@@ -79,7 +79,7 @@ class FitResult:
     best_epoch: int  # a final fit (no validation): its last epoch
     best_val_ua: float | None  # None after a final fit
     epochs_run: int
-    train_seconds: float
+    train_seconds: float  # every epoch's, those of an interrupted attempt it resumed from included
     # per epoch: epoch, train_loss, val_loss, val_ua (both None: final fit), lr (at the epoch's end), seconds
     # (the epoch's, validation included) and val_seconds (its validation's)
     history: list[dict]
@@ -144,7 +144,6 @@ def fit(model: nn.Module, train: Split, val: Split, num_classes: int, config: Tr
         if "augment_generator" in resume_state:
             augment.set_state(resume_state["augment_generator"])
         torch.set_rng_state(resume_state["torch_rng"])  # dropout and SpecAugment draw from the global RNG
-    started = time.perf_counter()
     bar = tqdm(range(start_epoch, config.epochs), desc=desc, disable=not progress, unit="epoch", leave=False)
     for epoch in bar:
         epoch_started = time.perf_counter()
@@ -198,5 +197,7 @@ def fit(model: nn.Module, train: Split, val: Split, num_classes: int, config: Tr
     on_device("cpu", model, companions, extra_parameters)
     model.eval()
     epochs_run = len(state["history"])
-    return FitResult(state["best_epoch"], state["best_ua"], epochs_run, time.perf_counter() - started,
+    # summed over the history, so a training resumed from a checkpoint counts its earlier attempt's epochs too
+    train_seconds = sum(entry["seconds"] for entry in state["history"])
+    return FitResult(state["best_epoch"], state["best_ua"], epochs_run, train_seconds,
                      state["history"], epochs_run if config.keep_weights == "last" else state["best_epoch"])
