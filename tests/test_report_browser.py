@@ -33,7 +33,7 @@ def page_and_summary(tiny_grid_results, tmp_path_factory):
     requests = []
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": 900})  # the laptop screen the page is laid out for
         page.on("request", lambda request: requests.append(request.url))
         page.goto(report.index.resolve().as_uri())
         yield page, report.summary, requests, reports
@@ -149,6 +149,50 @@ def test_large_model_warning_is_shown_in_the_row_and_above_the_board(page_and_su
     warning = cell.locator(".warn")
     assert warning.is_visible() and warning.inner_text().startswith("⚠ ")
     assert warning.evaluate("e => getComputedStyle(e).color") == "rgb(213, 94, 0)"  # the page's alarm colour
+
+
+FIRST_VIEW = ("method", "backbone", "preset", "headline", "light", "large", "params", "macs", "latency_ratio", "train_x")
+
+
+def header_boxes(page) -> dict:
+    """Each shown header of the first leaderboard: its key and its box on the screen (null when hidden)."""
+    return page.evaluate("""() => Object.fromEntries(Array.from(document.querySelectorAll(
+        'table.leaderboard')[0].querySelectorAll('thead th')).map(th => {
+            const box = th.getBoundingClientRect();
+            return [th.dataset.key, box.width ? {left: box.left, right: box.right} : null]; }))""")
+
+
+def test_first_view_shows_the_trade_off_and_the_toggle_unfolds_the_rest(page_and_summary):
+    page, _, _, _ = page_and_summary
+    page.evaluate("() => window.scrollTo(0, 0)")
+    boxes = header_boxes(page)
+    for key in FIRST_VIEW:  # accuracy, its paired difference and every cost on a 1400 px screen, no scrolling
+        assert boxes[key] is not None and boxes[key]["right"] <= 1400, (key, boxes[key])
+    folded = [key for key in ("p", "wa", "macro_f1", "latency_ms", "latency_min_ms", "runs") if key in boxes]
+    assert folded and all(boxes[key] is None for key in folded)
+    toggle = page.locator("label.more-toggle").first
+    toggle.click()
+    try:
+        unfolded = header_boxes(page)
+        assert all(unfolded[key] is not None for key in folded)
+    finally:
+        toggle.click()
+    assert all(header_boxes(page)[key] is None for key in folded)
+
+
+def test_phone_width_scrolls_the_table_not_the_page(page_and_summary, tmp_path_factory):
+    page, _, _, reports = page_and_summary
+    phone = page.context.browser.new_page(viewport={"width": 390, "height": 844})
+    try:
+        phone.goto((reports / "index.html").resolve().as_uri())
+        assert phone.evaluate("() => document.documentElement.scrollWidth") <= 390
+        wrap = phone.locator(".table-wrap").first
+        assert wrap.evaluate("w => w.scrollWidth > w.clientWidth")  # the board scrolls inside its frame
+        shot = tmp_path_factory.getbasetemp() / "leaderboard-phone.png"
+        phone.screenshot(path=str(shot))
+        print(f"screenshot: {shot}")
+    finally:
+        phone.close()
 
 
 def test_curves_link_shows_the_learning_curves(page_and_summary):

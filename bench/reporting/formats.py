@@ -72,7 +72,8 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
                                                                                  row["large_pairs"])}
         cells.update({LABELS[m]: percent(row[f"{m}_mean"]) for m in METRICS if m != headline})
         cells.update({"params": count(row["params"]), "MACs": count(row["macs"]),
-                      "latency ms": milliseconds(row["latency_ms"]),
+                      # the ratio, timed interleaved with the plain model: absolute times drift with the machine
+                      "latency ×": ratio(row.get("latency_ratio")),
                       "train ×": multiple(row.get("train_flops_x")), "runs": str(row["runs"]),
                       "failed": str(row["failed"]), "warning": row["warning"]})
         rows.append(cells)
@@ -83,6 +84,11 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
     if "failed" in table and (table["failed"] == "0").all():
         table = table.drop(columns="failed")
     return table
+
+
+def ratio(value) -> str:
+    """A latency ratio to the plain lightweight model: ``0.84×``."""
+    return MISSING if _is_missing(value) else f"{value:.2f}×"
 
 
 def multiple(value) -> str:

@@ -37,12 +37,18 @@ def _slug(text: str) -> str:
     return plots.slug(text).lower()
 
 
+# Folded behind the board's "all metrics" toggle: the first view is the trade-off (accuracy, its paired
+# difference, and every cost), which must fit a 1400 px screen without scrolling.
+SECONDARY = ("p", *METRICS, "onnx", "onnx_status", *OPTIONAL_COSTS, "int8", "quant_scheme", "latency_min_ms",
+             "latency_ms", "runs")
+
+
 def board_columns(rows: pd.DataFrame, headline: str) -> list[tuple[str, str, str, str]]:
-    """The leaderboard's columns (key, label, type, title): headline first, optional ones only when
-    some row of the dataset has them."""
+    """The leaderboard's columns (key, label, type, title): the first view (method, headline metric, its
+    paired differences, then the costs), then the secondary ones (:data:`SECONDARY`, folded on the page),
+    then the links to each run; optional columns only when some row of the dataset has them."""
     label = LABELS.get(headline, headline)
     optional = [c for c in ("config", "settings") if rows[c].astype(bool).any()]
-    costs = ["params", "macs", *(c for c in OPTIONAL_COSTS if rows[c].notna().any())]
     has_onnx = rows["headline_onnx"].notna().any() or rows["onnx_status"].ne(MISSING).any()
     has_int8 = rows["int8_macs"].gt(0).any()  # every record may say 0 (float); the column is for quantized models
     has_failed = "failed" in rows and pd.to_numeric(rows["failed"], errors="coerce").fillna(0).gt(0).any()
@@ -53,26 +59,27 @@ def board_columns(rows: pd.DataFrame, headline: str) -> list[tuple[str, str, str
     columns += [("headline", f"{label} %", "num", f"headline metric {label}, mean ± std"),
                 ("light", "Δ light", "num", "paired mean difference to the lightweight baseline in points, over the "
                                             "folds both ran (seeds averaged within a fold), with its 95 % interval"),
-                ("p", "p", "num", "Wilcoxon signed-rank p-value of the paired differences"),
                 ("large", "Δ large", "num", "paired mean difference to the large baseline in points, over folds")]
-    columns += [(m, f"{LABELS[m]} %", "num", "") for m in METRICS if m != headline]
-    columns += [("onnx", f"{label} ONNX %", "num", "the exported ONNX model in ONNX Runtime on the test fold"),
-                ("onnx_status", "ONNX", "text", "export check against PyTorch predictions")] if has_onnx else []
-    columns += [(c, LABELS[c], "num", "deploy model, 5 s input" if c != "params" else "deploy model") for c in costs]
-    columns += [("int8", "int8 MACs", "num", "MACs run in int8 (under them: MACs that stay float), from the quantized graph"),
-                ("quant_scheme", "quant", "text", "quantization scheme")] if has_int8 else []
+    columns += [("params", LABELS["params"], "num", "deploy model"), ("macs", LABELS["macs"], "num", "deploy model, 5 s input")]
     columns += [("latency_ratio", "latency ×", "num", "latency / the plain lightweight model of the backbone, timed "
                                                       "interleaved in one process; under it the 95 % interval (the "
-                                                      "envelope of the runs' intervals)"),
-                ("latency_min_ms", "min ms", "num", "minimum latency, 5 s input, 1 thread"),
-                ("latency_ms", "median ms", "num", "median latency, 5 s input, 1 thread: typical, but drifts with the machine")]
+                                                      "envelope of the runs' intervals)")]
     columns += [("train_x", "train ×", "num", "training FLOPs of everything trained for the run (the method's own "
                                               "training and the cached models it built on, e.g. a teacher) as a "
                                               "multiple of the plain lightweight model's; under it the multiples of "
                                               "training seconds and of peak training memory")] \
         if rows["train_flops_x"].notna().any() else []
-    columns += [("runs", "runs", "num", "runs averaged (folds x seeds)")]
     columns += [("failed", "failed", "num", "runs that could not run: listed under the table, never averaged")] if has_failed else []
+    columns += [("p", "p", "num", "Wilcoxon signed-rank p-value of the paired differences to the lightweight baseline")]
+    columns += [(m, f"{LABELS[m]} %", "num", "") for m in METRICS if m != headline]
+    columns += [("onnx", f"{label} ONNX %", "num", "the exported ONNX model in ONNX Runtime on the test fold"),
+                ("onnx_status", "ONNX", "text", "export check against PyTorch predictions")] if has_onnx else []
+    columns += [(c, LABELS[c], "num", "deploy model, 5 s input") for c in OPTIONAL_COSTS if rows[c].notna().any()]
+    columns += [("int8", "int8 MACs", "num", "MACs run in int8 (under them: MACs that stay float), from the quantized graph"),
+                ("quant_scheme", "quant", "text", "quantization scheme")] if has_int8 else []
+    columns += [("latency_min_ms", "min ms", "num", "minimum latency, 5 s input, 1 thread"),
+                ("latency_ms", "median ms", "num", "median latency, 5 s input, 1 thread: typical, but drifts with the machine")]
+    columns += [("runs", "runs", "num", "runs averaged (folds x seeds)")]
     columns += [("details", "details", "text", "per-run details and learning curves")]
     return columns
 
@@ -101,7 +108,9 @@ def leaderboard(dataset: str, rows: pd.DataFrame, runs: pd.DataFrame, curves: se
         ratio = _num(MISSING if math.isnan(row["latency_ratio"]) else f"{row['latency_ratio']:.2f}×", row["latency_ratio"])
         if not math.isnan(row["latency_ratio"]) and not math.isnan(row["latency_ratio_ci_low"]):
             ratio["sub"] = f"[{row['latency_ratio_ci_low']:.2f}, {row['latency_ratio_ci_high']:.2f}]"
-        method = dict(_text(row["method"]), sub=f"⚠ {warning}" if warning else "", sub_cls="warn")
+        # the warning's text is said once, in the box above the table; the row marks it and links there
+        method = dict(_text(row["method"]), sub="⚠ see above" if warning else "", sub_cls="warn",
+                      title=warning)
         cells = {"method": method, "config": _text(row["config"]), "backbone": _text(row["backbone"]),
                  "preset": _text(row["preset"]), "settings": _text(row["settings"]),
                  "headline": _num(percent(row["headline_mean"], row["headline_std"]), row["headline_mean"],
@@ -142,7 +151,7 @@ def leaderboard(dataset: str, rows: pd.DataFrame, runs: pd.DataFrame, curves: se
         body.append({"attrs": attrs, "reference": bool(row["role"]), "warning": bool(warning),
                      "cells": [cells[c[0]] for c in columns]})
     return {"dataset": dataset, "slug": _slug(dataset), "headline": label, "rows": body, "warnings": warnings,
-            "columns": [dict(zip(("key", "label", "type", "title"), c)) for c in columns]}
+            "columns": [dict(zip(("key", "label", "type", "title"), c), more=c[0] in SECONDARY) for c in columns]}
 
 
 def failed_runs(runs: pd.DataFrame) -> list[dict]:
