@@ -6,6 +6,7 @@ histories, latency ratios, ONNX and int8 figures, corpus fingerprints) shown on 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -15,6 +16,7 @@ from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -553,3 +555,40 @@ def test_two_corpora_of_one_dataset_name_are_told_apart(tiny_grid_results, tmp_p
     assert all(board.startswith("toy") for board in boards)
     for board in boards:
         assert f">{board} <span class=\"count\">" in html
+
+
+def test_per_class_recall_and_its_paired_difference_come_from_the_confusion_matrices(report, tiny_grid_results):
+    """Per class: each row's recall is the fold mean of the records' diagonal / row sums, a method's Δ its
+    paired difference to the plain model of its preset; the page and the leaderboard show them."""
+    _, reports = report
+    records = [json.loads(p.read_text()) for p in sorted((tiny_grid_results / "records").glob("*.json"))]
+    table = pd.read_csv(tiny_grid_results / "tables" / "per_class.csv", keep_default_na=False, na_values=[""])
+
+    def recalls(method: str, preset: str) -> dict:
+        """{(fold, seed): [recall per class]} by hand."""
+        return {(r["fold"], r["seed"]): [row[i] / sum(row) if sum(row) else math.nan for i, row in enumerate(r["confusion"])]
+                for r in records if r["method"] == method and r["preset"] == preset and r.get("status") != "failed"}
+
+    classes = records[0]["classes"]
+    hrf, plain = recalls("hrf", "tiny"), recalls("baseline", "tiny")
+    assert hrf and plain
+    for index, name in enumerate(classes):
+        row = table[(table["method"] == "hrf") & (table["preset"] == "tiny") & (table["class"] == name)].iloc[0]
+        folds = sorted({fold for fold, _ in hrf})
+        by_fold = [np.nanmean([v[index] for (f, _), v in hrf.items() if f == fold]) for fold in folds]
+        assert row["recall"] == pytest.approx(np.mean(by_fold))
+        diffs = [np.mean([hrf[key][index] - plain[key][index] for key in hrf if key[0] == fold and key in plain])
+                 for fold in folds]
+        assert row["diff_mean"] == pytest.approx(np.mean(diffs)) and row["pairs"] == len(folds)
+    reference = table[(table["method"] == "baseline") & (table["preset"] == "tiny")]
+    assert len(reference) == len(classes) and reference["diff_mean"].isna().all()  # the reference has no Δ
+
+    page = (reports / "results.md").read_text()
+    section = page[page.index("## Per class"):]
+    assert "| model | " + " | ".join(classes) + " |" in section
+    assert "- hrf convtransformer@tiny against baseline@tiny: " in section
+    html = (reports / "index.html").read_text()
+    assert 'id="per-class"' in html and 'href="#per-class"' in html
+    board = html[html.index('<table class="per-class">'):html.index("</table>", html.index('<table class="per-class">'))]
+    first = table[(table["method"] == "hrf") & (table["preset"] == "tiny")].iloc[0]
+    assert f"{100 * first['recall']:.1f} ({100 * first['diff_mean']:+.1f}" in board

@@ -15,7 +15,7 @@ import pandas as pd
 
 from bench.method import plain_reference
 from bench.registry import BACKBONES, BenchError
-from bench.reporting import plots, stats
+from bench.reporting import per_class, plots, stats
 from bench.reporting.checks import classical_references
 from bench.reporting.columns import KEYS, MISSING
 from bench.reporting.formats import to_latex, to_markdown
@@ -137,10 +137,12 @@ def build_report(results_dir: Path, reports_dir: Path, light_preset: str = "ligh
     differences = stats.paired_differences(runs, light_preset=light_preset)
     forest = (stats.forest(runs, seed, tuple(classical_references(set(runs["method"])))) if len(runs)
               else pd.DataFrame(columns=stats.FOREST_COLUMNS))
+    classes = per_class.per_class_table(runs, seed)
     tables_dir = results_dir / "tables"
     texts = {"runs.csv": runs.to_csv(index=False), "summary.csv": summary.to_csv(index=False),
              "differences.csv": differences.to_csv(index=False),
              "forest.csv": forest.to_csv(index=False),
+             "per_class.csv": classes.to_csv(index=False),
              "summary.md": to_markdown(summary),
              "summary.tex": to_latex(summary)}
     tables = {}
@@ -191,6 +193,8 @@ def build_report(results_dir: Path, reports_dir: Path, light_preset: str = "ligh
         "figures": [f for f in figure_items if f["section"] != "curves"],
         "curves": [f for f in figure_items if f["section"] == "curves"],
         "studies": [{"name": name, "text": study_line(name, frame)} for name, frame in sorted(studies.items())],
+        "per_class": [{"dataset": d, "slug": _slug(d), "table": extra_table(f"per class: {d}", per_class.wide_table(part)),
+                       "lines": per_class.gains_and_losses(part)} for d, part in classes.groupby("dataset", sort=True)],
         "extra_tables": [extra_table(str(p.relative_to(results_dir)), frame) for p, frame in extra.items()],
         "runs": run_details(runs, histories, curves), "environment": environment_table(runs), "version": _version(),
         "results_dir": str(results_dir), "citation": CITATION,
@@ -198,5 +202,5 @@ def build_report(results_dir: Path, reports_dir: Path, light_preset: str = "ligh
     index = reports_dir / "index.html"
     atomic_write_text(index, render_page(context))
     command = regenerate_command(results_dir, reports_dir, light_preset, large_preset, seed)
-    atomic_write_text(reports_dir / "results.md", results_page(runs, summary, notes, command))
+    atomic_write_text(reports_dir / "results.md", results_page(runs, summary, notes, command, classes))
     return Report(index, tables, summary, problems, notes + ([empty] if empty else []))
