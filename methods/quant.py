@@ -3,7 +3,14 @@
 
 - ``scheme=static`` (default): QDQ format, activation ranges calibrated (min/max) on training
   utterances only (``calibration_utterances`` of them, drawn with the run seed); every convolution,
-  matmul and Gemm becomes int8, attention's activation x activation matmuls included.
+  matmul and Gemm becomes int8, attention's activation x activation matmuls included, with each
+  convolution's ReLU folded into its output range. ONNX Runtime fuses the QDQ pairs around those
+  nodes into integer operators (QLinearConv, QLinearMatMul, QGemm) when it loads the graph, so what
+  the format costs is the float islands between them: the convolutional front-end's padding masks
+  (``Where``) were the largest, a dequantize, a float select and a requantize of its biggest
+  activations between its two convolutions. The shipped graph runs those masks on the uint8 tensor
+  itself (the ReLU moved before the mask, the mask selecting the zero point; exact, see
+  :func:`_masks_in_int8`), so the front-end stays int8 from one convolution to the next.
 - ``scheme=dynamic``: MatMul/Gemm weights int8, activations quantized at run time; convolutions
   stay float.
 
@@ -27,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
@@ -37,9 +45,10 @@ from bench.registry import METHODS, BenchError, param
 __all__ = ["Quant", "QuantParams", "quantize_graph"]
 
 SCHEMES = ("static", "dynamic")
-# The compute nodes quantized; data-movement nodes (Reshape, Transpose...) stay float, because a
-# quantize/dequantize pair around each costs more than it saves at these sizes.
-STATIC_OPS = ["Conv", "MatMul", "Gemm"]
+# The compute nodes quantized (Relu so that it folds into the convolution before it instead of
+# running as a float island after a dequantize); data-movement nodes (Reshape, Transpose...) stay
+# float, because a quantize/dequantize pair around each costs more than it saves at these sizes.
+STATIC_OPS = ["Conv", "MatMul", "Gemm", "Relu"]
 DYNAMIC_OPS = ["MatMul", "Gemm"]
 
 
@@ -77,14 +86,123 @@ def quantize_graph(float_graph: Path, scheme: str, calibration: list[torch.Tenso
         if scheme == "dynamic":
             quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8,
                              op_types_to_quantize=DYNAMIC_OPS)
-        else:
-            if not calibration:
-                raise BenchError("static quantization needs calibration utterances: give quant.calibration_utterances >= 1")
-            with np.errstate(all="ignore"):  # ranges of all-zero tensors divide by zero inside the quantizer
-                quantize_static(str(prepared), str(quantized), Utterances(), quant_format=QuantFormat.QDQ,
-                                op_types_to_quantize=STATIC_OPS, per_channel=True,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        return quantized.read_bytes()
+            return quantized.read_bytes()
+        if not calibration:
+            raise BenchError("static quantization needs calibration utterances: give quant.calibration_utterances >= 1")
+        proto = onnx.load(str(prepared))
+        _relu_before_mask(proto.graph)
+        onnx.save(proto, str(prepared))
+        with np.errstate(all="ignore"):  # ranges of all-zero tensors divide by zero inside the quantizer
+            quantize_static(str(prepared), str(quantized), Utterances(), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=STATIC_OPS, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        proto = onnx.load(str(quantized))
+        _masks_in_int8(proto.graph)
+        return proto.SerializeToString()
+
+
+def _constant(name: str, graph, producers: dict) -> np.ndarray | None:
+    """The value of ``name`` when it is a constant: an initializer, a Constant node, or a Cast of one."""
+    from onnx import numpy_helper
+
+    for initializer in graph.initializer:
+        if initializer.name == name:
+            return numpy_helper.to_array(initializer)
+    node = producers.get(name)
+    if node is not None and node.op_type == "Constant":
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        return None if value is None else numpy_helper.to_array(value)
+    if node is not None and node.op_type in ("Cast", "CastLike"):
+        return _constant(node.input[0], graph, producers)
+    return None
+
+
+def _is_zero_fill(where, graph, producers: dict) -> bool:
+    fill = _constant(where.input[1], graph, producers)
+    return fill is not None and fill.size == 1 and float(fill.reshape(())) == 0.0
+
+
+def _consumers(graph) -> dict[str, list]:
+    found: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            found.setdefault(name, []).append(node)
+    return found
+
+
+def _relu_before_mask(graph) -> None:
+    """``Relu(Where(pad, 0, x))`` -> ``Where(pad, 0, Relu(x))`` (the same values: relu(0) = 0). The
+    convolutional front-end zeroes its padded frames between each convolution and its ReLU; moved
+    after the ReLU, the mask sits between two convolutions, so the quantizer fuses the ReLU into the
+    first (its output range starts at 0) and :func:`_masks_in_int8` can run the mask on its int8
+    output: no dequantize, float select and requantize of the front-end's largest activations."""
+    producers = {out: n for n in graph.node for out in n.output}
+    consumers = _consumers(graph)
+    outputs = {o.name for o in graph.output}
+    nodes = list(graph.node)
+    for where in nodes:
+        users = consumers.get(where.output[0], [])
+        if (where.op_type != "Where" or len(users) != 1 or users[0].op_type != "Relu" or where.output[0] in outputs
+                or not _is_zero_fill(where, graph, producers)):
+            continue
+        relu = users[0]
+        rectified = relu.output[0] + "_before_mask"
+        new_relu = onnx.helper.make_node("Relu", [where.input[2]], [rectified], name=relu.name + "_before_mask")
+        new_where = onnx.helper.make_node("Where", [where.input[0], where.input[1], rectified], [relu.output[0]],
+                                          name=where.name)
+        at = list(graph.node).index(where)
+        graph.node.remove(relu)
+        graph.node.remove(where)
+        graph.node.insert(at, new_where)
+        graph.node.insert(at, new_relu)
+
+
+def _masks_in_int8(graph) -> None:
+    """``Q(Where(pad, 0, DQ(x8; s, z)); s2, z2)`` -> ``Where(pad, z, x8)`` dequantized as ``(s, z)``
+    downstream: selecting the zero point in int8 is exactly selecting 0.0 after dequantization, so the
+    padding mask runs on uint8 (a quarter of the bytes) instead of as a float island with a
+    dequantize before it and a quantize after. (ORT's own QLinearWhere requantizes element by element
+    and is slower than the float select.)"""
+    from onnx import numpy_helper
+
+    producers = {out: n for n in graph.node for out in n.output}
+    consumers = _consumers(graph)
+    outputs = {o.name for o in graph.output}
+    orphans: set[str] = set()
+    for where in [n for n in graph.node if n.op_type == "Where"]:
+        dequantize = producers.get(where.input[2])
+        if (dequantize is None or dequantize.op_type != "DequantizeLinear" or len(dequantize.input) < 3
+                or where.output[0] in outputs or not _is_zero_fill(where, graph, producers)):
+            continue
+        scale = _constant(dequantize.input[1], graph, producers)
+        zero = _constant(dequantize.input[2], graph, producers)
+        if scale is None or zero is None or scale.size != 1:
+            continue
+        users = consumers.get(where.output[0], [])
+        downstream = consumers.get(users[0].output[0], []) if len(users) == 1 else []
+        fold = (users[0].op_type == "QuantizeLinear" and users[0].output[0] not in outputs and bool(downstream)
+                and all(n.op_type == "DequantizeLinear" for n in downstream)) if len(users) == 1 else False
+        fill = where.name + "_zero_point"
+        graph.initializer.append(numpy_helper.from_array(zero.reshape(()), fill))
+        at = list(graph.node).index(where)
+        graph.node.remove(where)
+        if fold:  # its uint8 output replaces the requantized one, read with the scale it was made with
+            graph.node.remove(users[0])
+            orphans.update(users[0].input[1:])
+            selected = users[0].output[0]
+            for node in downstream:
+                node.input[1], node.input[2] = dequantize.input[1], dequantize.input[2]
+        else:  # float consumers: dequantize after the select instead of before it
+            selected = where.output[0] + "_uint8"
+            graph.node.insert(at, onnx.helper.make_node("DequantizeLinear", [selected, *dequantize.input[1:3]],
+                                                        [where.output[0]], name=where.name + "_dequantize"))
+        graph.node.insert(at, onnx.helper.make_node("Where", [where.input[0], fill, dequantize.input[0]], [selected],
+                                                    name=where.name))
+        if len(consumers.get(dequantize.output[0], [])) == 1 and dequantize.output[0] not in outputs:
+            graph.node.remove(dequantize)
+    used = {name for node in graph.node for name in node.input}
+    for initializer in [i for i in graph.initializer if i.name in orphans - used]:
+        graph.initializer.remove(initializer)  # the folded requantizations' scales
 
 
 @contextmanager

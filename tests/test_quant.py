@@ -127,6 +127,35 @@ def test_int8_graph_stays_close_to_the_float_model(scheme, tmp_path):
     assert len(graph) < 0.4 * (tmp_path / "float.onnx").stat().st_size
 
 
+def test_static_graph_masks_the_front_ends_padding_in_uint8(tmp_path):
+    """The convolutional front-end's padding masks run on the uint8 activations between its
+    convolutions (no dequantize -> float Where -> requantize island, no float ReLU after them), and the
+    graph still follows the float model on a padded utterance, where the masks select something."""
+    import onnx
+
+    torch.manual_seed(0)
+    features = FeatureConfig()
+    model = build_backbone("convtransformer", "lightweight", features.dim, 4).eval()
+    export_onnx(model, features.dim, tmp_path / "float.onnx")
+    generator = torch.Generator().manual_seed(1)
+    calibration = [torch.randn(int(n), features.dim, generator=generator) for n in (150, 300, 501)]
+    graph = quantize_graph(tmp_path / "float.onnx", "static", calibration)
+    nodes = onnx.ModelProto.FromString(graph).graph.node
+    producers = {out: node.op_type for node in nodes for out in node.output}
+    masks = [node for node in nodes if node.op_type == "Where" and producers.get(node.input[2]) == "QuantizeLinear"]
+    assert len(masks) >= 2  # one after each front-end convolution
+    assert not any(node.op_type == "Where" and producers.get(node.input[2]) == "DequantizeLinear" for node in nodes)
+    assert not any(node.op_type == "Relu" and producers.get(node.input[0]) in ("Where", "DequantizeLinear")
+                   for node in nodes)
+    session = ort_session(graph, threads=1)
+    x, _ = costs.example_input(features.dim, 501)
+    lengths = torch.tensor([287])
+    with torch.inference_mode():
+        expected = model(x, lengths).numpy()
+    got = session.run(None, {"features": x.numpy(), "lengths": lengths.numpy()})[0]
+    assert float(np.abs(got - expected).max() / np.abs(expected).max()) < 0.1
+
+
 def test_a_graph_shipped_before_the_last_component_is_refused(tmp_path, monkeypatch):
     """What a method ships as its own ONNX graph cannot be trained further: a method that ships one but is
     composed before another (not declared ``must_be_last``, so no grid caught it) fails with one line."""
