@@ -4,6 +4,10 @@ calibrated estimate without training or recording anything; the device options r
 from __future__ import annotations
 
 import json
+from pathlib import Path
+import time
+import sys
+import subprocess
 
 import pytest
 from click.testing import CliRunner
@@ -163,3 +167,23 @@ def test_a_study_narrowed_to_other_methods_drops_its_baseline_presets(tmp_path):
     assert make_grid(grid_values(grid_file, methods="baseline")).method_params == {}
     with pytest.raises(BenchError, match="-p given for 'kd'"):  # an explicit one still is an error
         make_grid(grid_values(grid_file, methods="baseline", method_params={"kd": {"temperature": "2"}}))
+
+
+def test_the_dry_run_reports_the_machine_load_and_warns_when_neighbours_kept_cores_busy():
+    """Two busy-looping neighbours kept (about) every core busy while this process slept: MachineLoad
+    counts them, not its own time, and its line warns that the calibration is unreliable."""
+    from bench.execution.estimate import LOADED_CORES, MachineLoad
+
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        for spinner in spinners:  # wait on a state: each neighbour is running, not still starting
+            while int(Path(f"/proc/{spinner.pid}/stat").read_text().rsplit(")", 1)[1].split()[11]) == 0:
+                time.sleep(0.01)
+        with MachineLoad() as load:
+            time.sleep(1.0)  # this process does nothing: whatever was busy was a neighbour
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert load.others >= min(LOADED_CORES * 2, load.cores * 0.6), load.others
+    assert "other processes kept" in load.line() and "warning: the machine was loaded" in load.line()

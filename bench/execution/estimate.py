@@ -2,7 +2,9 @@
 estimate of the compute, calibrated by timing a few training and evaluation steps of every backbone and
 preset involved on this machine (or the ``--device`` given).
 
-The estimate is an upper bound for early-stopped trainings (every epoch is counted). A method that
+The estimate is an upper bound for early-stopped trainings (every epoch is counted). Step times are
+medians over repeated steps; the dry run reports how busy other processes kept the machine while it
+calibrated, and warns when that makes the figure unreliable. A method that
 trains a wider model than it deploys (``Method.training_model``: hrf, repadapter, expandnets) is timed
 on that model; a final fit trains on the validation speakers too and skips the per-epoch validation.
 ``matched-compute`` is counted at the run's epochs (it trains a few times more). Corpus sizes are the
@@ -12,6 +14,8 @@ nominal sizes of each protocol (``CORPUS_SIZES``); real corpora differ by a few 
 from __future__ import annotations
 
 import math
+import os
+import statistics
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -57,6 +61,59 @@ EVAL_BATCH = 16  # bench.training.evaluate.predict's batch
 LATENCY_SECONDS_PER_RUN = 5.0  # in-run cost figures and 1-thread latency (warm-up + at least 2 s)
 
 
+# Other processes' CPU use (in cores) while calibrating above which the step times, and so the
+# estimate, are said to be unreliable: they then time the machine's neighbours as well as the models.
+LOADED_CORES = 0.5
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds all cores have spent busy since boot (``/proc/stat``), or None where unreadable."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+class MachineLoad:
+    """What other processes ran while a block ran: ``others`` (cores they kept busy on average: all
+    cores' busy time minus this process's own, over the wall time), ``cores`` (usable by this
+    process) and the 1-minute load average at the end. ``others`` is None without ``/proc/stat``."""
+
+    def __enter__(self):
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self._start = (time.perf_counter(), _busy_seconds(), _own_seconds())
+        return self
+
+    def __exit__(self, *exc):
+        wall, busy, own = time.perf_counter(), _busy_seconds(), _own_seconds()
+        started, busy_before, own_before = self._start
+        elapsed = max(wall - started, 1e-9)
+        self.others = (None if busy is None or busy_before is None
+                       else max(0.0, (busy - busy_before) - (own - own_before)) / elapsed)
+        self.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        return False
+
+    def line(self) -> str:
+        """The machine's load as the dry run reports it, with a warning when it makes the figure unreliable."""
+        average = "" if self.load_average is None else f", 1-minute load average {self.load_average:.2f}"
+        if self.others is None:
+            return f"  machine load while calibrating: unknown (no /proc/stat){average}"
+        text = (f"  machine load while calibrating: other processes kept {self.others:.1f} of {self.cores} cores "
+                f"busy{average}")
+        if self.others >= LOADED_CORES:
+            text += ("\n  warning: the machine was loaded while calibrating, so the step times include its "
+                     "neighbours' work and the estimate is likely too high for a quiet machine (or right for one "
+                     "loaded like this); calibrate on the machine that will run the study, loaded as it will be")
+        return text
+
+
 @dataclass(frozen=True)
 class StepTimes:
     train: float  # one optimizer step at the training batch size
@@ -64,9 +121,10 @@ class StepTimes:
 
 
 def time_steps(backbone: str, preset: str, size: CorpusSize, features: FeatureConfig, batch_size: int,
-               device: torch.device, steps: int = 3, amp: bool = False, method=None) -> StepTimes:
+               device: torch.device, steps: int = 5, amp: bool = False, method=None) -> StepTimes:
     """Seconds of a training step (bf16 autocast with ``amp``) and an evaluation forward pass on
-    batches of nominal length, of the plain model or of what ``method`` (a ``Method``) trains from it."""
+    batches of nominal length, of the plain model or of what ``method`` (a ``Method``) trains from it:
+    the median of ``steps`` timed steps after a warm-up."""
     torch.manual_seed(0)
     model = build_backbone(backbone, preset, features.dim, size.classes)
     model = (model if method is None else method.training_model(model)).to(device)
@@ -89,7 +147,9 @@ def time_steps(backbone: str, preset: str, size: CorpusSize, features: FeatureCo
                 torch.cuda.synchronize(device)
             if k:
                 samples.append(time.perf_counter() - started)
-        return min(samples)  # the least disturbed sample: neighbours on a shared machine only add time
+        # the median: robust to a disturbed step, and what a run sharing the machine sees (the minimum is a
+        # quiet machine's figure, which a study's trainings do not get)
+        return statistics.median(samples)
 
     def train_step(feats, lengths, labels):
         model.train()
@@ -226,9 +286,10 @@ def describe_plan(grid, store: RecordStore, workspace: Workspace, force: bool = 
                      f"{sum(found.users[name] for name in names)} runs" + (f"; {cached} cached" if cached else ""))
     calibration = Calibration(device, amp)
     started = time.perf_counter()
-    plain_seconds = sum(spec.train.epochs * calibration.epoch_seconds(spec, preset)
-                        for name, (spec, preset) in found.plain_models.items() if name not in found.cached)
-    own_seconds = sum(run_seconds(spec, calibration, latency) for spec in found.runs)
+    with MachineLoad() as load:
+        plain_seconds = sum(spec.train.epochs * calibration.epoch_seconds(spec, preset)
+                            for name, (spec, preset) in found.plain_models.items() if name not in found.cached)
+        own_seconds = sum(run_seconds(spec, calibration, latency) for spec in found.runs)
     calibrated_in = time.perf_counter() - started
     total = plain_seconds + own_seconds
     where = f"{device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
@@ -243,6 +304,7 @@ def describe_plan(grid, store: RecordStore, workspace: Workspace, force: bool = 
         if method is not None:  # a method that trains a wider model than the plain one
             lines.append(f"  {backbone}/{preset} on {dataset}, as {method[0]} trains it: "
                          f"{times.train * 1000:.0f} ms per training step")
+    lines.append(load.line())
     lines.append(f"  plain models still to train: {plain_seconds / 3600:.2f} h ({plain_seconds / 60:.2f} min); "
                  f"the runs' own training, evaluation and latency: {own_seconds / 3600:.2f} h")
     early = any(stops_early(s, p) for s, p in found.plain_models.values()) or any(stops_early(s, s.preset)
