@@ -143,6 +143,11 @@ def test_results_page_names_its_command_and_holds_every_run_by_fold(report, tiny
 def test_terminal_summary_and_quiet_mode(report, tiny_grid_results, tmp_path):
     result, _ = report
     assert "UA %" in result.stdout and "baseline" in result.stdout and "Δ light" in result.stdout
+    # the cost that answers the question leads: the interleaved latency ratio, not drifting milliseconds
+    assert "latency ×" in result.stdout and "latency ms" not in result.stdout
+    runs = pd.read_csv(tiny_grid_results / "tables" / "runs.csv")
+    plain = runs[(runs["method"] == "baseline") & (runs["preset"] == "lightweight")]["latency_ratio"]
+    assert plain.notna().all() and f"{plain.mean():.2f}×" in (tiny_grid_results / "tables" / "summary.md").read_text()
     assert "page:" in result.stdout and "index.html" in result.stdout
     quiet = invoke("report", "--results-dir", str(tiny_grid_results), "--reports-dir", str(tmp_path), "--quiet", *PRESETS)
     assert quiet.exit_code == 0 and quiet.stdout == "" and (tmp_path / "index.html").exists()

@@ -8,7 +8,7 @@ import math
 
 KEYS = ["dataset", "backbone", "method", "config", "preset", "settings"]  # one summary row per value
 METRICS = ["wa", "ua", "macro_f1", "weighted_f1"]  # fractions in [0, 1]
-COSTS = ["params", "train_params", "macs", "flops", "size_bytes", "latency_ms", "latency_p90_ms"]
+COSTS = ["params", "train_params", "macs", "flops", "size_bytes", "latency_ratio", "latency_ms", "latency_p90_ms"]
 LABELS = {"wa": "WA", "ua": "UA", "macro_f1": "F1", "weighted_f1": "wF1", "params": "params",
           "train_params": "train params", "macs": "MACs", "flops": "FLOPs", "size_bytes": "size",
           "latency_ms": "latency ms", "latency_p90_ms": "p90 ms"}

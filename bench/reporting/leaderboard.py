@@ -13,7 +13,7 @@ from bench.reporting.columns import KEYS, LABELS, METRICS, MISSING, is_true
 from bench.reporting.formats import count, milliseconds, multiple, percent, signed_points, size
 
 OPTIONAL_COSTS = ("flops", "size_bytes")  # shown when some row of the dataset has them
-DEPLOY_MEANS = ("latency_ratio", "latency_min_ms", "headline_onnx", "int8_macs", "float_macs")
+DEPLOY_MEANS = ("latency_min_ms", "headline_onnx", "int8_macs", "float_macs")
 PAGE_COLUMNS = ("failed_run", "has_history", "headline", "headline_onnx")  # added for the page (with_run_columns)
 HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_ua", "lr", "seconds")
 def _value(v) -> str | None:
