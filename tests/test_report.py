@@ -597,3 +597,7 @@ def test_per_class_recall_and_its_paired_difference_come_from_the_confusion_matr
     board = html[html.index('<table class="per-class">'):html.index("</table>", html.index('<table class="per-class">'))]
     first = table[(table["method"] == "hrf") & (table["preset"] == "tiny")].iloc[0]
     assert f"{100 * first['recall']:.1f} ({100 * first['diff_mean']:+.1f}" in board
+    # the heatmap of per-class differences sits in that section, not among the trade-off plots
+    assert (reports / "plots" / "per-class-toy-convtransformer.svg").is_file()
+    section = html[html.index('id="per-class"'):html.index('<h2 id="', html.index('id="per-class"') + 1)]
+    assert 'id="plot-per-class-toy-convtransformer"' in section

@@ -158,7 +158,8 @@ def build_report(results_dir: Path, reports_dir: Path, light_preset: str = "ligh
     extra_paths = sorted(p for entry in sorted(results_dir.glob("latency*"))
                          for p in ([entry] if entry.is_file() else sorted(entry.rglob("*.csv"))) if p.suffix == ".csv")
     extra = read_csv_tables(extra_paths, problems)
-    figures = plots.make_plots(board, finished, histories, studies, reports_dir / "plots", seed, forest)
+    figures = plots.make_plots(board, finished, histories, studies, reports_dir / "plots", seed, forest,
+                               extra=[lambda folder: per_class.figures(classes, folder)])
     curves = {f.svg.stem for f in figures if f.section == "curves"}
     notes = notes_for(runs, summary, light_preset) if len(summary) else []
     failed = runs[runs["failed_run"]]
@@ -190,7 +191,8 @@ def build_report(results_dir: Path, reports_dir: Path, light_preset: str = "ligh
         "failed": {t["dataset"]: t for t in failed_tables if t["dataset"] in shown},
         "failed_elsewhere": [t for t in failed_tables if t["dataset"] not in shown],
         "tables": [str(p) for p in tables.values()],
-        "figures": [f for f in figure_items if f["section"] != "curves"],
+        "figures": [f for f in figure_items if f["section"] not in ("curves", "per-class")],
+        "per_class_figures": [f for f in figure_items if f["section"] == "per-class"],
         "curves": [f for f in figure_items if f["section"] == "curves"],
         "studies": [{"name": name, "text": study_line(name, frame)} for name, frame in sorted(studies.items())],
         "per_class": [{"dataset": d, "slug": _slug(d), "table": extra_table(f"per class: {d}", per_class.wide_table(part)),

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from bench.method import plain_reference
+from bench.reporting.plots import Figure, _save, slug
 from bench.reporting.stats import GROUP, MIN_SIGNIFICANT_PAIRS, PAIR_ON, bootstrap_ci, finished
 
 COLUMNS = [*GROUP, "class", "class_index", "recall", "folds", "pairs", "diff_mean", "ci_low", "ci_high", "significant"]
@@ -128,3 +132,37 @@ def wide_table(table: pd.DataFrame) -> pd.DataFrame:
             cells[row["class"]] = text
         rows.append(cells)
     return pd.DataFrame(rows, columns=["model", *classes]).fillna("–")
+
+
+def figures(table: pd.DataFrame, folder: Path) -> list[Figure]:
+    """Per (dataset, backbone) with a compared method: a heatmap of each method's paired per-class
+    difference in points to the plain model of its preset (rows: methods, columns: classes in the
+    matrix's order), starred cells where the fold-level interval excludes 0."""
+    made = []
+    compared = table.dropna(subset=["diff_mean"])
+    for (dataset, backbone), part in compared.groupby(["dataset", "backbone"], sort=True):
+        order = (part[["class", "class_index"]].drop_duplicates().sort_values("class_index", kind="stable")["class"]
+                 .drop_duplicates().tolist())
+        labels = [row_label(r).replace(f" {backbone}@", " @") for _, r in part.iterrows()]
+        part = part.assign(model=labels)
+        values = 100 * part.pivot_table(index="model", columns="class", values="diff_mean", sort=True)[order]
+        stars = part.pivot_table(index="model", columns="class", values="significant", aggfunc="max", sort=True)[order]
+        text = values.map(lambda v: "" if math.isnan(v) else f"{v:+.1f}") + stars.map(lambda s: " *" if s else "")
+        limit = max(1.0, float(values.abs().max().max()))
+        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(order), 1.0 + 0.45 * len(values)))
+        image = ax.imshow(values.to_numpy(dtype=float), cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+        shades = values.to_numpy(dtype=float)
+        for (y, x), cell in np.ndenumerate(text.to_numpy()):
+            dark = math.isfinite(shades[y, x]) and abs(shades[y, x]) > 0.6 * limit  # white on the deep colours
+            ax.text(x, y, cell, ha="center", va="center", fontsize=10, color="white" if dark else "0.1")
+        ax.set_xticks(range(len(order)), order)
+        ax.set_yticks(range(len(values)), list(values.index))
+        ax.grid(False)
+        fig.colorbar(image, ax=ax, label="Δ recall (points)")
+        ax.set_title(f"{dataset} · {backbone}: per-class recall vs. the plain model")
+        svg, png = _save(fig, folder, f"per-class-{slug(dataset)}-{slug(backbone)}")
+        made.append(Figure("per-class", f"{dataset} · {backbone}: where each method gains and loses, per class",
+                           "Each cell: a method's paired difference in recall of one class to the plain model of its "
+                           "deploy preset, in points, mean over test folds (seeds averaged within a fold); * where its "
+                           "95 % bootstrap interval over folds excludes 0 (from 5 folds).", svg, png))
+    return made

@@ -312,9 +312,11 @@ def tune_figures(frame: pd.DataFrame, study: str, folder: Path) -> list[Figure]:
 
 def make_plots(summary: pd.DataFrame, runs: pd.DataFrame, histories: dict[str, list],
                studies: dict[str, pd.DataFrame], folder: Path, seed: int = 0,
-               forest: pd.DataFrame | None = None) -> list[Figure]:
+               forest: pd.DataFrame | None = None, extra=()) -> list[Figure]:
     """All report figures under ``folder``; stale PNG/SVG files of earlier reports are removed.
-    ``runs``: the finished runs, with a ``headline`` column; ``histories``: run id -> per-epoch dicts."""
+    ``runs``: the finished runs, with a ``headline`` column; ``histories``: run id -> per-epoch dicts;
+    ``extra``: more figure makers, each called with ``folder`` (returning a list of figures) in the
+    same style."""
     folder.mkdir(parents=True, exist_ok=True)
     figures = []
     with plt.rc_context(STYLE), sns.axes_style("whitegrid"):
@@ -328,6 +330,8 @@ def make_plots(summary: pd.DataFrame, runs: pd.DataFrame, histories: dict[str, l
             figures.append(forest_figure(forest, folder))
         for study, frame in sorted(studies.items()):
             figures.extend(tune_figures(frame, study, folder))
+        for make in extra:
+            figures.extend(make(folder))
     figures = [f for f in figures if f is not None]
     written = {p for f in figures for p in (f.svg, f.png)}
     for stale in sorted(folder.glob("*.svg")) + sorted(folder.glob("*.png")):
