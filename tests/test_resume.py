@@ -183,3 +183,32 @@ def test_bench_run_killed_by_sigkill_then_sigint_finishes_every_run_once(tmp_pat
     assert report.exit_code == 0, report.output
     assert f"warning: {damaged}: checksum mismatch" in report.stderr
     assert "foreign.json: foreign record (schema_version 99" in report.stderr
+
+
+def test_checkpoints_left_by_a_worker_stopped_after_recording_are_removed(tmp_path, monkeypatch):
+    """A worker killed between writing a run's record (or caching a plain model) and removing its
+    checkpoints leaves them; the next grid over that folder removes them and changes no record."""
+    from bench.execution.checkpoint import checkpoint_dir
+
+    cache_dir = tmp_path / "cache"  # its own: the one plain model in it is the one these runs share
+    monkeypatch.setenv("HRF_BENCH_CACHE", str(cache_dir))
+    args = ["run", "--methods", "baseline,hrf", "--datasets", "toy", "--presets", "tiny", "--folds", "1", "--seeds", "0",
+            "--epochs", "1", "--quiet", "--results-dir", str(tmp_path / "results")]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    records = {p.name: p.read_bytes() for p in (tmp_path / "results" / "records").glob("*.json")}
+    run_ids = [name.removesuffix(".json") for name in records]
+    folder = checkpoint_dir(cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    leftovers = [folder / f"run-{rid}-0.pt" for rid in run_ids]
+    (plain,) = (cache_dir / "models").glob("*.pt")  # the tiny baseline's
+    leftovers.append(folder / f"model-{plain.stem}.pt")
+    other = folder / "run-0123456789abcdef-0.pt"  # a run this grid does not hold: not its to remove
+    for path in [*leftovers, other]:
+        path.write_bytes(b"left behind")
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert not [p for p in leftovers[:-1] if p.exists()]  # recorded runs' checkpoints: removed
+    assert other.exists()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "results" / "records").glob("*.json")} == records
+    # the plain model's checkpoint goes once a run reuses the cached model
+    assert CliRunner().invoke(main, [*args[:2], "baseline,kd", *args[3:], "--teacher-preset", "tiny"]).exit_code == 0
+    assert not leftovers[-1].exists()

@@ -45,6 +45,18 @@ def discard_run_checkpoints(cache_dir: Path, run_id: str) -> None:
         path.unlink(missing_ok=True)
 
 
+def discard_recorded_checkpoints(cache_dir: Path, recorded: set[str]) -> int:
+    """Remove the checkpoints of runs in ``recorded`` (run ids): a worker killed after writing a run's
+    record but before removing its checkpoints leaves them, and a recorded run never trains again to
+    remove them. Returns how many were removed."""
+    removed = 0
+    for path in checkpoint_dir(cache_dir).glob("run-*-*.pt"):
+        if path.stem[len("run-"):].rsplit("-", 1)[0] in recorded:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def _save(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: torch.save(payload, tmp))

@@ -119,6 +119,8 @@ class RunContext:
         with file_lock(path.with_suffix(".lock")):  # concurrent workers needing this model train it once
             saved = load_cached_model(path, model) if path.exists() else None
             if saved is not None:
+                # a worker stopped between caching this model and removing its checkpoint left one behind
+                model_checkpoint(self.workspace.cache_dir, spec.plain_model_name(preset)).unlink(missing_ok=True)
                 self.fits.append(FitResult(**saved["fit"]))
                 if reused:
                     self.reused_fits.append(self.fits[-1])

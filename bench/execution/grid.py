@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from bench.api import default_cache_dir
 from bench.data.features import FeatureConfig
+from bench.execution.checkpoint import discard_recorded_checkpoints
 from bench.execution.claims import Shard, execute_claimed
 from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
@@ -284,6 +285,11 @@ def run_grid(grid: Grid, store: RecordStore, cache_dir: Path, force: bool = Fals
     todo = [s for s in specs if force or not store.has(s.run_id)]
     if len(todo) < len(specs):
         log.info("%d of %d runs already recorded; skipping them (use --force to re-run)", len(specs) - len(todo), len(specs))
+        pending = {s.run_id for s in todo}
+        removed = discard_recorded_checkpoints(cache_dir, {s.run_id for s in specs} - pending)
+        if removed:
+            log.warning("removed %d epoch checkpoint(s) of runs already recorded (a worker was stopped between "
+                        "writing a record and removing its checkpoints)", removed)
     rerun_before = time.time() if force else None
     busy = []
     for number, spec in enumerate(tqdm(todo, desc="runs", disable=not progress, unit="run"), 1):
