@@ -439,3 +439,25 @@ def test_a_table_that_cannot_be_replaced_is_one_line_before_anything_runs(world,
     assert report.exit_code == 2 and report.output.strip().count("\n") == 0, report.output
     assert "cannot write" in report.output and "tables/runs.csv (Operation not permitted)" in report.output
     assert not [p for p in (world / "results" / "tables").iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("cell", ["x", -1, True, 1.5, None], ids=["text", "negative", "bool", "fraction", "null"])
+def test_a_confusion_matrix_that_is_not_counts_is_left_out_of_the_per_class_table(world, cell):
+    """A record (valid checksum) whose confusion matrix holds something other than counts: `bench report`
+    finishes, leaves that run out of the per-class table and changes no record."""
+    from bench.reporting.results import checksum
+
+    (path,) = (world / "results" / "records").glob("*.json")
+    record = json.loads(path.read_text())
+    matrix = [list(row) for row in record["confusion"]]
+    matrix[0][0] = cell
+    record["confusion"] = matrix
+    record["checksum"] = checksum(record)
+    path.write_text(json.dumps(record))
+    before = snapshot(world)["results/records/" + path.name]
+    result = CliRunner().invoke(main, ["report", "--results-dir", str(world / "results"),
+                                       "--reports-dir", str(world / "reports"), "--quiet"])
+    assert result.exit_code == 0 and result.exception is None, result.output
+    table = (world / "results" / "tables" / "per_class.csv").read_text().splitlines()
+    assert len(table) == 1  # the header: the only run's matrix is unusable
+    assert (world / "results" / "records" / path.name).read_bytes() == before

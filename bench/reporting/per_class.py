@@ -19,6 +19,7 @@ import pandas as pd
 
 from bench.method import plain_reference
 from bench.reporting.plots import Figure, _save, slug
+from bench.reporting.plots import row_label as plot_label
 from bench.reporting.stats import GROUP, MIN_SIGNIFICANT_PAIRS, PAIR_ON, bootstrap_ci, finished
 
 COLUMNS = [*GROUP, "class", "class_index", "recall", "folds", "pairs", "diff_mean", "ci_low", "ci_high", "significant"]
@@ -34,15 +35,24 @@ def _decoded(value) -> list:
     return value if isinstance(value, list) else []
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _usable(matrix: list, classes: list) -> bool:
+    """A square matrix of counts, one row and column per class."""
+    return bool(matrix) and len(matrix) == len(classes) and all(
+        isinstance(row, list) and len(row) == len(classes) and all(_is_count(v) for v in row) for row in matrix)
+
+
 def class_recalls(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per finished run and class: ``GROUP``, ``fold``, ``seed``, ``class``, ``class_index``,
     ``recall`` (NaN for a class with no test utterance in the fold). Runs without a usable confusion
-    matrix (missing, ragged, or not matching ``classes``) are left out."""
+    matrix (missing, ragged, not counts, or not matching ``classes``) are left out."""
     rows = []
     for _, run in finished(runs).iterrows():
         matrix, classes = _decoded(run.get("confusion")), _decoded(run.get("classes"))
-        if not matrix or len(matrix) != len(classes) or any(not isinstance(r, list) or len(r) != len(classes)
-                                                            for r in matrix):
+        if not _usable(matrix, classes):
             continue
         key = {column: run[column] for column in GROUP} | {"fold": run["fold"], "seed": run["seed"]}
         for index, (name, counts) in enumerate(zip(classes, matrix)):
@@ -143,7 +153,7 @@ def figures(table: pd.DataFrame, folder: Path) -> list[Figure]:
     for (dataset, backbone), part in compared.groupby(["dataset", "backbone"], sort=True):
         order = (part[["class", "class_index"]].drop_duplicates().sort_values("class_index", kind="stable")["class"]
                  .drop_duplicates().tolist())
-        labels = [row_label(r).replace(f" {backbone}@", " @") for _, r in part.iterrows()]
+        labels = [plot_label(r) for _, r in part.iterrows()]  # the backbone is the figure's
         part = part.assign(model=labels)
         values = 100 * part.pivot_table(index="model", columns="class", values="diff_mean", sort=True)[order]
         stars = part.pivot_table(index="model", columns="class", values="significant", aggfunc="max", sort=True)[order]
