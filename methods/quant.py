@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
@@ -63,6 +62,8 @@ class QuantParams:
 def quantize_graph(float_graph: Path, scheme: str, calibration: list[torch.Tensor] | None = None) -> bytes:
     """The int8 ONNX graph of ``float_graph`` (a file written by :func:`bench.measure.onnx_io.export_onnx`).
     ``calibration``: training utterances ``(frames, dims)`` for the static scheme's activation ranges."""
+    # imported here: onnx and the quantizer are slow to import, and every `bench` command loads this plug-in
+    import onnx
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -103,7 +104,7 @@ def quantize_graph(float_graph: Path, scheme: str, calibration: list[torch.Tenso
 
 def _constant(name: str, graph, producers: dict) -> np.ndarray | None:
     """The value of ``name`` when it is a constant: an initializer, a Constant node, or a Cast of one."""
-    from onnx import numpy_helper
+    from onnx import numpy_helper  # see quantize_graph
 
     for initializer in graph.initializer:
         if initializer.name == name:
@@ -136,6 +137,8 @@ def _relu_before_mask(graph) -> None:
     after the ReLU, the mask sits between two convolutions, so the quantizer fuses the ReLU into the
     first (its output range starts at 0) and :func:`_masks_in_int8` can run the mask on its int8
     output: no dequantize, float select and requantize of the front-end's largest activations."""
+    from onnx import helper  # see quantize_graph
+
     producers = {out: n for n in graph.node for out in n.output}
     consumers = _consumers(graph)
     outputs = {o.name for o in graph.output}
@@ -147,8 +150,8 @@ def _relu_before_mask(graph) -> None:
             continue
         relu = users[0]
         rectified = relu.output[0] + "_before_mask"
-        new_relu = onnx.helper.make_node("Relu", [where.input[2]], [rectified], name=relu.name + "_before_mask")
-        new_where = onnx.helper.make_node("Where", [where.input[0], where.input[1], rectified], [relu.output[0]],
+        new_relu = helper.make_node("Relu", [where.input[2]], [rectified], name=relu.name + "_before_mask")
+        new_where = helper.make_node("Where", [where.input[0], where.input[1], rectified], [relu.output[0]],
                                           name=where.name)
         at = list(graph.node).index(where)
         graph.node.remove(relu)
@@ -163,7 +166,7 @@ def _masks_in_int8(graph) -> None:
     padding mask runs on uint8 (a quarter of the bytes) instead of as a float island with a
     dequantize before it and a quantize after. (ORT's own QLinearWhere requantizes element by element
     and is slower than the float select.)"""
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper  # see quantize_graph
 
     producers = {out: n for n in graph.node for out in n.output}
     consumers = _consumers(graph)
@@ -194,9 +197,9 @@ def _masks_in_int8(graph) -> None:
                 node.input[1], node.input[2] = dequantize.input[1], dequantize.input[2]
         else:  # float consumers: dequantize after the select instead of before it
             selected = where.output[0] + "_uint8"
-            graph.node.insert(at, onnx.helper.make_node("DequantizeLinear", [selected, *dequantize.input[1:3]],
+            graph.node.insert(at, helper.make_node("DequantizeLinear", [selected, *dequantize.input[1:3]],
                                                         [where.output[0]], name=where.name + "_dequantize"))
-        graph.node.insert(at, onnx.helper.make_node("Where", [where.input[0], fill, dequantize.input[0]], [selected],
+        graph.node.insert(at, helper.make_node("Where", [where.input[0], fill, dequantize.input[0]], [selected],
                                                     name=where.name))
         if len(consumers.get(dequantize.output[0], [])) == 1 and dequantize.output[0] not in outputs:
             graph.node.remove(dequantize)

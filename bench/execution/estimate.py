@@ -25,6 +25,7 @@ import torch
 
 from bench.data.features import FeatureConfig
 from bench.training.models import build_backbone, recipe
+from bench.measure.probe import usable_cores
 from bench.method import Method
 from bench.registry import METHODS
 from bench.reporting.results import RecordStore
@@ -87,7 +88,7 @@ class MachineLoad:
     process) and the 1-minute load average at the end. ``others`` is None without ``/proc/stat``."""
 
     def __enter__(self):
-        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.cores = usable_cores()
         self._start = (time.perf_counter(), _busy_seconds(), _own_seconds())
         return self
 
