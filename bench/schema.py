@@ -189,6 +189,10 @@ TIMING = {
 }
 
 # Fields whose names follow a pattern: (regular expression, field)
+# Fields added to schema version 1 after records were written without them, with the value those records
+# ran with: the reader fills them in (the stored file and its checksum stay as they are).
+ADDED_WITH_DEFAULTS = {"features_deltas": 0}
+
 PATTERNS = [
     (r"[a-z0-9]+_model_cache", _optional("str", "`hit` or `miss`: whether the plain model of that preset was reused")),
     (r"[a-z0-9]+_model_git_commit", _optional("str", "the commit that trained that cached plain model")),

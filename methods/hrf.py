@@ -53,7 +53,10 @@ class ExpandedLinear(nn.Module):
     def around(cls, weight: torch.Tensor, bias: torch.Tensor | None, ratio: float, init: str) -> ExpandedLinear:
         """Expand the plain layer ``(weight (out, in), bias (out,))``; ``equivalent`` keeps its function."""
         out_features, in_features = weight.shape
-        hidden = max(1, round(ratio * in_features))
+        hidden = round(ratio * in_features)
+        if hidden < 1:  # a width of 0 has no layer; clamping it would train another ratio than recorded
+            raise BenchError(f"hrf expansion_ratio {ratio:g} gives the expansion of a {in_features}-wide layer "
+                             f"{ratio * in_features:.3g} units: use at least {0.5 / in_features:.3g}")
         layer = cls(in_features, out_features, hidden, bias is not None, device=weight.device, dtype=weight.dtype)
         if init == "equivalent":
             with torch.no_grad():

@@ -57,3 +57,25 @@ def test_feature_kinds(tmp_path, kind, dim):
 def test_other_rates_are_resampled_to_16k(tmp_path):
     corpus = write_corpus(tmp_path / "wav", rate=48000, n=1)
     assert read_audio(corpus.utterances[0]).shape[0] == 8000  # 0.5 s at 16 kHz
+
+
+def test_deltas_append_the_frames_regression_slope_and_get_their_own_cache_entry(tmp_path):
+    corpus = write_corpus(tmp_path / "wav")
+    plain = extract(corpus, FeatureConfig(n_mels=40), tmp_path / "cache", progress=False)
+    config = FeatureConfig(n_mels=40, deltas=2)
+    assert config.dim == 120
+    assert cache_path(corpus, config, tmp_path / "cache") != cache_path(corpus, FeatureConfig(n_mels=40), tmp_path / "cache")
+    dynamic = extract(corpus, config, tmp_path / "cache", progress=False)
+    frames = plain["u1"]
+    assert dynamic["u1"].shape == (frames.shape[0], 120)
+    torch.testing.assert_close(dynamic["u1"][:, :40], frames)
+    # the delta: the 5-frame regression slope (sum_n n (c[t+n] - c[t-n])) / 10, edges replicated
+    padded = torch.cat([frames[:1].repeat(2, 1), frames, frames[-1:].repeat(2, 1)])
+    slope = sum(n * (padded[2 + n:len(padded) - 2 + n] - padded[2 - n:len(padded) - 2 - n]) for n in (1, 2)) / 10
+    torch.testing.assert_close(dynamic["u1"][:, 40:80], slope, rtol=1e-4, atol=1e-4)
+    assert dynamic["u1"][:, 80:].abs().sum() > 0  # delta-delta: the slope of the slope
+
+
+def test_deltas_at_their_default_leave_run_ids_and_cache_keys_as_before():
+    assert "deltas" not in FeatureConfig().identity() and "deltas" not in FeatureConfig().extraction
+    assert FeatureConfig(deltas=1).identity()["deltas"] == 1

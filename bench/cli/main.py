@@ -110,6 +110,8 @@ def schema_command() -> None:
               help="front-end features (default: logmel; logmel-stats: log-mel functionals, egemaps and "
                    "compare: openSMILE functionals, one vector per utterance, for svm)")
 @click.option("--n-mels", type=int, help="mel bins of logmel (and of the mel filterbank behind mfcc)")
+@click.option("--deltas", type=click.IntRange(0, 2), help="append each frame's delta (1) or delta and "
+              "delta-delta (2) to it (default 0)")
 @click.option("--normalize", type=click.Choice(["global", "speaker"]),
               help="standardize features with each speaker's own statistics (speaker, default) or the "
                    "training split's (global)")
@@ -126,7 +128,7 @@ def schema_command() -> None:
 def run_command(config, study, dry_run, methods, backbones, presets, datasets, folds, seeds, epochs, batch_size, lr,
                 weight_decay, dropout, label_smoothing, patience, keep_weights, teacher_preset, params, dataset_params, data_roots,
                 results_dir, cache_dir, force, quiet, class_weighting, mixup_alpha, speed_perturb, noise_std, final_fit,
-                feature_kind, n_mels, normalize, execution) -> None:
+                feature_kind, n_mels, deltas, normalize, execution) -> None:
     """Run a benchmark grid; runs already recorded are skipped."""
     from bench.execution.grid import load_config
     from bench.reporting.summary import print_summary
@@ -145,7 +147,7 @@ def run_command(config, study, dry_run, methods, backbones, presets, datasets, f
         lr=lr, weight_decay=weight_decay, dropout=dropout, label_smoothing=label_smoothing, patience=patience,
         keep_weights=keep_weights, mixup_alpha=mixup_alpha, speed_perturb=speed_perturb, noise_std=noise_std,
         final_fit=final_fit,
-        class_weighting=class_weighting, features=feature_kind, n_mels=n_mels, normalize=normalize,
+        class_weighting=class_weighting, features=feature_kind, n_mels=n_mels, deltas=deltas, normalize=normalize,
         method_params=parse_assignments(params, "param"),
         dataset_params=parse_assignments(dataset_params, "dataset-param"),
         data_roots=parse_data_roots(data_roots, named or ["embedded"]))

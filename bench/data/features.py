@@ -30,6 +30,7 @@ OPENSMILE_DIMS = {"egemaps": 88, "compare": 6373}  # openSMILE functionals: eGeM
 UTTERANCE_KINDS = ("egemaps", "compare", "logmel-stats")
 FEATURE_KINDS = ("logmel", "spectrogram", "mfcc", *UTTERANCE_KINDS)
 FUNCTIONALS_PER_DIM = 8
+MAX_MEL_BINS = 512  # bounds the filterbank's and every cached frame's size
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,11 @@ class FeatureConfig:
     # speaker-independent SER; it needs speaker labels). The default: on EmoDB's validation speakers it
     # lifted the plain models and the SVM alike (docs/recipes.md).
     normalize: str = "speaker"
+    # Frame-to-frame dynamics appended to each frame (log-mel, spectrogram, MFCC): 1 adds the delta,
+    # 2 the delta and delta-delta (torchaudio's regression over 5 frames), so the input is (1 + deltas)
+    # times wider: the functionals' SVM tells boredom from neutral speech by the spread of the deltas
+    # (tests/benchmarks/functional_ablation.py), which a model then reads off its input.
+    deltas: int = 0
 
     def __post_init__(self):
         if self.kind not in FEATURE_KINDS:
@@ -57,6 +63,13 @@ class FeatureConfig:
             raise BenchError(f"unknown feature normalization {self.normalize!r}: use {' or '.join(NORMALIZATIONS)}")
         if self.n_mels <= 0 or self.win_ms <= 0 or self.hop_ms <= 0:
             raise BenchError(f"feature sizes must be positive, got {self}")
+        if self.deltas not in (0, 1, 2):
+            raise BenchError(f"deltas must be 0, 1 (delta) or 2 (delta and delta-delta), got {self.deltas}")
+        if self.deltas and self.kind in OPENSMILE_DIMS:
+            raise BenchError(f"--deltas appends frame dynamics, and {self.kind} is one vector per utterance: "
+                             "use logmel, spectrogram, mfcc or logmel-stats")
+        if self.n_mels > MAX_MEL_BINS:
+            raise BenchError(f"n_mels must be at most {MAX_MEL_BINS}, got {self.n_mels}")
         if self.kind == "mfcc" and self.n_mfcc > self.n_mels:
             raise BenchError(f"mfcc needs n_mfcc <= n_mels, got {self.n_mfcc=}, {self.n_mels=}: raise --n-mels")
 
@@ -64,11 +77,12 @@ class FeatureConfig:
     def dim(self) -> int:
         if self.kind in OPENSMILE_DIMS:
             return OPENSMILE_DIMS[self.kind]
+        streams = 1 + self.deltas
         if self.kind == "logmel-stats":
-            return FUNCTIONALS_PER_DIM * self.n_mels
+            return FUNCTIONALS_PER_DIM * self.n_mels * streams
         if self.kind == "spectrogram":
-            return self.n_fft // 2 + 1
-        return self.n_mfcc if self.kind == "mfcc" else self.n_mels
+            return (self.n_fft // 2 + 1) * streams
+        return (self.n_mfcc if self.kind == "mfcc" else self.n_mels) * streams
 
     @property
     def n_fft(self) -> int:
@@ -86,7 +100,13 @@ class FeatureConfig:
     @property
     def extraction(self) -> dict:
         """The settings extraction depends on, the feature cache's key (normalization happens per fold)."""
-        return {k: v for k, v in asdict(self).items() if k != "normalize"}
+        return {k: v for k, v in self.identity().items() if k != "normalize"}
+
+    def identity(self) -> dict:
+        """The settings as part of a run's identity, cache keys and plain-model names: every field, except
+        settings added later while at their default (``deltas`` 0), so that what was keyed before they
+        existed keeps its name."""
+        return {k: v for k, v in asdict(self).items() if not (k == "deltas" and v == 0)}
 
     @property
     def frame_kind(self) -> str | None:
@@ -208,19 +228,28 @@ class _Frontend:
             self.transform = torchaudio.transforms.MFCC(
                 n_mfcc=config.n_mfcc, log_mels=True, melkwargs=dict(n_mels=config.n_mels, **spec), **common)
         self.log = config.kind != "mfcc"
+        self.deltas = config.deltas
 
     def __call__(self, wave: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             spec = self.transform(wave)
             if self.log:
                 spec = 10.0 * torch.log10(spec + 1e-10)  # dB
-            return self.summarize(spec.T.contiguous()).clone()
+            return self.summarize(with_deltas(spec, self.deltas).T.contiguous()).clone()
 
     def summarize(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames ``(T, F)`` as they are, or their functionals ``(1, 8 F)``."""
         if not self.functionals:
             return frames
         return utterance_functionals(frames.unsqueeze(0), torch.tensor([frames.shape[0]]))
+
+
+def with_deltas(spec: torch.Tensor, deltas: int) -> torch.Tensor:
+    """``(F, T)`` -> ``(F * (1 + deltas), T)``: the frames, then their delta (and its delta)."""
+    streams = [spec]
+    for _ in range(deltas):
+        streams.append(torchaudio.functional.compute_deltas(streams[-1], win_length=5))
+    return torch.cat(streams, dim=0)
 
 
 def cache_path(corpus: Corpus, config: FeatureConfig, cache_dir: Path, fingerprint: str | None = None) -> Path:
@@ -280,6 +309,8 @@ def _cache_problem(cached: dict, corpus: Corpus) -> str | None:
 def _features(u: Utterance, frontend: _Frontend | _OpenSmile, config: FeatureConfig) -> torch.Tensor:
     if u.features is not None:
         array = _load_array(u.features)
+        if isinstance(frontend, _Frontend) and frontend.deltas:
+            array = with_deltas(array.T.contiguous(), frontend.deltas).T.contiguous()
         if isinstance(frontend, _Frontend) and frontend.functionals:
             return frontend.summarize(array)
         return array

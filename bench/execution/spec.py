@@ -46,7 +46,7 @@ class RunSpec:
         return {"method": self.method, "method_params": self.resolved_method_params(), "backbone": self.backbone,
                 "preset": self.preset, "dataset": self.dataset, "dataset_params": self.dataset_params,
                 "corpus_fingerprint": self.corpus_fingerprint,
-                "fold": self.fold, "seed": self.seed, "train": asdict(self.train), "features": asdict(self.features),
+                "fold": self.fold, "seed": self.seed, "train": asdict(self.train), "features": self.features.identity(),
                 "teacher_preset": self.teacher_preset if self.uses_teacher() else None,
                 # the presets' architectures: editing a preset (or a plug-in's) must not reuse old records
                 "architecture": preset_config(self.backbone, self.preset),
@@ -61,7 +61,7 @@ class RunSpec:
         autocast names other models than float32 training, whose names predate the option)."""
         parts = [self.backbone, preset, preset_config(self.backbone, preset), self.dataset,
                  self.dataset_params, self.corpus_fingerprint, self.fold, self.seed,
-                 asdict(self.train_config(preset)), asdict(self.features)]
+                 asdict(self.train_config(preset)), self.features.identity()]
         key = json.dumps(parts + ([self.precision] if self.precision != "fp32" else []), sort_keys=True, default=str)
         return f"{self.backbone}-{preset}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
 

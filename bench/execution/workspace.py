@@ -82,18 +82,18 @@ class Workspace:
     def check_features(self, dataset: str, dataset_params: dict, features: FeatureConfig) -> None:
         """A one-line error when ``features`` asks for front-end settings that a corpus of pre-extracted
         arrays cannot honour (they were ignored, yet recorded and part of the run id). Its arrays are
-        used as they are, or summarized into functionals (``logmel-stats``)."""
+        used as they are, with their deltas appended (``deltas``), or summarized into functionals (``logmel-stats``)."""
         corpus = self.listing(dataset, dataset_params)[0]
         if not corpus.utterances or any(u.features is None for u in corpus.utterances):
             return
-        front_end = {k: v for k, v in asdict(features).items() if k not in ("kind", "normalize")}
-        default = {k: v for k, v in asdict(FeatureConfig()).items() if k not in ("kind", "normalize")}
+        front_end = {k: v for k, v in asdict(features).items() if k not in ("kind", "normalize", "deltas")}
+        default = {k: v for k, v in asdict(FeatureConfig()).items() if k not in ("kind", "normalize", "deltas")}
         changed = sorted(k for k in front_end if front_end[k] != default[k])
         if features.kind not in ("logmel", "logmel-stats") or changed:
             what = f"--features {features.kind}" if features.kind not in ("logmel", "logmel-stats") else \
                 ", ".join(f"{k.replace('_', '-')}={front_end[k]}" for k in changed)
             raise BenchError(f"dataset {dataset} ships pre-extracted feature arrays, so {what} cannot apply: "
-                             "drop it (logmel-stats, their functionals, and --normalize do apply)")
+                             "drop it (logmel-stats, their functionals, --deltas and --normalize do apply)")
 
     def corpus(self, dataset: str, dataset_params: dict, features: FeatureConfig) -> tuple[Corpus, dict]:
         key = (dataset, json.dumps(dataset_params, sort_keys=True), features)

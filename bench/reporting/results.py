@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.registry import BenchError
+from bench.schema import ADDED_WITH_DEFAULTS
 
 log = logging.getLogger("bench")
 SCHEMA_VERSION = 1
@@ -121,7 +122,7 @@ class RecordStore:
             return None, f"{path}: foreign record (schema_version {version!r}, expected {SCHEMA_VERSION})"
         if record.get("checksum") != checksum(record):
             return None, f"{path}: checksum mismatch (file modified or corrupted)"
-        return record, None
+        return {**ADDED_WITH_DEFAULTS, **record}, None
 
     def has(self, rid: str) -> bool:
         """Whether run ``rid`` has a valid record. A file that is none (truncated, foreign, edited) is
