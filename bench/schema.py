@@ -234,21 +234,23 @@ def _pattern_field(name: str) -> Field | None:
     return next((f for pattern, f in PATTERNS if re.fullmatch(pattern, name)), None)
 
 
-def problems(record: dict) -> list[str]:
-    """What in ``record`` does not match the schema: undeclared fields, missing fields, wrong types."""
+def problems(record: dict, undeclared: bool = True, missing: bool = True) -> list[str]:
+    """What in ``record`` does not match the schema: undeclared fields, missing fields, wrong types.
+    Reading checks only the types (``undeclared=False, missing=False``): it tolerates the fields of a
+    plug-in that is not installed and records written before a field existed."""
     harness = harness_fields()
-    declared = method_fields(record.get("method", ""))
+    declared = method_fields(record.get("method", "")) if undeclared else {}
     found = []
     for name, value in record.items():
         spec = harness.get(name) or _pattern_field(name)
         if spec is None:
-            if name not in declared:
+            if undeclared and name not in declared:
                 found.append(f"field {name!r} is not declared (bench/schema.py, or the method's record_fields)")
         elif not spec.accepts(value):
             found.append(f"field {name!r} holds {type(value).__name__} {value!r:.40}, not {spec.kind}"
                          + ("" if not spec.nullable else " or null"))
     finished = record.get("status") == "ok"
-    for name, spec in harness.items():
+    for name, spec in harness.items() if missing else ():
         if name not in record and (spec.when == "always" or spec.when == "ok" and finished):
             found.append(f"field {name!r} is missing")
     return found

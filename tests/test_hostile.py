@@ -18,7 +18,7 @@ import torch
 from click.testing import CliRunner
 
 from bench.cli.main import main
-from bench.reporting.results import RecordStore
+from bench.reporting.results import RecordStore, checksum
 
 GRID = ["--methods", "baseline", "--datasets", "toy", "--presets", "tiny"]
 RUN = ["--folds", "1", "--seeds", "0", "--epochs", "1"]
@@ -465,3 +465,20 @@ def test_a_confusion_matrix_that_is_not_counts_is_left_out_of_the_per_class_tabl
     table = (world / "results" / "tables" / "per_class.csv").read_text().splitlines()
     assert len(table) == 1  # the header: the only run's matrix is unusable
     assert (world / "results" / "records" / path.name).read_bytes() == before
+
+
+@pytest.mark.parametrize("field, value", [("ua", "abc"), ("fold", "x"), ("params", [1, 2]), ("seed", None),
+                                          ("history", "zz"), ("backbone", 7)])
+def test_a_record_with_a_recomputed_checksum_but_wrong_field_types_is_named_and_left_out(world, field, value):
+    """A checksum anyone can recompute proves no origin; such a record crashed the report's sorting."""
+    path = record_file(world)
+    record = json.loads(path.read_text())
+    record[field] = value
+    record["checksum"] = checksum(record)
+    path.write_text(json.dumps(record))
+    before = path.read_text()
+    result = CliRunner().invoke(main, ["report", "--results-dir", str(world / "results"),
+                                       "--reports-dir", str(world / "reports")])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert f"not a record of the declared schema: field '{field}'" in result.stderr
+    assert path.read_text() == before  # named, not rewritten

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.registry import BenchError
-from bench.schema import ADDED_WITH_DEFAULTS
+from bench.schema import ADDED_WITH_DEFAULTS, problems
 
 log = logging.getLogger("bench")
 SCHEMA_VERSION = 1
@@ -122,7 +122,13 @@ class RecordStore:
             return None, f"{path}: foreign record (schema_version {version!r}, expected {SCHEMA_VERSION})"
         if record.get("checksum") != checksum(record):
             return None, f"{path}: checksum mismatch (file modified or corrupted)"
-        return {**ADDED_WITH_DEFAULTS, **record}, None
+        record = {**ADDED_WITH_DEFAULTS, **record}
+        # a checksum anyone can recompute proves no origin: the fields must still be what the schema says
+        found = problems(record, undeclared=False, missing=False)
+        if found:
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            return None, f"{path}: not a record of the declared schema: {found[0]}{more}"
+        return record, None
 
     def has(self, rid: str) -> bool:
         """Whether run ``rid`` has a valid record. A file that is none (truncated, foreign, edited) is
