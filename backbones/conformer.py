@@ -69,15 +69,18 @@ class ConformerClassifier(nn.Module):
         kernel_size: depthwise convolution kernel (odd).
         conv_channels: channels of both subsampling convolutions.
         dropout: dropout everywhere. (Default: 0.1)
+        deltas: 1 or 2: the front-end also reads the frames' delta (and delta-delta) as input channels
+            (see :class:`backbones.convtransformer.ConvSubsampling`). (Default: 0)
         pooling: utterance pooling, ``"mean"``, ``"meanstd"`` or ``"attentive"`` (see
             :class:`backbones.layers.StatsPooling`); the head's input is ``pooling.output_dim`` wide.
             (Default: ``"mean"``)
     """
 
     def __init__(self, input_dim: int, num_classes: int, d_model: int, num_layers: int, num_heads: int,
-                 ffn_dim: int, kernel_size: int, conv_channels: int, dropout: float = 0.1, pooling: str = "mean"):
+                 ffn_dim: int, kernel_size: int, conv_channels: int, dropout: float = 0.1, pooling: str = "mean",
+                 deltas: int = 0):
         super().__init__()
-        self.subsampling = ConvSubsampling(input_dim, conv_channels)
+        self.subsampling = ConvSubsampling(input_dim, conv_channels, deltas)
         self.projection = nn.Linear(self.subsampling.output_dim, d_model)
         self.dropout = nn.Dropout(dropout)
         self.encoder = TorchaudioConformer(d_model, num_heads, ffn_dim, num_layers, kernel_size, dropout=dropout)
@@ -122,7 +125,7 @@ def conformer_macs(config: dict, input_dim: int, num_classes: int, frames: int) 
     (pointwise d -> 2d, depthwise k taps, pointwise d -> d), the pooling's (attentive: its frame
     scorer) and the head on the pooled width (2 d for meanstd and attentive)."""
     d, ffn, k, pooling = config["d_model"], config["ffn_dim"], config["kernel_size"], config.get("pooling", "mean")
-    front, tokens, width = subsampling_macs(input_dim, config["conv_channels"], frames)
+    front, tokens, width = subsampling_macs(input_dim, config["conv_channels"], frames, config.get("deltas", 0))
     convolution = tokens * (d * 2 * d + d * k + d * d)
     layer = 2 * ffn_macs(tokens, d, ffn) + attention_macs(tokens, tokens, d) + convolution
     return (front + tokens * width * d + config["num_layers"] * layer + pooling_macs(pooling, tokens, d)

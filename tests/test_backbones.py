@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torchaudio
 from torch import nn
 
 from backbones.ffn import FeedForward
@@ -160,3 +161,36 @@ def test_speechformer_learns_at_the_benchmark_learning_rate(tmp_path):
     model = build_backbone("speechformer", "lightweight", 16, 4)
     fit(model, split(fold.train), split(fold.val), 4, TrainConfig(epochs=3, batch_size=16), seed=0, progress=False)
     assert evaluate(model, split(fold.test), 4)["ua"] > 0.9
+
+
+CONV_FRONT_ENDS = [name for name in BACKBONE_NAMES if name != "speechformer"]
+
+
+@pytest.mark.parametrize("name", CONV_FRONT_ENDS)
+def test_delta_channels_cost_the_first_convolution_only_and_keep_padding_invariance(name):
+    torch.manual_seed(0)
+    plain, dynamic = (build_backbone(name, "lightweight", DIM, CLASSES, deltas=d) for d in (0, 2))
+    conv1 = dynamic.subsampling.conv1
+    assert conv1.in_channels == 3
+    assert count_params(dynamic) - count_params(plain) == 2 * conv1.out_channels * 9
+    config = preset_config(name, "lightweight") | {"deltas": 2}
+    counted = count_macs(dynamic, DIM, 501)
+    expected = BACKBONES.get(name).extra["analytic_macs"](config, DIM, CLASSES, 501)
+    assert abs(counted - expected) <= 0.01 * expected and counted > count_macs(plain, DIM, 501)
+    items = [torch.randn(n, DIM) for n in (1, 7, 37, 123)]
+    dynamic.eval()
+    with torch.no_grad():
+        alone = torch.cat([dynamic(x[None], torch.tensor([len(x)])) for x in items])
+        batched = dynamic(*_padded_batch(items, 29))
+    assert (batched - alone).abs().max().item() < 1e-5
+
+
+def test_the_delta_channel_is_the_five_frame_regression_slope():
+    from backbones.convtransformer import time_delta
+
+    x = torch.randn(2, 40, 8)
+    padded = torch.cat([torch.zeros(2, 2, 8), x, torch.zeros(2, 2, 8)], dim=1)  # zeros beyond the frames
+    slope = sum(n * (padded[:, 2 + n:42 + n] - padded[:, 2 - n:42 - n]) for n in (1, 2)) / 10
+    torch.testing.assert_close(time_delta(x), slope)
+    replicated = torchaudio.functional.compute_deltas(x.transpose(1, 2), win_length=5).transpose(1, 2)
+    torch.testing.assert_close(time_delta(x)[:, 2:-2], replicated[:, 2:-2], rtol=1e-5, atol=1e-5)  # same inside
