@@ -133,6 +133,6 @@ def conformer_macs(config: dict, input_dim: int, num_classes: int, frames: int) 
 
 
 @BACKBONES.register("conformer", "Conv2d subsampling + torchaudio Conformer encoder (shared FFNs, masked convolutions)",
-                    presets=PRESETS, analytic_macs=conformer_macs)
+                    presets=PRESETS, analytic_macs=conformer_macs, computes_deltas=True)
 def conformer(input_dim: int, num_classes: int, **config) -> ConformerClassifier:
     return ConformerClassifier(input_dim, num_classes, **config)

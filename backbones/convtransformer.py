@@ -51,6 +51,8 @@ class ConvSubsampling(nn.Module):
     utterance's output does not depend on how much padding its batch adds.
     """
 
+    deltas = 0  # the class default: a module saved before the option existed (0.2) is rebuilt without it
+
     def __init__(self, input_dim: int, channels: int, deltas: int = 0):
         super().__init__()
         if deltas not in (0, 1, 2):
@@ -163,6 +165,7 @@ RECIPES = {"large": dict(mixup_alpha=0.4, speed_perturb=0.1)}
 
 
 @BACKBONES.register("convtransformer", "Conv2d subsampling + pre-LN Transformer encoder (ESPnet-ST/fairseq style)",
-                    presets=PRESETS, analytic_macs=convtransformer_macs, recipes=RECIPES)
+                    presets=PRESETS, analytic_macs=convtransformer_macs, recipes=RECIPES,
+                    computes_deltas=True)
 def convtransformer(input_dim: int, num_classes: int, **config) -> ConvTransformer:
     return ConvTransformer(input_dim, num_classes, **config)

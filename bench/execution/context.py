@@ -69,7 +69,7 @@ class RunContext:
         the dropout of that preset's recipe."""
         torch.manual_seed(self.spec.seed)
         preset = preset or self.spec.preset
-        overrides = {"dropout": self.spec.train_config(preset).dropout} | overrides
+        overrides = {"dropout": self.spec.train_config(preset).dropout} | self.spec.build_overrides | overrides
         return build_backbone(self.spec.backbone, preset, self.data.input_dim, self.data.num_classes, **overrides)
 
     def epoch_flops(self, model: nn.Module, companions: list[nn.Module] = (), preset: str | None = None) -> int | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from bench.data.features import FeatureConfig
-from bench.training.models import build_backbone, recipe
+from bench.training.models import build_backbone, model_inputs, recipe
 from bench.measure.probe import usable_cores
 from bench.method import Method
 from bench.registry import METHODS
@@ -127,7 +127,8 @@ def time_steps(backbone: str, preset: str, size: CorpusSize, features: FeatureCo
     batches of nominal length, of the plain model or of what ``method`` (a ``Method``) trains from it:
     the median of ``steps`` timed steps after a warm-up."""
     torch.manual_seed(0)
-    model = build_backbone(backbone, preset, features.dim, size.classes)
+    features, overrides = model_inputs(backbone, features)
+    model = build_backbone(backbone, preset, features.dim, size.classes, **overrides)
     model = (model if method is None else method.training_model(model)).to(device)
     frames = features.frames(size.mean_seconds)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)

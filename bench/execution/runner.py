@@ -188,7 +188,8 @@ def latency_reference(spec: RunSpec, data: FoldData) -> nn.Module:
     """What every latency ratio is timed against: the plain lightweight model of the run's backbone
     (its weights do not matter, so building it leaves the random state alone)."""
     with torch.random.fork_rng():
-        return build_backbone(spec.backbone, "lightweight", data.input_dim, data.num_classes).eval()
+        return build_backbone(spec.backbone, "lightweight", data.input_dim, data.num_classes,
+                              **spec.build_overrides).eval()
 
 
 def _total_flops(fits: list[FitResult]) -> int | None:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from bench.data.features import FeatureConfig
 from bench.registry import METHODS
 from bench.reporting.results import run_id
-from bench.training.models import preset_config, recipe
+from bench.training.models import model_inputs, preset_config, recipe
 from bench.training.config import TrainConfig
 
 
@@ -49,8 +49,8 @@ class RunSpec:
                 "fold": self.fold, "seed": self.seed, "train": asdict(self.train), "features": self.features.identity(),
                 "teacher_preset": self.teacher_preset if self.uses_teacher() else None,
                 # the presets' architectures: editing a preset (or a plug-in's) must not reuse old records
-                "architecture": preset_config(self.backbone, self.preset),
-                "teacher_architecture": preset_config(self.backbone, self.teacher_preset) if self.uses_teacher() else None,
+                "architecture": self.architecture(self.preset),
+                "teacher_architecture": self.architecture(self.teacher_preset) if self.uses_teacher() else None,
                 "recipe": recipe(self.backbone, self.preset),
                 "teacher_recipe": recipe(self.backbone, self.teacher_preset) if self.uses_teacher() else None,
                 **({"precision": self.precision} if self.precision != "fp32" else {})}
@@ -59,7 +59,7 @@ class RunSpec:
         """File stem of the cached plain ``preset`` model this run trains or reuses (shared by every run
         with the same backbone, data, fold, seed, training settings and training precision: bf16
         autocast names other models than float32 training, whose names predate the option)."""
-        parts = [self.backbone, preset, preset_config(self.backbone, preset), self.dataset,
+        parts = [self.backbone, preset, self.architecture(preset), self.dataset,
                  self.dataset_params, self.corpus_fingerprint, self.fold, self.seed,
                  asdict(self.train_config(preset)), self.features.identity()]
         key = json.dumps(parts + ([self.precision] if self.precision != "fp32" else []), sort_keys=True, default=str)
@@ -68,6 +68,20 @@ class RunSpec:
     def train_config(self, preset: str | None = None) -> TrainConfig:
         """The run's training settings with the rest from ``preset``'s recipe (default: the run's preset)."""
         return self.train.resolved(recipe(self.backbone, preset or self.preset))
+
+    def architecture(self, preset: str) -> dict:
+        """What is built at ``preset``: its configuration with the run's build keywords (``deltas``)."""
+        return preset_config(self.backbone, preset) | self.build_overrides
+
+    @property
+    def extracted_features(self) -> FeatureConfig:
+        """The features the pipeline extracts for this run's backbone (see ``model_inputs``)."""
+        return model_inputs(self.backbone, self.features)[0]
+
+    @property
+    def build_overrides(self) -> dict:
+        """Build keywords every model of this run gets from its feature settings (see ``model_inputs``)."""
+        return model_inputs(self.backbone, self.features)[1]
 
     def uses_teacher(self) -> bool:
         return any(METHODS.get(n).obj.uses_large_model for n in self.components)

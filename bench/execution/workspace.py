@@ -104,10 +104,11 @@ class Workspace:
         return self._corpora[key]
 
     def fold_data(self, spec: RunSpec) -> FoldData:
-        key = (spec.dataset, json.dumps(spec.dataset_params, sort_keys=True), spec.features, spec.fold)
+        extracted = spec.extracted_features
+        key = (spec.dataset, json.dumps(spec.dataset_params, sort_keys=True), extracted, spec.fold)
         if self._fold is None or self._fold[0] != key:
             self._fold = None  # free the previous fold's splits before building the next
-            corpus, features = self.corpus(spec.dataset, spec.dataset_params, spec.features)
+            corpus, features = self.corpus(spec.dataset, spec.dataset_params, extracted)
             fingerprint = self.fingerprint(spec.dataset, spec.dataset_params)
             fold = corpus.fold(spec.fold)
             splits = {name: [i for i in getattr(fold, name) if corpus.utterances[i].id in features]

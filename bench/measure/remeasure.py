@@ -16,9 +16,9 @@ from bench.measure import costs, probe, timing
 from bench.measure.model_store import load_deploy_model, saved_graph
 from bench.measure.onnx_io import export_onnx, graph_costs
 from bench.method import Deployed
-from bench.registry import BenchError
+from bench.registry import BACKBONES, BenchError
 from bench.reporting.results import RecordStore
-from bench.training.models import build_backbone
+from bench.training.models import build_backbone, model_inputs
 
 log = logging.getLogger("bench")
 RUNTIMES = (timing.RUNTIME_EAGER, probe.RUNTIME_ORT, timing.RUNTIME_CUDA)
@@ -70,6 +70,8 @@ def describe(record: dict, shipped: Deployed, seconds: list[float]) -> dict:
     input_dim = int(record.get("input_dim") or features.dim)
     entry = {k: record.get(k) for k in ("run_id", "method", "backbone", "preset", "dataset", "fold", "seed")}
     entry["input_dim"] = input_dim
+    if record.get("backbone") in BACKBONES.names():  # a backbone that reads the deltas itself is built with them
+        entry["build_overrides"] = model_inputs(record["backbone"], features)[1]
     with torch.inference_mode():
         entry["num_classes"] = int(model(*costs.example_input(input_dim, 32)).shape[-1])
     inputs = []
@@ -97,7 +99,8 @@ def reference_model(entry: dict) -> torch.nn.Module:
     on the weights), against which every latency is timed."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        return build_backbone(entry["backbone"], "lightweight", entry["input_dim"], entry["num_classes"]).eval()
+        return build_backbone(entry["backbone"], "lightweight", entry["input_dim"], entry["num_classes"],
+                              **entry.get("build_overrides", {})).eval()
 
 
 def measure_run(entry: dict, shipped: Deployed, device: str, runtimes: list[str], threads: list[int],
@@ -129,7 +132,8 @@ def measure_run(entry: dict, shipped: Deployed, device: str, runtimes: list[str]
 def _onnx_rows(entry, shipped, reference, device, threads, rule, onnx_dir, graph_cache, env) -> list[dict]:
     try:
         difference = _write_onnx(entry, shipped, onnx_dir / f"{entry['run_id']}.onnx", graph_cache)
-        reference_path = onnx_dir / f"reference-{entry['backbone']}-{entry['input_dim']}.onnx"
+        built = "".join(f"-{k}{v}" for k, v in sorted(entry.get("build_overrides", {}).items()))
+        reference_path = onnx_dir / f"reference-{entry['backbone']}-{entry['input_dim']}{built}.onnx"
         export_onnx(reference, entry["input_dim"], reference_path, check_frames(entry), "the plain reference model",
                     graph_cache)
     except BenchError as error:

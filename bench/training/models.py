@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch import nn
 
+from bench.data.features import FeatureConfig
 from bench.registry import BACKBONES, BenchError
 
 # Training recipes per preset name, used by every backbone that does not register its own
@@ -46,6 +49,15 @@ def recipe(backbone: str, preset: str) -> dict:
     preset_config(backbone, preset)
     registered = BACKBONES.get(backbone).extra.get("recipes") or {}
     return PRESET_RECIPES.get(preset, DEFAULT_RECIPE) | registered.get(preset, {})
+
+
+def model_inputs(backbone: str, features: FeatureConfig) -> tuple[FeatureConfig, dict]:
+    """The features the pipeline extracts for ``backbone`` and the build keywords that go with them. With
+    ``features.deltas``, a backbone registered with ``computes_deltas=True`` (its front-end reads them as
+    channels) gets the plain frames and ``deltas=N``; any other gets each frame with its deltas appended."""
+    if features.deltas and BACKBONES.get(backbone).extra.get("computes_deltas"):
+        return replace(features, deltas=0), {"deltas": features.deltas}
+    return features, {}
 
 
 def build_backbone(backbone: str, preset: str, input_dim: int, num_classes: int, **overrides) -> nn.Module:
