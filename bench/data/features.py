@@ -50,10 +50,11 @@ class FeatureConfig:
     # speaker-independent SER; it needs speaker labels). The default: on EmoDB's validation speakers it
     # lifted the plain models and the SVM alike (docs/recipes.md).
     normalize: str = "speaker"
-    # Frame-to-frame dynamics appended to each frame (log-mel, spectrogram, MFCC): 1 adds the delta,
-    # 2 the delta and delta-delta (torchaudio's regression over 5 frames), so the input is (1 + deltas)
-    # times wider: the functionals' SVM tells boredom from neutral speech by the spread of the deltas
-    # (tests/benchmarks/functional_ablation.py), which a model then reads off its input.
+    # Frame-to-frame dynamics for the model: 1 the delta, 2 the delta and delta-delta (the regression over
+    # 5 frames). A backbone registered ``computes_deltas`` builds them into its front-end from the plain
+    # frames (bench.training.models.model_inputs); for any other they are appended to each frame here, an
+    # input (1 + deltas) times wider. Why: the functionals' SVM tells boredom from neutral speech by the
+    # spread of the deltas (tests/benchmarks/functional_ablation.py).
     deltas: int = 0
 
     def __post_init__(self):
