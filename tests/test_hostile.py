@@ -115,6 +115,7 @@ ERRORS = [
      "dataset toy ships pre-extracted feature arrays, so n-mels=40 cannot apply"),
     ("features-on-arrays", lambda w: [*GRID, *RUN, "--features", "mfcc"],
      "dataset toy ships pre-extracted feature arrays, so --features mfcc cannot apply"),
+    ("fold-past-the-corpus", lambda w: [*GRID, *RUN, "--folds", "4"], "fold 4 does not exist for toy: choose from 1..3"),
     ("n-mels-huge", lambda w: [*GRID, *RUN, "--n-mels", "100000"], "n_mels must be at most 512"),
     ("deltas-three", lambda w: [*GRID, *RUN, "--deltas", "3"], "3 is not in the range 0<=x<=2"),
     ("expansion-below-one-unit", lambda w: [*GRID, *RUN, "--methods", "hrf", "-p", "hrf.expansion_ratio=1e-300"],

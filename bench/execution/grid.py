@@ -137,6 +137,10 @@ class Grid:
         for dataset in self.datasets:
             fingerprint = workspace.fingerprint(dataset, self.dataset_params.get(dataset, {}))
             workspace.check_features(dataset, self.dataset_params.get(dataset, {}), self.features)
+            corpus = workspace.listing(dataset, self.dataset_params.get(dataset, {}))[0]
+            missing = [fold for fold in self.folds if not 1 <= fold <= len(corpus.folds)]
+            if missing and corpus.folds:  # found before anything runs, in a dry run too
+                raise BenchError(f"fold {missing[0]} does not exist for {dataset}: choose from 1..{len(corpus.folds)}")
             for backbone in self.backbones:
                 for method in self.method_names():
                     for params in self.method_settings(method):
