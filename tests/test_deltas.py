@@ -47,3 +47,27 @@ def test_the_built_architecture_is_part_of_the_run_id():
     assert spec.key()["architecture"]["deltas"] == 2
     (plain,) = make_grid(RUN | {"backbones": ["convtransformer"]}).specs()
     assert "deltas" not in plain.key()["architecture"]
+
+
+def test_an_export_times_each_model_against_a_reference_with_its_own_front_end(tmp_path):
+    """Runs with and without delta channels in one export: each entry names a reference built like it (one
+    reference per backbone and input width used to serve both, so the device probe timed a model with
+    delta channels against the plain front-end)."""
+    import json
+
+    import onnx
+    from click.testing import CliRunner
+
+    from bench.cli.main import main
+
+    _record(tmp_path, "convtransformer", 0), _record(tmp_path, "convtransformer", 2)
+    out = tmp_path / "export"
+    result = CliRunner().invoke(main, ["export", "--results-dir", str(tmp_path / "results"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    entries = json.loads((out / "manifest.json").read_text())["models"]
+    by_deltas = {}
+    for entry in entries:
+        graph = onnx.load(out / entry["reference"])
+        (weight,) = [i for i in graph.graph.initializer if "conv1.weight" in i.name]
+        by_deltas[entry["build_overrides"].get("deltas", 0)] = (entry["reference"], weight.dims[1])
+    assert by_deltas[0][1] == 1 and by_deltas[2][1] == 3 and by_deltas[0][0] != by_deltas[2][0]

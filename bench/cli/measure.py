@@ -24,7 +24,7 @@ from bench.measure import costs, probe, timing
 from bench.measure.latency_store import LatencyStore, read_rows
 from bench.measure.onnx_io import export_onnx, peak_graphs
 from bench.measure.remeasure import (RUNTIMES, _checked, _write_onnx, check_frames, describe, measure_run,
-                                     reference_model, select_runs)
+                                     reference_model, reference_stem, select_runs)
 from bench.paths import UserPath
 from bench.registry import BenchError
 from bench.reporting.results import RecordStore, atomic_write_text
@@ -195,7 +195,7 @@ def _export_models(chosen, folder: Path, durations: list[float], skip_unexportab
             output = _checked(probe.ort_session, folder / f"{rid}.onnx", 1).run(
                 None, {"features": features.numpy(), "lengths": lengths.numpy()})[0]
             logits, atol = output.tolist(), INT8_CHECK_RTOL * float(np.abs(output).max()) + probe.CHECK_ATOL
-        reference = Path("references") / f"{entry['backbone']}-lightweight-{entry['input_dim']}x{entry['num_classes']}.onnx"
+        reference = Path("references") / f"{reference_stem(entry)}.onnx"
         if not (folder / reference).exists():  # the probe times every model against it, as bench measure does
             export_onnx(reference_model(entry), entry["input_dim"], folder / reference, check_frames(entry),
                         "the plain reference model", graph_cache)

@@ -103,6 +103,13 @@ def reference_model(entry: dict) -> torch.nn.Module:
                               **entry.get("build_overrides", {})).eval()
 
 
+def reference_stem(entry: dict) -> str:
+    """The name of the reference model a deploy model is timed against: one per backbone, input width,
+    class count and build keywords (a front-end with delta channels is another reference)."""
+    built = "".join(f"-{k}{v}" for k, v in sorted(entry.get("build_overrides", {}).items()))
+    return f"{entry['backbone']}-lightweight-{entry['input_dim']}x{entry['num_classes']}{built}"
+
+
 def measure_run(entry: dict, shipped: Deployed, device: str, runtimes: list[str], threads: list[int],
                 rule: probe.TimingRule, onnx_dir: Path, graph_cache: Path) -> list[dict]:
     """Rows of one deploy model for every runtime x thread count x duration (under the machine lock),
@@ -132,8 +139,7 @@ def measure_run(entry: dict, shipped: Deployed, device: str, runtimes: list[str]
 def _onnx_rows(entry, shipped, reference, device, threads, rule, onnx_dir, graph_cache, env) -> list[dict]:
     try:
         difference = _write_onnx(entry, shipped, onnx_dir / f"{entry['run_id']}.onnx", graph_cache)
-        built = "".join(f"-{k}{v}" for k, v in sorted(entry.get("build_overrides", {}).items()))
-        reference_path = onnx_dir / f"reference-{entry['backbone']}-{entry['input_dim']}{built}.onnx"
+        reference_path = onnx_dir / f"reference-{reference_stem(entry)}.onnx"
         export_onnx(reference, entry["input_dim"], reference_path, check_frames(entry), "the plain reference model",
                     graph_cache)
     except BenchError as error:
