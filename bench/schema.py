@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 
-from bench.data.features import FeatureConfig
+from bench.data.features import ADDED_LATER as FEATURES_ADDED_LATER, FeatureConfig
 from bench.execution.env import _PACKAGES
 from bench.registry import METHODS, BenchError, load_builtin_plugins
 from bench.training.config import TrainConfig
@@ -191,7 +191,7 @@ TIMING = {
 # Fields whose names follow a pattern: (regular expression, field)
 # Fields added to schema version 1 after records were written without them, with the value those records
 # ran with: the reader fills them in (the stored file and its checksum stay as they are).
-ADDED_WITH_DEFAULTS = {"features_deltas": 0}
+ADDED_WITH_DEFAULTS = {f"features_{name}": value for name, value in FEATURES_ADDED_LATER.items()}
 
 PATTERNS = [
     (r"[a-z0-9]+_model_cache", _optional("str", "`hit` or `miss`: whether the plain model of that preset was reused")),

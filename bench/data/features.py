@@ -30,6 +30,9 @@ OPENSMILE_DIMS = {"egemaps": 88, "compare": 6373}  # openSMILE functionals: eGeM
 UTTERANCE_KINDS = ("egemaps", "compare", "logmel-stats")
 FEATURE_KINDS = ("logmel", "spectrogram", "mfcc", *UTTERANCE_KINDS)
 FUNCTIONALS_PER_DIM = 8
+# Settings added after runs were keyed without them, with the value those runs had: left out of identities
+# while at it (FeatureConfig.identity), and filled into older records when they are read (bench.schema).
+ADDED_LATER = {"deltas": 0}
 MAX_MEL_BINS = 512  # bounds the filterbank's and every cached frame's size
 
 
@@ -107,7 +110,7 @@ class FeatureConfig:
         """The settings as part of a run's identity, cache keys and plain-model names: every field, except
         settings added later while at their default (``deltas`` 0), so that what was keyed before they
         existed keeps its name."""
-        return {k: v for k, v in asdict(self).items() if not (k == "deltas" and v == 0)}
+        return {k: v for k, v in asdict(self).items() if not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
     @property
     def frame_kind(self) -> str | None:
