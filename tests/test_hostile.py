@@ -483,3 +483,16 @@ def test_a_record_with_a_recomputed_checksum_but_wrong_field_types_is_named_and_
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output
     assert f"not a record of the declared schema: field '{field}'" in result.stderr
     assert path.read_text() == before  # named, not rewritten
+
+
+def test_an_export_refuses_a_record_whose_backbone_is_a_path(world):
+    """A record's backbone names the export's reference file: a path there is one line, nothing written."""
+    path = record_file(world)
+    record = json.loads(path.read_text())
+    record["backbone"] = "../../escaped"
+    record["checksum"] = checksum(record)
+    path.write_text(json.dumps(record))
+    out = world / "export"
+    result = CliRunner().invoke(main, ["export", "--results-dir", str(world / "results"), "--out", str(out)])
+    assert result.exit_code == 2 and "names backbone '../../escaped', which is not registered" in result.stderr
+    assert not (world / "escaped").exists() and not list(world.parent.glob("escaped*"))

@@ -106,6 +106,8 @@ def reference_model(entry: dict) -> torch.nn.Module:
 def reference_stem(entry: dict) -> str:
     """The name of the reference model a deploy model is timed against: one per backbone, input width,
     class count and build keywords (a front-end with delta channels is another reference)."""
+    if entry["backbone"] not in BACKBONES.names():  # a record's text becomes a file name: only a registered backbone
+        raise BenchError(f"run {entry['run_id']} names backbone {entry['backbone']!r}, which is not registered here")
     built = "".join(f"-{k}{v}" for k, v in sorted(entry.get("build_overrides", {}).items()))
     return f"{entry['backbone']}-lightweight-{entry['input_dim']}x{entry['num_classes']}{built}"
 
