@@ -7,6 +7,7 @@ what .ci/run sets up); without a reachable server the test is skipped."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -23,6 +24,19 @@ from bench.tuning.storage import make_storage
 
 URL = os.environ.get("HRF_BENCH_TEST_POSTGRES", "postgresql://bench:bench@127.0.0.1/bench")
 TOTAL = 4
+SLICE_SECONDS = 0.02  # how long the workers run between two looks at the study
+
+
+@contextlib.contextmanager
+def frozen(*processes: subprocess.Popen):
+    """The processes stopped (SIGSTOP) for the duration of the block, then continued."""
+    for process in processes:
+        process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGCONT)
 
 
 @pytest.fixture
@@ -60,17 +74,17 @@ def test_two_workers_share_a_postgres_study_and_end_with_exactly_n_complete_tria
         deadline = time.time() + 240
         while killed is None:  # a trial of the first worker past its first fold, i.e. mid-trial
             assert time.time() < deadline and first.poll() is None, logs[0].read_text()
-            if name in optuna.get_all_study_names(storage) and (candidate := running_trial_of(victim, name, storage)):
-                # Freeze the worker, then look again: a trial still running now cannot finish before the
-                # kill (without this, a fold finishing between the look and the kill made the test flaky).
-                first.send_signal(signal.SIGSTOP)
-                time.sleep(0.5)  # writes already sent reach the server
-                killed = running_trial_of(victim, name, storage)
-                if killed is None or killed.number != candidate.number:
-                    killed = None
-                    first.send_signal(signal.SIGCONT)
-            time.sleep(0.05)
-        first.send_signal(signal.SIGKILL)
+            # Both workers run in short slices and are looked at only while frozen: a worker cannot move
+            # while the test reads the study, and a fold (tenths of a second of CPU at least) outlasts a
+            # slice, so a trial's mid-point cannot pass unseen between two looks, however loaded the machine.
+            with frozen(first, second):
+                if name in optuna.get_all_study_names(storage) and (candidate := running_trial_of(victim, name, storage)):
+                    time.sleep(0.5)  # writes already sent reach the server: the trial is still running after them
+                    again = running_trial_of(victim, name, storage)
+                    if again is not None and again.number == candidate.number:
+                        killed = again
+                        first.send_signal(signal.SIGKILL)
+            time.sleep(SLICE_SECONDS)
         assert second.wait(timeout=300) == 0, logs[1].read_text()
     finally:
         first.kill()
