@@ -126,7 +126,8 @@ def tiny_grid_results(tmp_path_factory) -> Path:
 
     store = RecordStore(tmp_path_factory.mktemp("tiny-grid") / "results")
     cache = tmp_path_factory.mktemp("tiny-grid-cache")
-    common = {"datasets": ["toy"], "folds": [1, 2], "seeds": [0, 1], "train": {"epochs": 2}}
+    common = {"backbones": ["convtransformer"], "datasets": ["toy"], "folds": [1, 2], "seeds": [0, 1],
+              "train": {"epochs": 2}}
     run_grid(make_grid(common | {"methods": ["baseline"], "presets": ["tiny", "lightweight"]}), store, cache,
              progress=False)
     if "hrf" in METHODS:
@@ -142,8 +143,8 @@ def recorded_run(tmp_path_factory) -> Path:
     from bench.reporting.results import RecordStore
 
     root = tmp_path_factory.mktemp("recorded-run")
-    grid = make_grid({"methods": ["baseline"], "presets": ["tiny"], "datasets": ["toy"], "folds": [1], "seeds": [0],
-                      "train": {"epochs": 1}})
+    grid = make_grid({"methods": ["baseline"], "backbones": ["convtransformer"], "presets": ["tiny"],
+                      "datasets": ["toy"], "folds": [1], "seeds": [0], "train": {"epochs": 1}})
     run_grid(grid, RecordStore(root / "results"), root / "cache", progress=False)
     return root / "results"
 

@@ -16,7 +16,7 @@ import bench
 from bench.cli.main import main
 
 # Deploy at ``tiny``, compress from ``lightweight`` (the teacher preset): the smallest real setting.
-TINY = ["--datasets", "toy", "--presets", "tiny", "--teacher-preset", "lightweight", "--folds", "1",
+TINY = ["--backbones", "convtransformer", "--datasets", "toy", "--presets", "tiny", "--teacher-preset", "lightweight", "--folds", "1",
         "--seeds", "0", "--epochs", "2", "--quiet"]
 METHODS = "kd,prune,prune-unstructured,lowrank,quant,hrf+quant,kd+quant"
 

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from bench.cli.main import main
 from bench.reporting.results import RecordStore, checksum
 
-GRID = ["--methods", "baseline", "--datasets", "toy", "--presets", "tiny"]
+GRID = ["--methods", "baseline", "--datasets", "toy", "--presets", "tiny", "--backbones", "convtransformer"]
 RUN = ["--folds", "1", "--seeds", "0", "--epochs", "1"]
 
 
@@ -406,8 +406,8 @@ def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary_one(tmp_
 def test_a_folder_where_a_lock_file_belongs_is_one_line_and_nothing_runs(world):
     from bench.execution.grid import make_grid
     from bench.execution.workspace import Workspace
-    grid = make_grid({"methods": ["baseline"], "datasets": ["toy"], "presets": ["tiny"], "folds": [1], "seeds": [1],
-                      "train": {"epochs": 1}})
+    grid = make_grid({"methods": ["baseline"], "backbones": ["convtransformer"], "datasets": ["toy"],
+                      "presets": ["tiny"], "folds": [1], "seeds": [1], "train": {"epochs": 1}})
     (spec,) = grid.specs(Workspace(world / "cache", {}, False))
     lock = world / "results" / "claims" / f"{spec.run_id}.lock"
     lock.mkdir(parents=True)

@@ -214,8 +214,8 @@ def test_trained_expansions_merge_into_a_deploy_model_with_the_same_outputs(cach
 
 
 def test_training_run_records_hrf_and_baseline_rows(tmp_path, cache_dir):
-    grid = make_grid({"methods": ["baseline", "hrf"], "presets": ["tiny"], "datasets": ["toy"], "folds": [1],
-                      "seeds": [0], "train": {"epochs": EPOCHS}, "method_params": {"hrf": HRF_PARAMS}})
+    grid = make_grid({"methods": ["baseline", "hrf"], "backbones": ["convtransformer"], "presets": ["tiny"],
+                      "datasets": ["toy"], "folds": [1], "seeds": [0], "train": {"epochs": EPOCHS}, "method_params": {"hrf": HRF_PARAMS}})
     store = RecordStore(tmp_path / "results")
     records = run_grid(grid, store, cache_dir, progress=False)
     table = pd.read_csv(store.root / "runs.csv").set_index("method")

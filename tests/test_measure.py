@@ -55,8 +55,8 @@ def test_costs_flops_are_twice_macs_and_size_and_peak_memory_are_sensible():
 def quant_results(tmp_path_factory) -> Path:
     """A results folder holding one real ``quant`` run (static int8 through ONNX Runtime, toy, tiny)."""
     results, cache = tmp_path_factory.mktemp("quant") / "results", tmp_path_factory.mktemp("quant-cache")
-    done = invoke("run", "--methods", "quant", "--datasets", "toy", "--presets", "tiny", "--folds", "1",
-                  "--seeds", "0", "--epochs", "1", "--quiet", "--defer-latency", "--results-dir", str(results),
+    done = invoke("run", "--methods", "quant", "--backbones", "convtransformer", "--datasets", "toy", "--presets",
+                  "tiny", "--folds", "1", "--seeds", "0", "--epochs", "1", "--quiet", "--defer-latency", "--results-dir", str(results),
                   "--cache-dir", str(cache))
     assert done.exit_code == 0, done.output
     return results

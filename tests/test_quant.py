@@ -28,7 +28,7 @@ from bench.training.config import TrainConfig
 from conftest import TOY_DIM
 from methods.quant import quantize_graph
 
-TINY = ["--datasets", "toy", "--presets", "tiny", "--folds", "1", "--seeds", "0", "--epochs", "1", "--quiet",
+TINY = ["--backbones", "convtransformer", "--datasets", "toy", "--presets", "tiny", "--folds", "1", "--seeds", "0", "--epochs", "1", "--quiet",
         "--defer-latency"]
 
 

@@ -18,7 +18,7 @@ from bench.registry import BACKBONES, METHODS, BenchError
 from bench.studies import study_names, study_path
 
 STUDIES = ["cremad", "daicwoz", "emodb", "iemocap", "m3ed", "ravdess"]
-TINY = ["--datasets", "toy", "--folds", "1,2", "--seeds", "0", "--epochs", "1", "--quiet"]
+TINY = ["--backbones", "convtransformer", "--datasets", "toy", "--folds", "1,2", "--seeds", "0", "--epochs", "1", "--quiet"]
 
 
 @pytest.mark.parametrize("name", STUDIES)

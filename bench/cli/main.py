@@ -15,7 +15,7 @@ from bench.execution.executors import execution_options
 from bench.flags import parse_assignments, parse_data_roots, parse_ints, parse_list
 from bench.measure.probe import steady_allocator
 from bench.paths import UserPath
-from bench.registry import BenchError
+from bench.registry import DEFAULT_BACKBONE, BenchError
 
 log = logging.getLogger("bench")
 
@@ -82,7 +82,7 @@ def schema_command() -> None:
 @click.option("--study", help="a shipped study grid (see `bench list`), e.g. emodb; flags override it")
 @click.option("--dry-run", is_flag=True, help="print the runs, the plain models they share and a compute estimate")
 @click.option("--methods", help="comma-separated methods; a+b composes (default: all registered)")
-@click.option("--backbones", help="comma-separated backbones (default: convtransformer)")
+@click.option("--backbones", help=f"comma-separated backbones (default: {DEFAULT_BACKBONE})")
 @click.option("--presets", help="deploy presets (default: lightweight+large for baseline, lightweight otherwise)")
 @click.option("--datasets", help="comma-separated datasets (default: embedded)")
 @click.option("--folds", help="fold numbers, e.g. 1,2 or 1-5 (default: 1)")

@@ -25,7 +25,7 @@ from bench.execution.spec import RunSpec
 from bench.execution.workspace import Workspace
 from bench.method import TRAINS_AT
 from bench.paths import read_text
-from bench.registry import BACKBONES, DATASETS, METHODS, BenchError
+from bench.registry import BACKBONES, DATASETS, DEFAULT_BACKBONE, METHODS, BenchError
 from bench.reporting.results import RecordStore
 from bench.training.config import TrainConfig
 from bench.training.devices import training_precision
@@ -43,7 +43,7 @@ class Grid:
     """The axes of a benchmark; ``presets`` empty means each method's default presets."""
 
     methods: list[str] = field(default_factory=list)  # empty = every registered method
-    backbones: list[str] = field(default_factory=lambda: ["convtransformer"])
+    backbones: list[str] = field(default_factory=lambda: [DEFAULT_BACKBONE])
     presets: list[str] | dict = field(default_factory=list)  # or {method: [presets]} (others: their defaults)
     datasets: list[str] = field(default_factory=lambda: ["embedded"])
     folds: list[int] = field(default_factory=lambda: [1])
