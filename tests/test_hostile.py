@@ -8,6 +8,7 @@ Every case starts from a copy of one real recorded run (``baseline``, convtransf
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -126,6 +127,9 @@ ERRORS = [
      "~nosuchuser-hrf"),
     ("cache-dir-under-a-file", lambda w: [*GRID, *RUN, "--cache-dir", str(write(w / "cachefile", "x") / "cache")],
      "cachefile is a file"),
+    ("seed-with-underscore", lambda w: [*GRID, *RUN[:2], "--seeds", "1_0", *RUN[4:]], "bad --seeds value '1_0'"),
+    ("seed-in-another-script", lambda w: [*GRID, *RUN[:2], "--seeds", "\u0661", *RUN[4:]], "bad --seeds value"),
+    ("study-empty", lambda w: [*GRID, *RUN, "--study", ""], "unknown study ''"),
     ("config-nested-too-deep", lambda w: [*GRID, "--config", str(write(w / "g.toml", "x = " + "[" * 5000 + "]" * 5000))],
      "does not parse: maximum recursion depth exceeded"),
     ("config-yaml-nested-too-deep", lambda w: [*GRID, "--config", str(write(w / "g.yaml", "folds: " + "[" * 5000))],
@@ -641,3 +645,31 @@ def test_a_check_input_that_is_a_pickle_is_one_line_and_not_unpickled(tmp_path):
 def test_a_probe_rows_file_that_is_a_folder_is_one_line_before_any_timing(tmp_path):
     folder = manifest(tmp_path / "export")
     one_line(CliRunner().invoke(main, ["probe", str(folder), "--out", str(folder)]), "is a folder: give the rows file")
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"methods": 5}, "methods must be a list of names, got [5]"),
+    ({"method_params": [1]}, "method_params must be a dict of dicts"),
+    ({"method_params": {"hrf": "x"}}, "method_params must be a dict of dicts"),
+    ({"data_roots": ["x"]}, "data_roots must be a dict"),
+    ({"train": "x"}, "train must be a dict of training settings"),
+    ({"features": 5}, "features must be a feature kind"),
+], ids=["methods-number", "params-list", "params-text", "roots-list", "train-text", "features-number"])
+def test_api_settings_of_the_wrong_type_are_one_line(world, settings, message):
+    """bench.run's nested settings were merged unchecked: AttributeError, TypeError or ValueError."""
+    import bench
+    from bench.registry import BenchError
+
+    with pytest.raises(BenchError, match=re.escape(message)):
+        bench.run(**{"methods": "hrf", "datasets": "toy", "presets": "tiny", "folds": 1, "seeds": 1} | settings,
+                  results_dir=world / "results", progress=False)
+
+
+@pytest.mark.parametrize("mem_gb", [float("nan"), float("inf"), 0.0, -4.0])
+def test_a_job_memory_that_is_no_amount_is_refused_before_submitting(mem_gb):
+    """``--mem-gb nan`` submitted the job array (Slurm would get --mem=nanG)."""
+    from bench.execution.executors import SubmititOptions
+    from bench.registry import BenchError
+
+    with pytest.raises(BenchError, match="--mem-gb must be a positive number"):
+        SubmititOptions(mem_gb=mem_gb)
