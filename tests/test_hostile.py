@@ -257,6 +257,16 @@ def test_wav_shorter_than_the_analysis_window_is_skipped_and_listed(world, caplo
     only_changed(before, snapshot(world), {"results/runs.csv"})
 
 
+def test_a_search_of_no_choices_is_one_line_before_any_trial(world):
+    before = snapshot(world)
+    result = CliRunner().invoke(main, ["tune", "--method", "hrf", "--dataset", "toy", "--preset", "tiny", "-p", "init=,",
+                                       "--trials", "1", "--folds", "1", "--epochs", "1", "--quiet",
+                                       "--results-dir", str(world / "results")])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "--param init=,: no choices given" in lines[0], result.output
+    assert snapshot(world) == before and not (world / "results" / "optuna.db").exists()
+
+
 @pytest.mark.parametrize("name", ["../../x", "/tmp/elsewhere", "a/b", "..", ".hidden", "x" * 200, ""])
 def test_a_study_name_that_is_a_path_is_refused_before_anything_runs(world, name):
     """Its tables and plots are named after the study: a path would write outside results/tune/."""
