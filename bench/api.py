@@ -8,6 +8,7 @@ up in the registries, whose plug-ins (built-in and installed packages) load on f
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -34,6 +35,8 @@ def default_cache_dir() -> Path:
 
 
 MAX_RANGE = 10_000  # values one range may expand to (folds and seeds; a grid of more is a mistake)
+# ASCII digits only: int() also reads "1_0" as 10 and other scripts' digits, a typo taken for another run
+INTEGER_OR_RANGE = re.compile(r"[-+]?[0-9]+(\s*-\s*[-+]?[0-9]+)?")
 
 
 def parse_ints(text: str, what: str) -> list[int]:
@@ -41,6 +44,8 @@ def parse_ints(text: str, what: str) -> list[int]:
     values = []
     for item in (t.strip() for t in text.split(",")):
         try:
+            if not INTEGER_OR_RANGE.fullmatch(item):
+                raise ValueError(item)
             if "-" in item[1:]:
                 low, high = item.split("-", 1)
                 if int(low) > int(high):
@@ -70,6 +75,19 @@ def _axis(name: str, value: Any) -> list:
     return items
 
 
+def _tables(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())
+
+
+# What the nested settings :func:`grid_values` merges must be: name -> (check, description).
+SETTING_TYPES = {
+    **{name: (_tables, "a dict of dicts, e.g. {'hrf': {'expansion_ratio': 4}}") for name in NESTED_SETTINGS},
+    "data_roots": (lambda v: isinstance(v, dict), "a dict of dataset name -> folder"),
+    "train": (lambda v: isinstance(v, dict), "a dict of training settings, e.g. {'epochs': 8}"),
+    "features": (lambda v: isinstance(v, (str, dict)), "a feature kind such as 'mfcc', or a dict of feature settings"),
+}
+
+
 def grid_values(config: str | Path | None = None, **given: Any) -> dict:
     """The settings of a grid: the grid file (TOML or YAML) when given, overridden by ``given``.
 
@@ -86,7 +104,7 @@ def grid_values(config: str | Path | None = None, **given: Any) -> dict:
     values = load_config(Path(config)) if config else {}
     if given.get("methods") is not None:  # narrowed by the caller: the file's settings for other methods lapse
         names = _axis("methods", given["methods"])
-        components = {c for m in names for c in m.split("+")}
+        components = {c for m in names if isinstance(m, str) for c in m.split("+")}  # other types: make_grid says so
         if isinstance(values.get("presets"), dict):
             values["presets"] = {m: p for m, p in values["presets"].items() if m in names}
         for nested in ("method_params", "sweeps"):
@@ -99,6 +117,9 @@ def grid_values(config: str | Path | None = None, **given: Any) -> dict:
     for name, value in given.items():
         if value is None:
             continue
+        expected = SETTING_TYPES.get(name)
+        if expected and not expected[0](value):  # e.g. method_params=[1]: a TypeError deep below otherwise
+            raise BenchError(f"{name} must be {expected[1]}, got {value!r}")
         if name in train_fields:
             train[name] = value
         elif name in feature_fields:

@@ -33,6 +33,13 @@ class UserPath(click.Path):
         return super().convert(value, param, ctx)
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """``folder`` or the nearest existing path above it when that is not a folder (then ``folder`` cannot be
+    made: mkdir fails with NotADirectoryError); None when ``folder`` is or can be a folder."""
+    existing = next(p for p in (Path(folder).absolute(), *Path(folder).absolute().parents) if os.path.lexists(p))
+    return None if existing.is_dir() else existing
+
+
 def read_text(path: str | Path, what: str) -> str:
     """The UTF-8 text of ``path`` (a byte-order mark dropped); a one-line BenchError naming ``what`` when
     it cannot be read or is not UTF-8."""

@@ -8,6 +8,7 @@ Every case starts from a copy of one real recorded run (``baseline``, convtransf
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -124,6 +125,17 @@ ERRORS = [
      "is not UTF-8 text"),
     ("cache-dir-no-such-user", lambda w: [*GRID, *RUN, "--cache-dir", "~nosuchuser-hrf/cache"],
      "~nosuchuser-hrf"),
+    ("cache-dir-under-a-file", lambda w: [*GRID, *RUN, "--cache-dir", str(write(w / "cachefile", "x") / "cache")],
+     "cachefile is a file"),
+    ("seed-with-underscore", lambda w: [*GRID, *RUN[:2], "--seeds", "1_0", *RUN[4:]], "bad --seeds value '1_0'"),
+    ("seed-in-another-script", lambda w: [*GRID, *RUN[:2], "--seeds", "\u0661", *RUN[4:]], "bad --seeds value"),
+    ("study-empty", lambda w: [*GRID, *RUN, "--study", ""], "unknown study ''"),
+    ("config-nested-too-deep", lambda w: [*GRID, "--config", str(write(w / "g.toml", "x = " + "[" * 5000 + "]" * 5000))],
+     "does not parse: maximum recursion depth exceeded"),
+    ("config-yaml-nested-too-deep", lambda w: [*GRID, "--config", str(write(w / "g.yaml", "folds: " + "[" * 5000))],
+     "does not parse: maximum recursion depth exceeded"),
+    ("config-5000-digit-number", lambda w: [*GRID, "--config", str(write(w / "g.toml", f"folds = [{'9' * 5000}]"))],
+     "does not parse: Exceeds the limit (4300 digits)"),
     *[(f"{folder}-is-a-file", lambda w, folder=folder: [*GRID, *RUN[:2], "--seeds", "1", *RUN[4:]]
        if file_in_place(w, folder) else [], f"{folder} is a file")
       for folder in ("models", "claims", "records", "tables", "latency", "tune")],
@@ -243,6 +255,16 @@ def test_wav_shorter_than_the_analysis_window_is_skipped_and_listed(world, caplo
     assert record["skipped_files"] == 1 and "03a02Wa.wav lasts 10 ms, shorter than" in record["skipped"][0]
     assert "skipped: " in output
     only_changed(before, snapshot(world), {"results/runs.csv"})
+
+
+def test_a_search_of_no_choices_is_one_line_before_any_trial(world):
+    before = snapshot(world)
+    result = CliRunner().invoke(main, ["tune", "--method", "hrf", "--dataset", "toy", "--preset", "tiny", "-p", "init=,",
+                                       "--trials", "1", "--folds", "1", "--epochs", "1", "--quiet",
+                                       "--results-dir", str(world / "results")])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "--param init=,: no choices given" in lines[0], result.output
+    assert snapshot(world) == before and not (world / "results" / "optuna.db").exists()
 
 
 @pytest.mark.parametrize("name", ["../../x", "/tmp/elsewhere", "a/b", "..", ".hidden", "x" * 200, ""])
@@ -496,3 +518,168 @@ def test_an_export_refuses_a_record_whose_backbone_is_a_path(world):
     result = CliRunner().invoke(main, ["export", "--results-dir", str(world / "results"), "--out", str(out)])
     assert result.exit_code == 2 and "names backbone '../../escaped', which is not registered" in result.stderr
     assert not (world / "escaped").exists() and not list(world.parent.glob("escaped*"))
+
+
+def one_line(result, message: str) -> None:
+    """Exit status 2 and one line on stderr, ``error: ...`` holding ``message``."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert message in lines[0], lines[0]
+
+
+def report(world: Path):
+    return CliRunner().invoke(main, ["report", "--results-dir", str(world / "results"),
+                                     "--reports-dir", str(world / "reports"), "--quiet"])
+
+
+@pytest.mark.parametrize("text", ["[" * 100000 + "]" * 100000, '{"schema_version": ' + "9" * 5000 + "}"],
+                         ids=["nested-too-deep", "5000-digit-number"])
+def test_a_record_json_cannot_hold_is_named_and_left_out(world, text):
+    """JSON's parser raises RecursionError and ValueError (not JSONDecodeError) for these: a traceback."""
+    path = write(record_file(world), text)
+    result = report(world)
+    assert result.exit_code == 0 and result.exception is None, result.output
+    assert f"{path}: unreadable JSON" in result.stderr
+    assert path.read_text() == text
+
+
+def test_a_record_whose_run_id_is_a_path_is_left_out_and_nothing_is_written_outside(world):
+    """The run id names the deploy model read (models/<run_id>.pt) and the ONNX file an export writes:
+    ``../escaped`` read results/escaped.pt and wrote escaped.onnx beside the export folder."""
+    path = record_file(world)
+    record = json.loads(path.read_text())
+    shutil.copy(world / "results" / "models" / f"{record['run_id']}.pt", world / "results" / "escaped.pt")
+    record["run_id"] = "../escaped"
+    record["checksum"] = checksum(record)
+    path.write_text(json.dumps(record))
+    result = CliRunner().invoke(main, ["export", "--results-dir", str(world / "results"), "--out", str(world / "export")])
+    one_line(result, "no recorded run with a deploy model")
+    assert not list(world.rglob("escaped.onnx"))
+    assert "run_id '../escaped' is not a run id" in report(world).stderr
+
+
+def test_a_record_file_name_that_is_not_utf8_is_named_in_the_report(world):
+    """The warning naming it went into index.html, whose UTF-8 writer refused the undecodable name."""
+    import os
+    folder = os.fsencode(world / "results" / "records")
+    write_bytes(Path(os.fsdecode(folder + b"/\xff\xfe.json")), b"{}")
+    result = report(world)
+    assert result.exit_code == 0 and result.exception is None, result.output
+    assert "foreign record" in result.stderr and (world / "reports" / "index.html").is_file()
+
+
+def test_a_records_file_where_the_folder_belongs_is_one_line_not_an_empty_report(world):
+    file_in_place(world, "records")
+    one_line(report(world), "records is a file where a folder belongs")
+    assert not (world / "reports").exists()
+
+
+def latency_file(world: Path) -> Path:
+    """Where ``bench measure --device hostA`` keeps the recorded run's rows."""
+    return world / "results" / "latency" / f"hostA-{record_file(world).stem}.json"
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"schema_version": 1}', '{"schema_version": 1, "rows": [{"runtime": "x"}]}'],
+                         ids=["not-json", "no-rows", "row-without-fields"])
+@pytest.mark.parametrize("command", ["measure", "import-latency"])
+def test_a_damaged_latency_file_is_one_line_and_kept(world, text, command):
+    """Stored rows were read unchecked: a traceback (JSONDecodeError, KeyError) before any timing."""
+    path = latency_file(world)
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    if command == "measure":
+        args = ["measure", "--seconds", "2", "--threads", "1", "--runtimes", "torch-eager", "--device", "hostA"]
+    else:
+        rows = [{"schema": "hrf-bench-latency", "schema_version": 1, "run_id": path.stem[len("hostA-"):],
+                 "runtime": "onnxruntime", "threads": 1, "input_seconds": 2.0, "latency_ms": 1.0, "device": "hostA"}]
+        probed = write(world / "probed.json", json.dumps({"schema": "hrf-bench-latency", "schema_version": 1,
+                                                          "device": "hostA", "rows": rows}))
+        args = ["import-latency", str(probed)]
+    result = CliRunner().invoke(main, [*args, "--results-dir", str(world / "results")])
+    one_line(result, f"{path} ")
+    assert "move it away" in result.stderr and path.read_text() == text
+
+
+def test_a_latency_file_where_the_folder_belongs_is_one_line_before_any_timing(world):
+    file_in_place(world, "latency")
+    result = CliRunner().invoke(main, ["measure", "--seconds", "2", "--threads", "1", "--runtimes", "torch-eager",
+                                       "--results-dir", str(world / "results")])
+    one_line(result, "latency is a file where a folder belongs")
+
+
+def test_an_export_folder_under_a_file_is_one_line(world):
+    result = CliRunner().invoke(main, ["export", "--results-dir", str(world / "results"),
+                                       "--out", str(world / "results" / "runs.csv" / "export")])
+    one_line(result, "runs.csv is a file")
+
+
+def manifest(folder: Path, **entry) -> Path:
+    """An export folder whose manifest holds one model entry (``entry`` over sensible values)."""
+    from bench.measure import probe
+    folder.mkdir()
+    model = {"run_id": "r1", "file": "r1.onnx", "input_dim": 16, "inputs": [{"seconds": 2.0, "frames": 201}]} | entry
+    write(folder / "manifest.json", json.dumps({"schema": probe.MANIFEST_SCHEMA, "schema_version": probe.MANIFEST_VERSION,
+                                                "models": [model]}))
+    return folder
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"input_dim": "x"}, "has a model r1 with input_dim='x'"),
+    ({"input_dim": 10 ** 12}, "has a model r1 with input_dim=1000000000000"),
+    ({"inputs": [{"seconds": 2.0, "frames": -1}]}, "r1 without a list of inputs of positive seconds and frames"),
+    ({"inputs": "2s"}, "r1 without a list of inputs"),
+    ({"run_id": 7}, "has a model with run_id=7"),
+], ids=["input-dim-text", "input-dim-huge", "frames-negative", "inputs-text", "run-id-number"])
+def test_a_manifest_entry_of_the_wrong_shape_is_one_line_before_any_timing(tmp_path, entry, message):
+    """Its sizes build the timed inputs: ``input_dim = "x"`` was a TypeError halfway through the probe."""
+    result = CliRunner().invoke(main, ["probe", str(manifest(tmp_path / "export", **entry)), "--threads", "1"])
+    one_line(result, message)
+
+
+def test_a_manifest_nested_too_deep_is_one_line(tmp_path):
+    (tmp_path / "export").mkdir()
+    write(tmp_path / "export" / "manifest.json", "[" * 100000)
+    one_line(CliRunner().invoke(main, ["probe", str(tmp_path / "export")]), "is not readable JSON (maximum recursion")
+
+
+def test_a_check_input_that_is_a_pickle_is_one_line_and_not_unpickled(tmp_path):
+    from bench.measure import probe
+    folder = manifest(tmp_path / "export", check={"input": "checks/input.npy", "logits": [[0.0]]})
+    (folder / "checks").mkdir()
+    np.save(folder / "checks" / "input.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    model = json.loads((folder / "manifest.json").read_text())["models"][0]
+    with pytest.raises(probe.ProbeError, match="the check of r1 is unusable .*Object arrays cannot be loaded"):
+        probe.check_output(None, model, folder)
+
+
+def test_a_probe_rows_file_that_is_a_folder_is_one_line_before_any_timing(tmp_path):
+    folder = manifest(tmp_path / "export")
+    one_line(CliRunner().invoke(main, ["probe", str(folder), "--out", str(folder)]), "is a folder: give the rows file")
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"methods": 5}, "methods must be a list of names, got [5]"),
+    ({"method_params": [1]}, "method_params must be a dict of dicts"),
+    ({"method_params": {"hrf": "x"}}, "method_params must be a dict of dicts"),
+    ({"data_roots": ["x"]}, "data_roots must be a dict"),
+    ({"train": "x"}, "train must be a dict of training settings"),
+    ({"features": 5}, "features must be a feature kind"),
+], ids=["methods-number", "params-list", "params-text", "roots-list", "train-text", "features-number"])
+def test_api_settings_of_the_wrong_type_are_one_line(world, settings, message):
+    """bench.run's nested settings were merged unchecked: AttributeError, TypeError or ValueError."""
+    import bench
+    from bench.registry import BenchError
+
+    with pytest.raises(BenchError, match=re.escape(message)):
+        bench.run(**{"methods": "hrf", "datasets": "toy", "presets": "tiny", "folds": 1, "seeds": 1} | settings,
+                  results_dir=world / "results", progress=False)
+
+
+@pytest.mark.parametrize("mem_gb", [float("nan"), float("inf"), 0.0, -4.0])
+def test_a_job_memory_that_is_no_amount_is_refused_before_submitting(mem_gb):
+    """``--mem-gb nan`` submitted the job array (Slurm would get --mem=nanG)."""
+    from bench.execution.executors import SubmititOptions
+    from bench.registry import BenchError
+
+    with pytest.raises(BenchError, match="--mem-gb must be a positive number"):
+        SubmititOptions(mem_gb=mem_gb)

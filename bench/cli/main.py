@@ -133,9 +133,9 @@ def run_command(config, study, dry_run, methods, backbones, presets, datasets, f
     from bench.execution.grid import load_config
     from bench.reporting.summary import print_summary
 
-    if config and study:
+    if config and study is not None:
         raise BenchError("give either --config or --study, not both")
-    if study:
+    if study is not None:  # --study "" (an unset variable) is an unknown study, not the default grid
         from bench.studies import study_path
         config = study_path(study)
     named = parse_list(datasets, "datasets") or (load_config(config).get("datasets") if config else None)

@@ -25,9 +25,9 @@ from bench.measure.latency_store import LatencyStore, read_rows
 from bench.measure.onnx_io import export_onnx, peak_graphs
 from bench.measure.remeasure import (RUNTIMES, _checked, _write_onnx, check_frames, describe, measure_run,
                                      reference_model, reference_stem, select_runs)
-from bench.paths import UserPath
+from bench.paths import UserPath, file_in_the_way
 from bench.registry import BenchError
-from bench.reporting.results import RecordStore, atomic_write_text
+from bench.reporting.results import RecordStore, atomic_write_text, check_folders
 
 INT8_CHECK_RTOL = 0.05  # an int8 model's check tolerance, relative to its largest logit
 
@@ -77,6 +77,7 @@ def measure_command(results_dir, runs, seconds, runtimes, threads, device, max_s
     if timing.RUNTIME_CUDA in chosen_runtimes and not torch.cuda.is_available():
         raise BenchError(f"runtime {timing.RUNTIME_CUDA} needs a CUDA GPU and none is visible: "
                          f"drop it from --runtimes")
+    check_folders(results_dir, ("latency", "onnx"))  # before minutes of timing, not when its rows are written
     store, latency = RecordStore(results_dir), LatencyStore(results_dir)
     chosen = select_runs(store, runs)
     for number, (record, shipped) in enumerate(chosen, 1):
@@ -143,6 +144,9 @@ def _check_export_target(out: Path, replace: bool) -> None:
     """``--out`` must be a new (or empty) folder, or with ``--replace`` an earlier export folder."""
     if out.exists() and not out.is_dir():
         raise BenchError(f"--out {out} is a file: give a folder to create, e.g. --out pi-models")
+    blocking = file_in_the_way(out.parent)
+    if blocking is not None:
+        raise BenchError(f"--out {out} cannot be made: {blocking} is a file; give a folder to create")
     if out.is_dir() and any(out.iterdir()):
         if not replace:
             raise BenchError(f"--out {out} already exists and is not empty: give a new folder, or --replace to "
@@ -224,6 +228,7 @@ def probe_command(target, seconds, threads, device, max_seconds, target_rel_ci, 
 def import_latency_command(file, results_dir, device) -> None:
     """Merge a probe's latency rows (from another machine) into the results, under its device tag."""
     rows, file_device = read_rows(file)
+    check_folders(results_dir, ("latency",))
     tags = {r.get("device") for r in rows} | ({file_device} if file_device else set())
     if device is None and len(tags) != 1:
         raise BenchError(f"{file} mixes device tags {sorted(map(str, tags))}: import it with --device TAG")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +45,8 @@ class SubmititOptions:
     wait: bool = True  # wait for the jobs (False: submit and return)
 
     def __post_init__(self):
+        if self.mem_gb is not None and not (math.isfinite(self.mem_gb) and self.mem_gb > 0):  # nan reached Slurm
+            raise BenchError(f"--mem-gb must be a positive number, got {self.mem_gb}")
         if self.gpus_per_task < 0:
             raise BenchError(f"--gpus-per-task must be >= 0, got {self.gpus_per_task}")
         for name in ("jobs", "time_min", "cpus_per_task", "array_parallelism"):

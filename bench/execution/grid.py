@@ -246,8 +246,8 @@ def load_config(path: Path) -> dict:
     text = read_text(path, "config")
     try:
         data = tomllib.loads(text) if Path(path).suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
-        raise BenchError(f"config {path} does not parse: {str(error).splitlines()[0]}") from None
+    except (ValueError, yaml.YAMLError, RecursionError) as error:  # ValueError: TOML's, and a 5000-digit number
+        raise BenchError(f"config {path} does not parse: {(str(error).splitlines() or ['nested too deeply'])[0]}") from None
     data = data or {}
     if not isinstance(data, dict):
         raise BenchError(f"config {path} must be a table of grid settings (methods = [...], folds = [...]), "

@@ -13,6 +13,7 @@ import torch
 from bench.data.corpus import Corpus, corpus_fingerprint
 from bench.data.features import FeatureConfig, extract
 from bench.execution.spec import RunSpec
+from bench.paths import file_in_the_way
 from bench.registry import DATASETS, BenchError
 from bench.training.devices import check_amp, resolve_device
 from bench.training.splits import Split
@@ -44,8 +45,10 @@ class Workspace:
     def __init__(self, cache_dir: Path, data_roots: dict[str, Path] | None = None, progress: bool = True,
                  defer_latency: bool = False, device: str = "cpu", amp: bool = False):
         self.cache_dir = Path(cache_dir)
-        if self.cache_dir.exists() and not self.cache_dir.is_dir():
-            raise BenchError(f"cache folder {self.cache_dir} is a file: give a folder with --cache-dir "
+        blocking = file_in_the_way(self.cache_dir)
+        if blocking is not None:
+            where = "is a file" if blocking == self.cache_dir.absolute() else f"cannot be made: {blocking} is a file"
+            raise BenchError(f"cache folder {self.cache_dir} {where}: give a folder with --cache-dir "
                              "or HRF_BENCH_CACHE")
         self.data_roots = data_roots or {}
         self.progress = progress

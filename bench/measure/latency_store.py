@@ -27,8 +27,18 @@ class LatencyStore:
         return self.folder / f"{device}-{run_id}.json"
 
     def rows(self, device: str, run_id: str) -> list[dict]:
+        """The rows stored for ``device`` and ``run_id``; a damaged file is a one-line error (it holds
+        measurements: it is neither trusted nor replaced)."""
         path = self.path(device, run_id)
-        return json.loads(path.read_text())["rows"] if path.exists() else []
+        if not path.exists():
+            return []
+        document, problem = read_document(path)
+        if problem is None:
+            problem = next((f"row {n} {p}" for n, p in ((n, row_problem(r)) for n, r in enumerate(document["rows"], 1))
+                            if p), None)
+        if problem:
+            raise BenchError(f"{path} {problem}: move it away (its rows are measured again) and run again")
+        return document["rows"]
 
     def check_machine(self, device: str, run_id: str, rows: list[dict]) -> None:
         """A device tag holds one machine only: refuse ``rows`` of another one."""
@@ -51,16 +61,29 @@ class LatencyStore:
     def write_table(self) -> Path:
         rows = []
         for path in sorted(self.folder.glob("*.json")) if self.folder.exists() else []:
-            document = json.loads(path.read_text())
-            if document.get("schema_version") == probe.SCHEMA_VERSION:
+            document, problem = read_document(path)
+            if problem is None:
                 rows += document["rows"]
             else:
-                log.warning("skipped %s: latency schema version %r", path, document.get("schema_version"))
+                log.warning("skipped %s: %s", path, problem)
         frame = pd.DataFrame(rows)
         if len(frame):
             frame = frame.sort_values(["device", "run_id", "runtime", "threads", "input_seconds"])
         atomic_write_text(self.root / "latency.csv", frame.to_csv(index=False))
         return self.root / "latency.csv"
+
+
+def read_document(path: Path) -> tuple[dict | None, str | None]:
+    """A stored latency file (``latency/<device>-<run_id>.json``), or None and what is wrong with it."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or UTF-8
+        return None, f"is unreadable ({str(error)[:120] or type(error).__name__})"
+    if not isinstance(document, dict) or not isinstance(document.get("rows"), list):
+        return None, "is not a latency file of hrf-bench"
+    if document.get("schema_version") != probe.SCHEMA_VERSION:
+        return None, f"has latency schema version {document.get('schema_version')!r}"
+    return document, None
 
 
 def read_rows(path: Path) -> tuple[list[dict], str | None]:
@@ -73,7 +96,7 @@ def read_rows(path: Path) -> tuple[list[dict], str | None]:
                         "schema_version": rows[0].get("schema_version") if rows else None, "rows": rows}
         else:
             document = json.loads(path.read_text())
-    except (OSError, ValueError, pd.errors.ParserError) as error:
+    except (OSError, ValueError, RecursionError, pd.errors.ParserError) as error:
         raise BenchError(f"cannot read {path} ({str(error).splitlines()[0][:120]}): give the latency-<device>.json "
                          f"that probe.py wrote") from None
     if not (isinstance(document, dict) and document.get("schema") == probe.SCHEMA

@@ -365,8 +365,8 @@ def load_manifest(folder: Path) -> dict:
         raise ProbeError(f"{folder} has no manifest.json: give the folder written by `bench export --out DIR`")
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ProbeError(f"{path} is not readable JSON ({error}): re-run `bench export`") from None
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or UTF-8
+        raise ProbeError(f"{path} is not readable JSON ({str(error)[:120]}): re-run `bench export`") from None
     if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
         raise ProbeError(f"{path} is not an hrf-bench export manifest: re-run `bench export`")
     if manifest.get("schema_version") != MANIFEST_VERSION:
@@ -375,7 +375,10 @@ def load_manifest(folder: Path) -> dict:
     models = manifest.get("models")
     if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
         raise ProbeError(f"{path} has no list of models: re-run `bench export`")
-    for model in models:  # every file it names, checked before anything is timed
+    for model in models:  # every file it names and every size it gives, checked before anything is timed
+        problem = entry_problem(model)
+        if problem:
+            raise ProbeError(f"{path} has a model {problem}: re-run `bench export`")
         inside(folder, model.get("file"), "a model")
         if model.get("reference"):
             inside(folder, model["reference"], "a reference model")
@@ -384,6 +387,30 @@ def load_manifest(folder: Path) -> dict:
                 raise ProbeError(f"{path} has a check that is not a table: re-run `bench export`")
             inside(folder, model["check"].get("input"), "a check input")
     return manifest
+
+
+MAX_INPUT_DIM = 100_000  # features per frame; every timed input is (1, frames, input_dim) floats
+
+
+def _whole(value, high: float) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= high
+
+
+def entry_problem(model: dict) -> str | None:
+    """What makes a manifest entry unusable (None when it is fine): the sizes the timed inputs are built
+    from must be positive whole numbers within bounds, so that a damaged manifest cannot crash the probe
+    halfway or ask for terabytes."""
+    if not isinstance(model.get("run_id"), str) or not DEVICE_TAG.match(model["run_id"]):
+        return f"with run_id={model.get('run_id')!r}"
+    if not _whole(model.get("input_dim"), MAX_INPUT_DIM):
+        return f"{model['run_id']} with input_dim={model.get('input_dim')!r}"
+    inputs = model.get("inputs")
+    if not isinstance(inputs, list) or not inputs or not all(
+            isinstance(e, dict) and isinstance(e.get("seconds"), (int, float)) and not isinstance(e["seconds"], bool)
+            and 0 < e["seconds"] <= MAX_INPUT_SECONDS and _whole(e.get("frames"), MAX_INPUT_SECONDS * 1000)
+            for e in inputs):
+        return f"{model['run_id']} without a list of inputs of positive seconds and frames"
+    return None
 
 
 def single_model_manifest(path: Path, seconds: list[float], frames_per_second: float) -> dict:
@@ -413,10 +440,17 @@ def check_output(session, model: dict, folder: Path) -> float | None:
     check = model.get("check")
     if not check:
         return None
-    features = np.load(inside(folder, check.get("input"), "a check input")).astype(np.float32)
-    lengths = np.full((features.shape[0],), features.shape[1], dtype=np.int64)
-    logits = session.run(None, {"features": features, "lengths": lengths})[0]
-    return float(np.max(np.abs(logits - np.asarray(check["logits"], dtype=np.float32))))
+    path = inside(folder, check.get("input"), "a check input")
+    try:
+        features = np.load(path).astype(np.float32)  # never a pickle: np.load refuses object arrays
+        if features.ndim != 3 or features.shape[2] != model["input_dim"]:
+            raise ValueError(f"shape {features.shape}, not (B, frames, {model['input_dim']})")
+        lengths = np.full((features.shape[0],), features.shape[1], dtype=np.int64)
+        logits = session.run(None, {"features": features, "lengths": lengths})[0]
+        return float(np.max(np.abs(logits - np.asarray(check["logits"], dtype=np.float32))))
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise ProbeError(f"the check of {model['run_id']} is unusable ({path.name}: {str(error)[:120]}): "
+                         f"re-run `bench export`") from None
 
 
 def measure_model(folder: Path, model: dict, device: str, threads_list: list[int], seconds: list[float] | None,
@@ -496,6 +530,8 @@ def run_probe(target: Path, device: str | None = None, threads: str = "1,all", s
     target = Path(target)
     tag, threads_list = device_tag(device), parse_threads(threads)
     durations = parse_seconds(seconds) if seconds else None
+    if out is not None and Path(out).is_dir():  # found before the timing, not when the rows are written
+        raise ProbeError(f"--out {out} is a folder: give the rows file to write, e.g. --out latency-pi4.json")
     if target.is_dir():
         folder, manifest = target, load_manifest(target)
     elif target.is_file():

@@ -124,7 +124,7 @@ def build_report(results_dir: Path, reports_dir: Path, light_preset: str = "ligh
     results_dir, reports_dir = Path(results_dir), Path(reports_dir)
     if not results_dir.is_dir():
         raise BenchError(f"results folder {results_dir} does not exist: run `bench run` first or pass --results-dir")
-    check_folders(results_dir, ("tables",))
+    check_folders(results_dir, ("records", "tables"))
     if reports_dir.exists() and not reports_dir.is_dir():
         raise BenchError(f"{reports_dir} is a file where the report's folder belongs: move it away or pass --reports-dir")
     check_folders(reports_dir, ("plots",))

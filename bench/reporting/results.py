@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from bench.schema import ADDED_WITH_DEFAULTS, problems
 
 log = logging.getLogger("bench")
 SCHEMA_VERSION = 1
+# What a record's run_id may be: it names the run's files (models/<run_id>.pt, an export's <run_id>.onnx),
+# so a path there would read and write outside their folders
+RUN_ID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def run_id(key: dict) -> str:
@@ -53,7 +57,8 @@ def atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "w") as handle:
+        # a file name that is not UTF-8 (named in a report's warnings) is written as \udcff, not a crash
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
@@ -115,8 +120,8 @@ class RecordStore:
         """The record in ``path``, or None and why it is no valid record (``file: reason``)."""
         try:
             record = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            return None, f"{path}: unreadable JSON ({error})"
+        except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or UTF-8, a 5000-digit number
+            return None, f"{path}: unreadable JSON ({str(error)[:200] or type(error).__name__})"
         if not isinstance(record, dict) or record.get("schema_version") != SCHEMA_VERSION:
             version = record.get("schema_version") if isinstance(record, dict) else None
             return None, f"{path}: foreign record (schema_version {version!r}, expected {SCHEMA_VERSION})"
@@ -128,6 +133,9 @@ class RecordStore:
         if found:
             more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
             return None, f"{path}: not a record of the declared schema: {found[0]}{more}"
+        rid = record.get("run_id")
+        if not isinstance(rid, str) or not RUN_ID_NAME.fullmatch(rid):
+            return None, f"{path}: run_id {str(rid)[:80]!r} is not a run id (letters, digits, '.', '_', '-')"
         return record, None
 
     def has(self, rid: str) -> bool:

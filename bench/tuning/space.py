@@ -85,5 +85,7 @@ def parse_search_param(text: str, components: list[str]) -> SearchParam:
         if info.choices is None and not has_range and info.type is not bool:
             raise BenchError(f"--param {text}: {info.describe()} declares no range or choices, so it cannot be searched")
         values = [_typed(component, name, v.strip(), text) for v in spec.split(",") if v.strip()]
+        if not values:  # "init=," reached Optuna, whose ValueError came mid-trial
+            raise BenchError(f"--param {text}: no choices given: use {name}=A,B or {name}=VALUE")
         return SearchParam(component, name, key, "categorical", choices=tuple(dict.fromkeys(values)))
     return SearchParam(component, name, key, "fixed", choices=(_typed(component, name, spec, text),))
