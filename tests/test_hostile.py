@@ -490,7 +490,8 @@ def test_a_confusion_matrix_that_is_not_counts_is_left_out_of_the_per_class_tabl
     assert (world / "results" / "records" / path.name).read_bytes() == before
 
 
-@pytest.mark.parametrize("field, value", [("ua", "abc"), ("fold", "x"), ("params", [1, 2]), ("seed", None),
+@pytest.mark.parametrize("field, value", [("ua", "abc"), ("ua", float("nan")), ("wa", 1e308), ("val_ua", -0.5),
+                                          ("fold", "x"), ("params", [1, 2]), ("seed", None),
                                           ("history", "zz"), ("backbone", 7)])
 def test_a_record_with_a_recomputed_checksum_but_wrong_field_types_is_named_and_left_out(world, field, value):
     """A checksum anyone can recompute proves no origin; such a record crashed the report's sorting."""
