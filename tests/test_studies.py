@@ -89,7 +89,20 @@ def test_unknown_study_is_one_line_exit_2(tmp_path):
 
 
 def test_dry_run_lists_runs_shared_models_and_an_estimate_without_running(tmp_path, cache_dir, monkeypatch):
+    from bench.execution import estimate
+
     monkeypatch.setenv("HRF_BENCH_CACHE", str(cache_dir))
+    # Each model is calibrated once for the whole test: the estimates compared below differ in what they
+    # count (cached models cost nothing), and two calibrations of a loaded machine differ by more than that.
+    calibrated, original = {}, estimate.time_steps
+
+    def calibrated_once(backbone, preset, *args, method=None, **kwargs):
+        key = (backbone, preset, type(method).__name__)
+        if key not in calibrated:
+            calibrated[key] = original(backbone, preset, *args, method=method, **kwargs)
+        return calibrated[key]
+
+    monkeypatch.setattr(estimate, "time_steps", calibrated_once)
     results = tmp_path / "results"
     args = ["run", "--methods", "baseline,kd", "--presets", "tiny", "--teacher-preset", "lightweight",
             "--results-dir", str(results), *TINY]

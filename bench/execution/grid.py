@@ -241,11 +241,26 @@ def typed_settings(cls: type, values: dict, section: str):
     return cls(**checked)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last without a word,
+    so ``folds: [1]`` then ``folds: [2]`` ran fold 2 only; TOML refuses it already)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: Path) -> dict:
     """Read a TOML or YAML grid file into a dict of Grid fields."""
     text = read_text(path, "config")
     try:
-        data = tomllib.loads(text) if Path(path).suffix == ".toml" else yaml.safe_load(text)
+        data = tomllib.loads(text) if Path(path).suffix == ".toml" else yaml.load(text, Loader=_UniqueKeyLoader)
     except (ValueError, yaml.YAMLError, RecursionError) as error:  # ValueError: TOML's, and a 5000-digit number
         raise BenchError(f"config {path} does not parse: {(str(error).splitlines() or ['nested too deeply'])[0]}") from None
     data = data or {}
