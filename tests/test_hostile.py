@@ -619,6 +619,16 @@ def test_an_export_folder_under_a_file_is_one_line(world):
     one_line(result, "runs.csv is a file")
 
 
+@pytest.mark.parametrize("command, runs", [("measure", ""), ("measure", ","), ("export", "")])
+def test_runs_that_name_no_run_are_one_line_not_every_run(world, command, runs):
+    """``--runs ""`` (an unset variable) meant every recorded run: measured or exported them all."""
+    target = ["--seconds", "2", "--threads", "1"] if command == "measure" else ["--out", str(world / "export")]
+    before = snapshot(world)
+    result = CliRunner().invoke(main, [command, "--runs", runs, *target, "--results-dir", str(world / "results")])
+    one_line(result, "names no run")
+    assert snapshot(world) == before
+
+
 def manifest(folder: Path, **entry) -> Path:
     """An export folder whose manifest holds one model entry (``entry`` over sensible values)."""
     from bench.measure import probe

@@ -35,7 +35,10 @@ def select_runs(store: RecordStore, runs: str | None) -> list[tuple[dict, Deploy
     model, each with that model loaded: every file is read before anything is measured or written,
     so that a damaged one stops the command with one line instead of partway through."""
     records, _ = store.load()
-    wanted = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
+    wanted = None if runs is None else [r.strip() for r in runs.split(",") if r.strip()]
+    if wanted == []:  # --runs "" or "," (an unset variable, say): not "every run", which leaving it out means
+        raise BenchError(f"--runs {runs!r} names no run: give run ids (or unique prefixes), or leave --runs out "
+                         f"for every recorded run")
     if wanted:
         unknown = [w for w in wanted if not any(r["run_id"].startswith(w) for r in records)]
         if unknown:
