@@ -78,7 +78,7 @@ def train_one(job: dict) -> dict:
     roots = {job["dataset"]: job["data_root"]} if job["data_root"] else {}  # the embedded corpus needs none
     workspace = Workspace(job["cache_dir"], roots, progress=False)
     spec = RunSpec("baseline", job["backbone"], job["preset"], job["dataset"], job["fold"], job["seed"],
-                   TrainConfig(epochs=job["epochs"], **job["overrides"]), FeatureConfig(**job["feature_overrides"]))
+                   TrainConfig(**({"epochs": job["epochs"]} | job["overrides"])), FeatureConfig(**job["feature_overrides"]))
     data = workspace.fold_data(spec)
     config = spec.train_config()  # the overrides over the preset's recipe
     torch.manual_seed(job["seed"])
