@@ -78,7 +78,7 @@ def train_one(job: dict) -> dict:
     roots = {job["dataset"]: job["data_root"]} if job["data_root"] else {}  # the embedded corpus needs none
     workspace = Workspace(job["cache_dir"], roots, progress=False)
     spec = RunSpec("baseline", job["backbone"], job["preset"], job["dataset"], job["fold"], job["seed"],
-                   TrainConfig(**({"epochs": job["epochs"]} | job["overrides"])), FeatureConfig(**job["feature_overrides"]))
+                   TrainConfig(epochs=job["epochs"], **job["overrides"]), FeatureConfig(**job["feature_overrides"]))
     data = workspace.fold_data(spec)
     config = spec.train_config()  # the overrides over the preset's recipe
     torch.manual_seed(job["seed"])
@@ -106,14 +106,17 @@ def main() -> None:
     done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     key = lambda r: (r["name"], r["backbone"], r["fold"], r["seed"], r["epochs"])  # noqa: E731
     finished = {key(r) for r in done}
+    candidates = list(map(parse_candidate, args.candidate))
+    # a candidate's epochs=N replaces --epochs: each result's "epochs" is what it trained, part of its key
+    epochs = {name: overrides.pop("epochs", args.epochs) for name, _, overrides, _, _ in candidates}
     jobs = []
     for fold in parse_ints(args.folds, "--folds"):
         for seed in parse_ints(args.seeds, "--seeds"):
-            for name, preset, overrides, model_overrides, feature_overrides in map(parse_candidate, args.candidate):
+            for name, preset, overrides, model_overrides, feature_overrides in candidates:
                 job = dict(name=name, preset=preset, overrides=overrides, model_overrides=model_overrides,
                            feature_overrides=feature_overrides,
-                           backbone=args.backbone, dataset=args.dataset,
-                           data_root=args.data_root, fold=fold, seed=seed, epochs=args.epochs, cache_dir=args.cache_dir)
+                           backbone=args.backbone, dataset=args.dataset, data_root=args.data_root, fold=fold,
+                           seed=seed, epochs=epochs[name], cache_dir=args.cache_dir)
                 if key(job) not in finished:
                     jobs.append(job)
     print(f"{len(jobs)} trainings to run, {len(finished)} already in {out}", file=sys.stderr)
@@ -125,10 +128,9 @@ def main() -> None:
             print(f"{result['name']} fold {result['fold']} seed {result['seed']}: best validation UA "
                   f"{result['best_val_ua']:.3f} at epoch {result['best_epoch']} ({result['seconds']:.0f} s)",
                   file=sys.stderr)
-    names = [parse_candidate(c)[0] for c in args.candidate]
     print("candidate  preset        trainings  best val UA  last-5 val UA  best epochs")
-    for name in names:
-        rows = [r for r in done if r["name"] == name and r["backbone"] == args.backbone and r["epochs"] == args.epochs]
+    for name in epochs:
+        rows = [r for r in done if r["name"] == name and r["backbone"] == args.backbone and r["epochs"] == epochs[name]]
         if rows:
             last5 = [statistics.mean(e["val_ua"] for e in r["history"][-5:]) for r in rows]
             print(f"{name:10} {rows[0]['preset']:12} {len(rows):10} {statistics.mean(r['best_val_ua'] for r in rows):12.3f} "
